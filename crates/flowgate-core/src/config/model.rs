@@ -1,0 +1,297 @@
+//! The pipeline file, as written by people. Doc comments here are the reference
+//! documentation and become descriptions in `flowgate schema`.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A pipeline: stores named once, triggers, steps ordered by `needs`, policies.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// Unique name of the pipeline; runs, watermarks and ledgers are keyed by it.
+    pub name: String,
+    /// What the pipeline is for, shown by `flowgate validate` and the HTTP API.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Free variables for templates: `{{ vars.region }}`.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    /// Parameters a manual run may pass with `--param key=value`, with defaults.
+    #[serde(default)]
+    pub params: BTreeMap<String, ParamSpec>,
+    /// What starts a run. A pipeline can always be run by hand as well.
+    #[serde(default)]
+    pub trigger: TriggerSpec,
+    /// Named connections, each given by URL.
+    #[serde(default)]
+    pub stores: BTreeMap<String, StoreSpec>,
+    /// The steps of a run, executed in `needs` order.
+    #[serde(default)]
+    pub steps: Vec<StepSpec>,
+    /// Retries, timeouts and where data that cannot be processed goes.
+    #[serde(default)]
+    pub policy: PolicySpec,
+    /// Who is told about failures and recoveries.
+    #[serde(default)]
+    pub notify: NotifySpec,
+    /// Parameter sets; each set is its own run.
+    #[serde(default)]
+    pub matrix: Option<MatrixSpec>,
+    /// Environment overlays (`[env.prod]`), selected with `--env` or `FLOWGATE_ENV`;
+    /// each overlay has the same shape as the file and is merged over it.
+    #[serde(default)]
+    pub env: BTreeMap<String, serde_json::Value>,
+}
+
+/// A manual-run parameter.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    /// Value used when the run does not pass one; without it the parameter is required.
+    #[serde(default)]
+    pub default: Option<String>,
+    /// What the parameter means.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Triggers. Any combination may be set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// A cron expression (`"0 3 * * *"`, five or six fields, UTC unless `timezone` is
+    /// set) or an interval (`"every 10m"`).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Time zone of the cron schedule, as an offset such as `"+02:00"`. Default UTC.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Watch a key of a KV store: one run per new value.
+    #[serde(default)]
+    pub watch: Option<WatchSpec>,
+    /// Objects arriving in a store: one run per new object (key + etag).
+    #[serde(default)]
+    pub arrival: Option<ArrivalSpec>,
+}
+
+/// A KV watch trigger.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WatchSpec {
+    /// The KV store: `state` (the built-in KV of the state store) by default.
+    #[serde(default = "default_state_kv")]
+    pub store: String,
+    /// The key to watch.
+    pub key: String,
+}
+
+fn default_state_kv() -> String {
+    "state".to_string()
+}
+
+/// An arrival trigger, found by listing an object store.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArrivalSpec {
+    /// The store to list.
+    pub store: String,
+    /// Glob over keys relative to the store root, e.g. `"**/pipeline_success.flag"`.
+    pub pattern: String,
+    /// How often to list, e.g. `"10s"`. Default 30s.
+    #[serde(default)]
+    pub poll: Option<String>,
+}
+
+/// Who may do what with a store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// Reads only: any step that would write is refused before it starts.
+    #[default]
+    Read,
+    /// Writes only.
+    Write,
+    /// Reads and writes.
+    ReadWrite,
+}
+
+impl Access {
+    pub fn can_write(self) -> bool {
+        matches!(self, Access::Write | Access::ReadWrite)
+    }
+    pub fn can_read(self) -> bool {
+        matches!(self, Access::Read | Access::ReadWrite)
+    }
+}
+
+/// A named connection.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSpec {
+    /// Where it is: `file://./data`, `s3://bucket/prefix`, `gs://…`, `az://…`, `memory://name`.
+    /// Relative `file://` paths are relative to the pipeline file.
+    pub url: String,
+    /// `read` (default), `write` or `read-write`.
+    #[serde(default)]
+    pub access: Access,
+    /// S3-compatible endpoint, e.g. `http://127.0.0.1:9000` (default: AWS, or `AWS_ENDPOINT_URL`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Region (default: `AWS_REGION`, else `us-east-1`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`); default true when an endpoint is set.
+    #[serde(default)]
+    pub path_style: Option<bool>,
+    /// Allow plain HTTP endpoints (local S3 servers). Default: true for `http://` endpoints.
+    #[serde(default)]
+    pub allow_http: Option<bool>,
+    /// Access key id; default from the environment (`AWS_ACCESS_KEY_ID`).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Secret access key; default from the environment (`AWS_SECRET_ACCESS_KEY`). Always redacted.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+}
+
+/// One step. Exactly one kind (`copy`, …) must be set.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// Unique id within the pipeline.
+    pub id: String,
+    /// Steps that must succeed before this one starts.
+    #[serde(default)]
+    pub needs: Vec<String>,
+    /// Retry policy for this step (default: the pipeline's `policy.retry`).
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    /// Time limit of one attempt, e.g. `"30m"` (default: `policy.timeout`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Copy objects between stores.
+    #[serde(default)]
+    pub copy: Option<CopySpec>,
+}
+
+/// Copy objects from one store location to another.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CopySpec {
+    /// Source as `store:prefix` (template), e.g. `"landing:{{ trigger.prefix }}"`.
+    pub from: String,
+    /// Destination as `store:prefix` (template). Relative keys under `from` are kept.
+    pub to: String,
+    /// Globs over relative keys to copy (default: everything).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Globs over relative keys to leave out, e.g. `["pipeline_success.flag"]`.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Name of the manifest written last under the destination prefix
+    /// (default `_manifest.json`; `""` for none).
+    #[serde(default)]
+    pub manifest: Option<String>,
+    /// How each copied object is checked: `sha256` (read back and hash, default) or `size`.
+    #[serde(default)]
+    pub verify: Option<Verify>,
+    /// Objects copied at once (default 8).
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// Part size of multipart uploads, e.g. `"16MiB"` (default 10 MiB); also bounds memory.
+    #[serde(default)]
+    pub part_size: Option<String>,
+}
+
+/// How a copied object is verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    Sha256,
+    Size,
+}
+
+/// Retry policy.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts in all, including the first (default 3).
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// Backoff range `"min..max"`, doubled each attempt with full jitter (default `"1s..1m"`).
+    #[serde(default)]
+    pub backoff: Option<String>,
+}
+
+/// What happens to what cannot be processed.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// Default retry policy of every step.
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    /// Default time limit of one step attempt, e.g. `"1h"`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Where failed input objects go, as `store:prefix` (default: `failed/` in the
+    /// source store when it is writable, else `.flowgate/quarantine/` beside the pipeline).
+    #[serde(default)]
+    pub quarantine: Option<String>,
+    /// Where bad records go, as `store:prefix`, written as JSON lines with the reason
+    /// and source position (default `.flowgate/dead-letter/` beside the pipeline).
+    #[serde(default)]
+    pub dead_letter: Option<String>,
+}
+
+/// Notifications.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySpec {
+    /// Events to notify: `failure`, `recovery`, `partial`, `success` (default: failure, recovery, partial).
+    #[serde(default)]
+    pub on: Option<Vec<NotifyEvent>>,
+    /// Slack-compatible webhook URL (JSON `{"text": …}` by POST). Redacted in all output.
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// Email through SMTP.
+    #[serde(default)]
+    pub email: Option<EmailSpec>,
+}
+
+/// When to notify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyEvent {
+    Failure,
+    Recovery,
+    Partial,
+    Success,
+}
+
+/// SMTP notification settings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSpec {
+    /// `smtp://[user:password@]host:port` (plain), `smtps://…` (TLS) or `smtp+starttls://…`.
+    pub smtp: String,
+    /// Sender address.
+    pub from: String,
+    /// Recipients.
+    pub to: Vec<String>,
+}
+
+/// A matrix of parameter sets.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixSpec {
+    /// Axis name → values; every combination is one run (`{{ matrix.tenant }}`).
+    pub values: BTreeMap<String, Vec<String>>,
+    /// Runs at once (default 1).
+    #[serde(default)]
+    pub max_parallel: Option<usize>,
+    /// Stop starting runs after the first failure (default false: failures independent).
+    #[serde(default)]
+    pub fail_fast: bool,
+}

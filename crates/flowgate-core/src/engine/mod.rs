@@ -1,0 +1,612 @@
+//! The run executor: trigger event → claimed run → steps in `needs` order with
+//! retries and timeouts → recorded outcome → notifications.
+//!
+//! A trigger event is in the ledger before its run starts; the event is marked done
+//! only after every step's sink accepted the data, so a crash at any instant leaves
+//! either a done event or one that the next worker claims and resumes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::model::{Access, NotifyEvent, StoreSpec};
+use crate::error::{ErrorClass, StepError};
+use crate::notify::{Notice, send};
+use crate::plan::{Plan, PlannedStep, StepKind};
+use crate::quarantine::Quarantine;
+use crate::state::{
+    EventStatus, NewEvent, Recorded, RunFilter, RunRecord, RunStatus, StateError, StateStore,
+    StepReport, TriggerEvent,
+};
+use crate::store::{Location, StoreHandle};
+
+/// Errors that stop the engine itself (not a run).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Params(String),
+}
+
+/// Progress of long work, shown by the CLI as bars when it runs in a terminal.
+pub trait Progress: Send + Sync {
+    fn begin(&self, _step: &str, _objects: u64, _bytes: u64) {}
+    fn advance(&self, _bytes: u64) {}
+    fn end(&self) {}
+}
+
+/// Progress that shows nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// What asks for a run.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// `manual`, `schedule`, `watch`, `arrival`.
+    pub kind: String,
+    /// Unique per pipeline: the same key never runs twice to success.
+    pub dedupe_key: String,
+    /// What templates see as `trigger`.
+    pub trigger: Value,
+    pub params: BTreeMap<String, String>,
+}
+
+/// What became of a submission.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Ran(Box<RunRecord>),
+    /// The event was handled before; nothing was done again.
+    AlreadyDone {
+        event: Box<TriggerEvent>,
+    },
+    /// Another live worker is running this event right now.
+    InProgress {
+        event: Box<TriggerEvent>,
+    },
+}
+
+/// Everything a step may use.
+pub struct StepContext<'a> {
+    pub plan: &'a Plan,
+    pub run_id: &'a str,
+    pub step: &'a PlannedStep,
+    pub template: &'a Value,
+    pub stores: &'a Stores,
+    pub state: &'a dyn StateStore,
+    pub cancel: &'a CancellationToken,
+    pub progress: &'a dyn Progress,
+}
+
+/// What a step reports when it finishes.
+#[derive(Debug, Default, Clone)]
+pub struct StepOutput {
+    pub report: StepReport,
+}
+
+/// The stores of one run, opened once.
+pub struct Stores {
+    map: HashMap<String, StoreHandle>,
+    dir: std::path::PathBuf,
+    quarantine: Option<Location>,
+}
+
+impl Stores {
+    pub fn open(plan: &Plan) -> Result<Stores, StepError> {
+        let mut map = HashMap::new();
+        for (name, spec) in &plan.stores {
+            let h = StoreHandle::open(name, spec, &plan.dir)
+                .map_err(|e| StepError::new(ErrorClass::USER, e.to_string()))?;
+            map.insert(name.clone(), h);
+        }
+        Ok(Stores {
+            map,
+            dir: plan.dir.clone(),
+            quarantine: plan.quarantine.clone(),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&StoreHandle, StepError> {
+        self.map
+            .get(name)
+            .ok_or_else(|| StepError::internal(format!("store `{name}` was not opened")))
+    }
+
+    /// Where failed inputs of `source` go: the pipeline's `policy.quarantine`, else
+    /// `failed/` in the source store when it is writable, else `.flowgate/quarantine/`
+    /// beside the pipeline file.
+    pub fn quarantine_for(
+        &self,
+        source: &StoreHandle,
+        template: &Value,
+    ) -> Result<Quarantine, StepError> {
+        if let Some(loc) = &self.quarantine {
+            let prefix = crate::template::render(&loc.prefix, template).map_err(StepError::user)?;
+            return Ok(Quarantine {
+                store: self.get(&loc.store)?.clone(),
+                prefix,
+            });
+        }
+        if source.access.can_write() {
+            return Ok(Quarantine {
+                store: source.clone(),
+                prefix: "failed".into(),
+            });
+        }
+        let spec = StoreSpec {
+            url: "file://.flowgate/quarantine".into(),
+            access: Access::ReadWrite,
+            endpoint: None,
+            region: None,
+            path_style: None,
+            allow_http: None,
+            access_key_id: None,
+            secret_access_key: None,
+        };
+        let store = StoreHandle::open("quarantine", &spec, &self.dir)
+            .map_err(|e| StepError::user(e.to_string()))?;
+        Ok(Quarantine {
+            store,
+            prefix: source.name.clone(),
+        })
+    }
+}
+
+/// The engine: one per process.
+pub struct Engine {
+    pub state: Arc<dyn StateStore>,
+    /// `host:pid:nonce`; written on claims, leases and runs.
+    pub worker: String,
+    /// Cancelled on SIGINT/SIGTERM: steps stop at a safe point.
+    pub cancel: CancellationToken,
+    pub progress: Arc<dyn Progress>,
+    pub lease_ttl: Duration,
+}
+
+/// This process's worker id.
+pub fn worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let nonce = uuid::Uuid::now_v7().simple().to_string();
+    format!(
+        "{host}:{}:{}",
+        std::process::id(),
+        &nonce[nonce.len() - 6..]
+    )
+}
+
+/// Is the worker that wrote `worker` certainly gone (same host, process not running)?
+pub fn worker_is_dead(worker: &str) -> bool {
+    let mut parts = worker.split(':');
+    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let here = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    if host != here {
+        return false;
+    }
+    match pid.parse::<u32>() {
+        Ok(pid) if pid == std::process::id() => false,
+        Ok(pid) => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        Err(_) => false,
+    }
+}
+
+/// Check manual parameters against the declared ones, filling defaults.
+pub fn resolve_params(
+    plan: &Plan,
+    given: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for k in given.keys() {
+        if !plan.params.contains_key(k) {
+            let declared: Vec<&str> = plan.params.keys().map(String::as_str).collect();
+            return Err(if declared.is_empty() {
+                format!(
+                    "unknown parameter `{k}`: pipeline `{}` declares no [params]",
+                    plan.name
+                )
+            } else {
+                format!(
+                    "unknown parameter `{k}`; declared parameters: {}",
+                    declared.join(", ")
+                )
+            });
+        }
+    }
+    for (k, spec) in &plan.params {
+        match given.get(k).or(spec.default.as_ref()) {
+            Some(v) => {
+                out.insert(k.clone(), v.clone());
+            }
+            None => {
+                return Err(format!(
+                    "parameter `{k}` is required: pass --param {k}=VALUE"
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Engine {
+    pub fn new(state: Arc<dyn StateStore>) -> Engine {
+        Engine {
+            state,
+            worker: worker_id(),
+            cancel: CancellationToken::new(),
+            progress: Arc::new(NoProgress),
+            lease_ttl: Duration::from_secs(30),
+        }
+    }
+
+    /// Record an event and run it, unless it was handled before.
+    pub async fn submit(&self, plan: &Plan, sub: Submission) -> Result<Outcome, EngineError> {
+        let params = resolve_params(plan, &sub.params).map_err(EngineError::Params)?;
+        let payload = json!({ "trigger": sub.trigger, "params": params, "env": plan.env });
+        let recorded = self
+            .state
+            .record_event(NewEvent {
+                pipeline: plan.name.clone(),
+                kind: sub.kind,
+                dedupe_key: sub.dedupe_key,
+                payload,
+            })
+            .await?;
+        let event = match recorded {
+            Recorded::New(e) => e,
+            Recorded::Duplicate(e) => match e.status {
+                EventStatus::Done => return Ok(Outcome::AlreadyDone { event: Box::new(e) }),
+                _ => e,
+            },
+        };
+        match self.claim(&event).await? {
+            Some(claimed) => Ok(Outcome::Ran(Box::new(self.execute(plan, claimed).await?))),
+            None => Ok(Outcome::InProgress {
+                event: Box::new(event),
+            }),
+        }
+    }
+
+    /// Claim an event, taking it over at once when its holder is a dead process here.
+    async fn claim(&self, event: &TriggerEvent) -> Result<Option<TriggerEvent>, EngineError> {
+        if let Some(c) = self
+            .state
+            .claim_event_id(event.id, &self.worker, self.lease_ttl)
+            .await?
+        {
+            return Ok(Some(c));
+        }
+        let current = self.state.get_event(event.id).await?;
+        if let Some(cur) = current
+            && cur.status == EventStatus::Claimed
+            && cur.claimed_by.as_deref().is_some_and(worker_is_dead)
+        {
+            // Release the dead holder's claim, then claim normally.
+            self.state
+                .finish_event(
+                    cur.id,
+                    EventStatus::Pending,
+                    cur.run_id.as_deref().unwrap_or(""),
+                )
+                .await?;
+            return Ok(self
+                .state
+                .claim_event_id(event.id, &self.worker, self.lease_ttl)
+                .await?);
+        }
+        Ok(None)
+    }
+
+    /// Run every event of `plan` that is pending or whose worker died.
+    pub async fn run_pending(&self, plan: &Plan) -> Result<Vec<RunRecord>, EngineError> {
+        let mut runs = Vec::new();
+        // Events held by dead processes on this host are released first.
+        for e in self.state.list_events(&plan.name, 1000).await? {
+            if e.status == EventStatus::Claimed
+                && e.claimed_by.as_deref().is_some_and(worker_is_dead)
+            {
+                self.state
+                    .finish_event(
+                        e.id,
+                        EventStatus::Pending,
+                        e.run_id.as_deref().unwrap_or(""),
+                    )
+                    .await?;
+            }
+        }
+        while !self.cancel.is_cancelled() {
+            let Some(event) = self
+                .state
+                .claim_event(&plan.name, &self.worker, self.lease_ttl)
+                .await?
+            else {
+                break;
+            };
+            runs.push(self.execute(plan, event).await?);
+        }
+        Ok(runs)
+    }
+
+    /// Mark runs of this pipeline whose worker is gone as abandoned.
+    async fn sweep_abandoned(&self, plan: &Plan, event_id: i64) -> Result<(), EngineError> {
+        let running = self
+            .state
+            .list_runs(&RunFilter {
+                pipeline: Some(plan.name.clone()),
+                status: Some(RunStatus::Running),
+                limit: 1000,
+            })
+            .await?;
+        for mut r in running {
+            let gone = worker_is_dead(&r.worker) || r.event_id == Some(event_id);
+            if gone && r.worker != self.worker {
+                r.status = RunStatus::Abandoned;
+                r.finished_at = Some(Utc::now());
+                r.error = Some(
+                    "its worker stopped before the run finished; a later run resumed the work"
+                        .into(),
+                );
+                self.state.save_run(&r).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn execute(&self, plan: &Plan, event: TriggerEvent) -> Result<RunRecord, EngineError> {
+        let started = Utc::now();
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let params = event
+            .payload
+            .get("params")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let mut run = RunRecord {
+            id: run_id.clone(),
+            pipeline: plan.name.clone(),
+            env: plan.env.clone(),
+            event_id: Some(event.id),
+            trigger: event.kind.clone(),
+            params: params.clone(),
+            status: RunStatus::Running,
+            attempt: event.attempts,
+            worker: self.worker.clone(),
+            started_at: started,
+            finished_at: None,
+            error: None,
+            steps: Vec::new(),
+        };
+        self.sweep_abandoned(plan, event.id).await?;
+        self.state.save_run(&run).await?;
+        tracing::info!(pipeline = %plan.name, run = %run.id, trigger = %event.kind, key = %event.dedupe_key, attempt = event.attempts, "run started");
+
+        // Keep the claim alive; losing it stops the run at a safe point.
+        let run_cancel = self.cancel.child_token();
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renew = {
+            let (state, worker, ttl, token, lost) = (
+                self.state.clone(),
+                self.worker.clone(),
+                self.lease_ttl,
+                run_cancel.clone(),
+                lost.clone(),
+            );
+            let id = event.id;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    match state.renew_event(id, &worker, ttl).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                            token.cancel();
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not renew the run's claim; will try again")
+                        }
+                    }
+                }
+            })
+        };
+
+        let template = json!({
+            "run": { "id": run_id, "started": started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "attempt": event.attempts },
+            "pipeline": plan.name,
+            "env": plan.env,
+            "trigger": event.payload.get("trigger").cloned().unwrap_or(Value::Null),
+            "params": params,
+            "vars": plan.vars,
+            "matrix": {},
+        });
+
+        let stores = Stores::open(plan);
+        let mut failed: HashSet<String> = HashSet::new();
+        match &stores {
+            Err(e) => {
+                run.error = Some(e.message.clone());
+                failed.extend(plan.steps.iter().map(|s| s.id.clone()));
+            }
+            Ok(stores) => {
+                for step in &plan.steps {
+                    if run_cancel.is_cancelled() {
+                        break;
+                    }
+                    let report = if let Some(n) = step.needs.iter().find(|n| failed.contains(*n)) {
+                        failed.insert(step.id.clone());
+                        StepReport {
+                            step: step.id.clone(),
+                            status: "skipped".into(),
+                            notes: vec![format!("not run: step `{n}` did not succeed")],
+                            ..Default::default()
+                        }
+                    } else {
+                        let ctx = StepContext {
+                            plan,
+                            run_id: &run_id,
+                            step,
+                            template: &template,
+                            stores,
+                            state: self.state.as_ref(),
+                            cancel: &run_cancel,
+                            progress: self.progress.as_ref(),
+                        };
+                        let report = run_step(&ctx).await;
+                        if report.status != "succeeded" && report.status != "partial" {
+                            failed.insert(step.id.clone());
+                            if run.error.is_none() {
+                                run.error = report
+                                    .error
+                                    .as_ref()
+                                    .map(|e| format!("step `{}`: {e}", step.id));
+                            }
+                        }
+                        report
+                    };
+                    run.steps.push(report);
+                    self.state.save_run(&run).await?;
+                }
+            }
+        }
+        renew.abort();
+
+        let interrupted = run_cancel.is_cancelled();
+        run.status = if interrupted {
+            RunStatus::Interrupted
+        } else if !failed.is_empty() {
+            RunStatus::Failed
+        } else if run.steps.iter().any(|s| s.quarantined > 0) {
+            RunStatus::Partial
+        } else {
+            RunStatus::Succeeded
+        };
+        if interrupted {
+            let why = if lost.load(std::sync::atomic::Ordering::SeqCst) {
+                "the run lost its claim on the event (another worker took it over)"
+            } else {
+                "stopped by a signal; the next run resumes from the last committed position"
+            };
+            run.error.get_or_insert_with(|| why.to_string());
+        }
+        run.finished_at = Some(Utc::now());
+        self.state.save_run(&run).await?;
+        let event_status = match run.status {
+            RunStatus::Succeeded | RunStatus::Partial => EventStatus::Done,
+            RunStatus::Interrupted => EventStatus::Pending,
+            _ => EventStatus::Failed,
+        };
+        if !lost.load(std::sync::atomic::Ordering::SeqCst) {
+            self.state
+                .finish_event(event.id, event_status, &run.id)
+                .await?;
+        }
+        tracing::info!(pipeline = %plan.name, run = %run.id, status = %run.status, "run finished");
+        self.notify(plan, &run).await;
+        Ok(run)
+    }
+
+    async fn notify(&self, plan: &Plan, run: &RunRecord) {
+        let event = match run.status {
+            RunStatus::Failed => Some(NotifyEvent::Failure),
+            RunStatus::Partial => Some(NotifyEvent::Partial),
+            RunStatus::Succeeded => {
+                let previous = self
+                    .state
+                    .list_runs(&RunFilter {
+                        pipeline: Some(plan.name.clone()),
+                        status: None,
+                        limit: 20,
+                    })
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|r| {
+                        r.id != run.id && r.status.is_final() && r.status != RunStatus::Abandoned
+                    });
+                if previous.is_some_and(|p| p.status == RunStatus::Failed) {
+                    Some(NotifyEvent::Recovery)
+                } else {
+                    Some(NotifyEvent::Success)
+                }
+            }
+            _ => None,
+        };
+        if let Some(event) = event {
+            for problem in send(&plan.notify, &Notice::for_run(event, run)).await {
+                tracing::warn!(pipeline = %plan.name, run = %run.id, problem = %problem, "notification not delivered");
+            }
+        }
+    }
+}
+
+/// One step with its retry policy and timeout.
+async fn run_step(ctx: &StepContext<'_>) -> StepReport {
+    let step = ctx.step;
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let fut = match &step.kind {
+            StepKind::Copy(c) => crate::steps::copy::run(ctx, c),
+        };
+        let result = match step.timeout {
+            Some(t) => match tokio::time::timeout(t, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(StepError::external(format!(
+                    "attempt timed out after {}",
+                    humantime::format_duration(t)
+                ))),
+            },
+            None => fut.await,
+        };
+        match result {
+            Ok(mut out) => {
+                out.report.step = step.id.clone();
+                out.report.attempts = attempt;
+                out.report.duration_ms = started.elapsed().as_millis() as u64;
+                out.report.status = if out.report.quarantined > 0 {
+                    "partial".into()
+                } else {
+                    "succeeded".into()
+                };
+                return out.report;
+            }
+            Err(e) => {
+                let cancelled = ctx.cancel.is_cancelled();
+                let retry = e.class.retriable && attempt < step.retry.attempts && !cancelled;
+                tracing::warn!(step = %step.id, attempt, retriable = e.class.retriable, error = %e.message, "step attempt failed");
+                if !retry {
+                    return StepReport {
+                        step: step.id.clone(),
+                        status: if cancelled {
+                            "interrupted".into()
+                        } else {
+                            "failed".into()
+                        },
+                        attempts: attempt,
+                        duration_ms: started.elapsed().as_millis() as u64,
+                        error: Some(format!(
+                            "{} ({} error{})",
+                            e.message,
+                            e.class.domain,
+                            if e.class.retriable { ", retriable" } else { "" }
+                        )),
+                        ..Default::default()
+                    };
+                }
+                let wait = step.retry.backoff.delay(attempt);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = ctx.cancel.cancelled() => {}
+                }
+            }
+        }
+    }
+}

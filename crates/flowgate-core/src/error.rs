@@ -1,0 +1,124 @@
+//! Error classification shared by every layer.
+//!
+//! Whether a failure is retried, dead-lettered or reported as a user mistake is
+//! decided from its class, never from its message text.
+
+use std::fmt;
+
+/// Who is responsible for a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorDomain {
+    /// The pipeline file, its parameters or the input data are wrong.
+    User,
+    /// A system flowgate talks to failed (network, server, permissions).
+    External,
+    /// A flowgate bug or an impossible state.
+    Internal,
+}
+
+impl fmt::Display for ErrorDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorDomain::User => "user",
+            ErrorDomain::External => "external",
+            ErrorDomain::Internal => "internal",
+        })
+    }
+}
+
+/// Class of an error: its domain and whether trying again can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ErrorClass {
+    pub domain: ErrorDomain,
+    pub retriable: bool,
+}
+
+impl ErrorClass {
+    pub const USER: ErrorClass = ErrorClass {
+        domain: ErrorDomain::User,
+        retriable: false,
+    };
+    pub const EXTERNAL_RETRIABLE: ErrorClass = ErrorClass {
+        domain: ErrorDomain::External,
+        retriable: true,
+    };
+    pub const EXTERNAL_FATAL: ErrorClass = ErrorClass {
+        domain: ErrorDomain::External,
+        retriable: false,
+    };
+    pub const INTERNAL: ErrorClass = ErrorClass {
+        domain: ErrorDomain::Internal,
+        retriable: false,
+    };
+}
+
+/// Anything that knows its own class.
+pub trait Classify {
+    fn class(&self) -> ErrorClass;
+}
+
+/// An error that happened while a step worked: a message for people plus its class.
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[error("{message}")]
+pub struct StepError {
+    pub message: String,
+    pub class: ErrorClass,
+}
+
+impl StepError {
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        StepError {
+            message: crate::secret::redact(&message.into()),
+            class,
+        }
+    }
+    pub fn user(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::USER, message)
+    }
+    pub fn external(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::EXTERNAL_RETRIABLE, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::INTERNAL, message)
+    }
+    /// Prefix the message with where it happened.
+    pub fn context(mut self, what: impl fmt::Display) -> Self {
+        self.message = crate::secret::redact(&format!("{what}: {}", self.message));
+        self
+    }
+}
+
+impl Classify for StepError {
+    fn class(&self) -> ErrorClass {
+        self.class
+    }
+}
+
+impl Classify for object_store::Error {
+    fn class(&self) -> ErrorClass {
+        use object_store::Error as E;
+        match self {
+            E::NotFound { .. } | E::InvalidPath { .. } | E::AlreadyExists { .. } => {
+                ErrorClass::USER
+            }
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } | E::NotSupported { .. } => {
+                ErrorClass::EXTERNAL_FATAL
+            }
+            E::Precondition { .. } | E::NotModified { .. } => ErrorClass::EXTERNAL_RETRIABLE,
+            _ => ErrorClass::EXTERNAL_RETRIABLE,
+        }
+    }
+}
+
+impl From<object_store::Error> for StepError {
+    fn from(e: object_store::Error) -> Self {
+        StepError::new(e.class(), e.to_string())
+    }
+}
+
+impl From<crate::state::StateError> for StepError {
+    fn from(e: crate::state::StateError) -> Self {
+        StepError::new(ErrorClass::EXTERNAL_RETRIABLE, format!("state store: {e}"))
+    }
+}

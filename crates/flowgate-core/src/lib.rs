@@ -1,0 +1,17 @@
+//! flowgate's engine: the pipeline model and its validated plan, the state store,
+//! the run executor with its policies, triggers, and object stores.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod notify;
+pub mod plan;
+pub mod quarantine;
+pub mod secret;
+pub mod state;
+pub mod steps;
+pub mod store;
+pub mod template;
+pub mod testing;
+pub mod trigger;
+pub mod units;

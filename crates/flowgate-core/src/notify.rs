@@ -1,0 +1,99 @@
+//! Notifications: Slack-compatible webhooks and SMTP email.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::config::model::NotifyEvent;
+use crate::plan::NotifyPlan;
+use crate::state::RunRecord;
+
+/// A message about a run.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub event: NotifyEvent,
+    pub title: String,
+    pub text: String,
+}
+
+impl Notice {
+    pub fn for_run(event: NotifyEvent, run: &RunRecord) -> Notice {
+        let what = match event {
+            NotifyEvent::Failure => "failed",
+            NotifyEvent::Recovery => "recovered",
+            NotifyEvent::Partial => "finished with quarantined input",
+            NotifyEvent::Success => "succeeded",
+        };
+        let title = format!("flowgate: pipeline `{}` {what}", run.pipeline);
+        let mut text = format!(
+            "{title}\nrun {} ({}, trigger {}), status {}",
+            run.id,
+            run.env.as_deref().unwrap_or("default env"),
+            run.trigger,
+            run.status
+        );
+        if let Some(e) = &run.error {
+            text.push_str(&format!("\nerror: {e}"));
+        }
+        for s in &run.steps {
+            text.push_str(&format!(
+                "\n- {}: {} ({} objects out, {} skipped, {} quarantined){}",
+                s.step,
+                s.status,
+                s.objects_out,
+                s.objects_skipped,
+                s.quarantined,
+                s.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+        Notice {
+            event,
+            title: crate::secret::redact(&title),
+            text: crate::secret::redact(&text),
+        }
+    }
+}
+
+/// Send a notice to every configured channel. Failures to notify are returned for
+/// logging; they never change the run's outcome.
+pub async fn send(plan: &NotifyPlan, notice: &Notice) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !plan.on.contains(&notice.event) {
+        return problems;
+    }
+    if let Some(url) = &plan.webhook
+        && let Err(e) = webhook(url, notice).await
+    {
+        problems.push(crate::secret::redact(&format!("webhook: {e}")));
+    }
+    if let Some(email) = &plan.email {
+        problems.push(format!(
+            "email to {}: SMTP delivery is not built yet",
+            email.to.join(", ")
+        ));
+    }
+    problems
+}
+
+async fn webhook(url: &str, notice: &Notice) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let body = json!({ "text": notice.text });
+    let mut last = String::new();
+    for attempt in 0..3u32 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+        }
+        match client.post(url).json(&body).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => last = format!("HTTP {}", r.status()),
+            Err(e) => last = e.without_url().to_string(),
+        }
+    }
+    Err(last)
+}

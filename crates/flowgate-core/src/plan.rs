@@ -1,0 +1,626 @@
+//! A validated plan: every reference resolved, every template and pattern compiled,
+//! steps ordered. Nothing runs from an unvalidated file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::config::diagnostic::{Diagnostics, nearest};
+use crate::config::model::{
+    Access, CopySpec, NotifyEvent, ParamSpec, RetrySpec, StoreSpec, Verify,
+};
+use crate::config::{Diagnostic, LoadOptions, Loaded, load_file};
+use crate::store::{Location, is_object_store_url};
+use crate::units::{Backoff, Schedule, parse_duration, parse_size};
+
+/// The built-in KV store's name.
+pub const STATE_STORE: &str = "state";
+
+/// Retry policy of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub backoff: Backoff,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// A validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub name: String,
+    pub description: Option<String>,
+    pub file: PathBuf,
+    /// Directory of the pipeline file: relative paths start here.
+    pub dir: PathBuf,
+    pub env: Option<String>,
+    pub vars: BTreeMap<String, String>,
+    pub params: BTreeMap<String, ParamSpec>,
+    pub stores: BTreeMap<String, StoreSpec>,
+    pub schedule: Option<Schedule>,
+    pub schedule_text: Option<String>,
+    pub watch: Option<WatchPlan>,
+    pub arrival: Option<ArrivalPlan>,
+    /// Steps in an order that respects `needs`.
+    pub steps: Vec<PlannedStep>,
+    pub quarantine: Option<Location>,
+    pub dead_letter: Option<Location>,
+    pub notify: NotifyPlan,
+    pub matrix: Option<crate::config::model::MatrixSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WatchPlan {
+    pub key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ArrivalPlan {
+    pub store: String,
+    pub pattern: String,
+    pub matcher: globset::GlobMatcher,
+    pub poll: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct NotifyPlan {
+    pub on: Vec<NotifyEvent>,
+    pub webhook: Option<String>,
+    pub email: Option<crate::config::model::EmailSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedStep {
+    pub id: String,
+    pub needs: Vec<String>,
+    pub retry: RetryPolicy,
+    pub timeout: Option<Duration>,
+    pub kind: StepKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    Copy(CopyPlan),
+}
+
+impl StepKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Copy(_) => "copy",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CopyPlan {
+    pub from: Location,
+    pub to: Location,
+    pub include: Option<GlobSet>,
+    pub exclude: Option<GlobSet>,
+    pub manifest: Option<String>,
+    pub verify: Verify,
+    pub concurrency: usize,
+    pub part_size: usize,
+}
+
+/// Load and validate a pipeline file.
+pub fn plan_file(path: &Path, opts: &LoadOptions) -> Result<Plan, Vec<Diagnostic>> {
+    let loaded = load_file(path, opts)?;
+    build(&loaded)
+}
+
+fn glob_set(
+    patterns: &[String],
+    path: &str,
+    loaded: &Loaded,
+    d: &mut Diagnostics<'_>,
+) -> Option<GlobSet> {
+    if patterns.is_empty() {
+        return None;
+    }
+    let mut b = GlobSetBuilder::new();
+    for (i, p) in patterns.iter().enumerate() {
+        match Glob::new(p) {
+            Ok(g) => {
+                b.add(g);
+            }
+            Err(e) => d.push(
+                loaded.spans.value(&format!("{path}[{i}]")),
+                format!("bad glob `{p}`: {e}"),
+                None,
+            ),
+        }
+    }
+    b.build().ok()
+}
+
+/// Validate a loaded file into a plan.
+pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
+    let f = &loaded.file;
+    let spans = &loaded.spans;
+    let mut d = Diagnostics::new(loaded.path.clone(), &loaded.text);
+    d.items.extend(loaded.problems.iter().cloned());
+    let dir = loaded
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let dir = if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    };
+
+    if f.name.trim().is_empty()
+        || !f
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        d.push(
+            spans.value("name"),
+            format!(
+                "pipeline name `{}` must be letters, digits, `-`, `_` or `.`",
+                f.name
+            ),
+            None,
+        );
+    }
+
+    // Stores.
+    for (name, s) in &f.stores {
+        let at = format!("stores.{name}.url");
+        if name == STATE_STORE {
+            d.push(
+                spans.key(&format!("stores.{name}")),
+                "`state` is the built-in KV store; pick another name",
+                None,
+            );
+        }
+        if !is_object_store_url(&s.url) {
+            d.push(
+                spans.value(&at),
+                format!("store `{name}`: `{}` is not a supported URL", s.url),
+                Some("use file://, s3://, gs://, az:// or memory://".into()),
+            );
+        }
+    }
+    let store_names: Vec<&str> = f.stores.keys().map(String::as_str).collect();
+    let declared = || {
+        if store_names.is_empty() {
+            "no stores are declared; add one under [stores]".to_string()
+        } else {
+            format!("declared stores: {}", store_names.join(", "))
+        }
+    };
+    let store_ref = |d: &mut Diagnostics<'_>,
+                     at: &str,
+                     name: &str,
+                     need: Access,
+                     what: &str|
+     -> bool {
+        let Some(s) = f.stores.get(name) else {
+            if loaded.broken_stores.iter().any(|b| b == name) {
+                return false;
+            }
+            let hint = match nearest(name, store_names.iter().copied()) {
+                Some(n) => format!("did you mean `{n}`? {}", declared()),
+                None => declared(),
+            };
+            d.push(
+                spans.value(at),
+                format!("unknown store `{name}`"),
+                Some(hint),
+            );
+            return false;
+        };
+        if need.can_write() && !s.access.can_write() {
+            d.push(
+                spans.value(at),
+                format!("{what} writes to store `{name}`, which is read-only"),
+                Some(format!("set access = \"read-write\" (or \"write\") on [stores.{name}] if writing there is intended")),
+            );
+            return false;
+        }
+        if need.can_read() && !s.access.can_read() {
+            d.push(
+                spans.value(at),
+                format!("{what} reads from store `{name}`, which is write-only"),
+                Some(format!("set access = \"read-write\" on [stores.{name}]")),
+            );
+            return false;
+        }
+        true
+    };
+    let mut location = |d: &mut Diagnostics<'_>,
+                        at: &str,
+                        text: &str,
+                        need: Access,
+                        what: &str|
+     -> Option<Location> {
+        match Location::parse(text) {
+            Ok(loc) => {
+                if let Err(e) = crate::template::check(&loc.prefix) {
+                    d.push(
+                        spans.value(at),
+                        format!("bad template in `{text}`: {e}"),
+                        None,
+                    );
+                }
+                store_ref(d, at, &loc.store, need, what).then_some(loc)
+            }
+            Err(e) => {
+                d.push(spans.value(at), e, None);
+                None
+            }
+        }
+    };
+
+    // Triggers.
+    let t = &f.trigger;
+    let schedule =
+        t.schedule
+            .as_deref()
+            .and_then(|s| match Schedule::parse(s, t.timezone.as_deref()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    d.push(
+                        spans.value("trigger.schedule"),
+                        e,
+                        Some("cron fields: minute hour day-of-month month day-of-week".into()),
+                    );
+                    None
+                }
+            });
+    let watch = t.watch.as_ref().and_then(|w| {
+        if w.store != STATE_STORE {
+            d.push(
+                spans.value("trigger.watch.store"),
+                format!(
+                    "KV store `{}` cannot be watched yet; only the built-in `state` KV can",
+                    w.store
+                ),
+                None,
+            );
+            return None;
+        }
+        Some(WatchPlan { key: w.key.clone() })
+    });
+    let arrival = t.arrival.as_ref().and_then(|a| {
+        let poll = match a.poll.as_deref().map(parse_duration).transpose() {
+            Ok(p) => p.unwrap_or(Duration::from_secs(30)),
+            Err(e) => {
+                d.push(spans.value("trigger.arrival.poll"), e, None);
+                Duration::from_secs(30)
+            }
+        };
+        let ok = store_ref(
+            &mut d,
+            "trigger.arrival.store",
+            &a.store,
+            Access::Read,
+            "the arrival trigger",
+        );
+        let matcher = match Glob::new(&a.pattern) {
+            Ok(g) => Some(g.compile_matcher()),
+            Err(e) => {
+                d.push(
+                    spans.value("trigger.arrival.pattern"),
+                    format!("bad glob `{}`: {e}", a.pattern),
+                    None,
+                );
+                None
+            }
+        };
+        (ok && matcher.is_some()).then(|| ArrivalPlan {
+            store: a.store.clone(),
+            pattern: a.pattern.clone(),
+            matcher: matcher.unwrap_or_else(|| {
+                Glob::new("*")
+                    .map(|g| g.compile_matcher())
+                    .unwrap_or_else(|_| unreachable!())
+            }),
+            poll,
+        })
+    });
+
+    // Policies.
+    let retry_of = |d: &mut Diagnostics<'_>,
+                    at: &str,
+                    r: Option<&RetrySpec>,
+                    base: RetryPolicy|
+     -> RetryPolicy {
+        let Some(r) = r else { return base };
+        let backoff = match r.backoff.as_deref().map(Backoff::parse).transpose() {
+            Ok(b) => b.unwrap_or(base.backoff),
+            Err(e) => {
+                d.push(spans.value(&format!("{at}.backoff")), e, None);
+                base.backoff
+            }
+        };
+        let attempts = r.attempts.unwrap_or(base.attempts);
+        if attempts == 0 {
+            d.push(
+                spans.value(&format!("{at}.attempts")),
+                "attempts counts the first try too; it must be at least 1",
+                None,
+            );
+        }
+        RetryPolicy {
+            attempts: attempts.max(1),
+            backoff,
+        }
+    };
+    let default_retry = retry_of(
+        &mut d,
+        "policy.retry",
+        f.policy.retry.as_ref(),
+        RetryPolicy::default(),
+    );
+    let default_timeout = f
+        .policy
+        .timeout
+        .as_deref()
+        .and_then(|t| match parse_duration(t) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                d.push(spans.value("policy.timeout"), e, None);
+                None
+            }
+        });
+    let quarantine = f.policy.quarantine.as_deref().and_then(|q| {
+        location(
+            &mut d,
+            "policy.quarantine",
+            q,
+            Access::Write,
+            "the quarantine",
+        )
+    });
+    let dead_letter = f.policy.dead_letter.as_deref().and_then(|q| {
+        location(
+            &mut d,
+            "policy.dead_letter",
+            q,
+            Access::Write,
+            "the dead-letter sink",
+        )
+    });
+
+    // Steps.
+    let ids: Vec<&str> = f.steps.iter().map(|s| s.id.as_str()).collect();
+    let mut planned = Vec::new();
+    for (s, at) in f.steps.iter().zip(&loaded.step_paths) {
+        let at = at.clone();
+        if ids.iter().filter(|id| **id == s.id).count() > 1 {
+            d.push(
+                spans.value(&format!("{at}.id")),
+                format!("step id `{}` is used more than once", s.id),
+                None,
+            );
+        }
+        for (j, need) in s.needs.iter().enumerate() {
+            if !ids.contains(&need.as_str()) || need == &s.id {
+                let hint =
+                    nearest(need, ids.iter().copied()).map(|n| format!("did you mean `{n}`?"));
+                d.push(
+                    spans.value(&format!("{at}.needs[{j}]")),
+                    format!("step `{}` needs unknown step `{need}`", s.id),
+                    hint,
+                );
+            }
+        }
+        let retry = retry_of(
+            &mut d,
+            &format!("{at}.retry"),
+            s.retry.as_ref(),
+            default_retry,
+        );
+        let timeout = match s.timeout.as_deref().map(parse_duration).transpose() {
+            Ok(t) => t.or(default_timeout),
+            Err(e) => {
+                d.push(spans.value(&format!("{at}.timeout")), e, None);
+                None
+            }
+        };
+        let what = format!("step `{}`", s.id);
+        let kind = match &s.copy {
+            Some(c) => copy_plan(c, &at, &what, loaded, &mut d, &mut location).map(StepKind::Copy),
+            None => {
+                d.push(
+                    spans.key(&at),
+                    format!("step `{}` has no kind", s.id),
+                    Some("add one of: copy = { from = \"…\", to = \"…\" }".into()),
+                );
+                None
+            }
+        };
+        if let Some(kind) = kind {
+            planned.push(PlannedStep {
+                id: s.id.clone(),
+                needs: s.needs.clone(),
+                retry,
+                timeout,
+                kind,
+            });
+        }
+    }
+    let steps = match order(&planned) {
+        Ok(s) => s,
+        Err(cycle) => {
+            d.push(
+                spans.key("steps"),
+                format!(
+                    "steps depend on each other in a cycle: {}",
+                    cycle.join(" → ")
+                ),
+                None,
+            );
+            Vec::new()
+        }
+    };
+
+    // Notifications.
+    let webhook = f.notify.webhook.clone().filter(|w| !w.trim().is_empty());
+    if let Some(w) = &webhook
+        && url::Url::parse(w).is_err()
+    {
+        d.push(
+            spans.value("notify.webhook"),
+            "notify.webhook is not a URL",
+            None,
+        );
+    }
+    if let Some(e) = &f.notify.email
+        && !(e.smtp.starts_with("smtp://")
+            || e.smtp.starts_with("smtps://")
+            || e.smtp.starts_with("smtp+starttls://"))
+    {
+        d.push(
+            spans.value("notify.email.smtp"),
+            "notify.email.smtp must be smtp://, smtps:// or smtp+starttls://",
+            None,
+        );
+    }
+    if let Some(m) = &f.matrix
+        && m.values.is_empty()
+    {
+        d.push(
+            spans.key("matrix.values"),
+            "a matrix needs at least one axis",
+            None,
+        );
+    }
+
+    if !d.is_empty() {
+        let mut items = d.items;
+        items.sort_by(|a, b| (a.line, a.col).cmp(&(b.line, b.col)));
+        return Err(items);
+    }
+    Ok(Plan {
+        name: f.name.clone(),
+        description: f.description.clone(),
+        file: loaded.path.clone(),
+        dir,
+        env: loaded.env.clone(),
+        vars: f.vars.clone(),
+        params: f.params.clone(),
+        stores: f.stores.clone(),
+        schedule,
+        schedule_text: t.schedule.clone(),
+        watch,
+        arrival,
+        steps,
+        quarantine,
+        dead_letter,
+        notify: NotifyPlan {
+            on: f.notify.on.clone().unwrap_or_else(|| {
+                vec![
+                    NotifyEvent::Failure,
+                    NotifyEvent::Recovery,
+                    NotifyEvent::Partial,
+                ]
+            }),
+            webhook,
+            email: f.notify.email.clone(),
+        },
+        matrix: f.matrix.clone(),
+    })
+}
+
+type LocationFn<'a> =
+    dyn FnMut(&mut Diagnostics<'_>, &str, &str, Access, &str) -> Option<Location> + 'a;
+
+fn copy_plan(
+    c: &CopySpec,
+    at: &str,
+    what: &str,
+    loaded: &Loaded,
+    d: &mut Diagnostics<'_>,
+    location: &mut LocationFn<'_>,
+) -> Option<CopyPlan> {
+    let from = location(d, &format!("{at}.copy.from"), &c.from, Access::Read, what);
+    let to = location(d, &format!("{at}.copy.to"), &c.to, Access::Write, what);
+    let include = glob_set(&c.include, &format!("{at}.copy.include"), loaded, d);
+    let exclude = glob_set(&c.exclude, &format!("{at}.copy.exclude"), loaded, d);
+    let part_size = match c.part_size.as_deref().map(parse_size).transpose() {
+        Ok(p) => p.unwrap_or(10 << 20),
+        Err(e) => {
+            d.push(loaded.spans.value(&format!("{at}.copy.part_size")), e, None);
+            10 << 20
+        }
+    };
+    if part_size < 5 << 20 {
+        d.push(
+            loaded.spans.value(&format!("{at}.copy.part_size")),
+            "part_size must be at least 5MiB (the S3 minimum)",
+            None,
+        );
+    }
+    Some(CopyPlan {
+        from: from?,
+        to: to?,
+        include,
+        exclude,
+        manifest: match c.manifest.as_deref() {
+            Some("") => None,
+            Some(m) => Some(m.to_string()),
+            None => Some("_manifest.json".to_string()),
+        },
+        verify: c.verify.unwrap_or(Verify::Sha256),
+        concurrency: c.concurrency.unwrap_or(8).clamp(1, 256),
+        part_size: usize::try_from(part_size).unwrap_or(10 << 20),
+    })
+}
+
+/// Order steps so that each comes after what it needs (stable: file order otherwise).
+fn order(steps: &[PlannedStep]) -> Result<Vec<PlannedStep>, Vec<String>> {
+    let index: HashMap<&str, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+    let mut state = vec![0u8; steps.len()]; // 0 new, 1 visiting, 2 done
+    let mut out = Vec::new();
+    fn visit(
+        i: usize,
+        steps: &[PlannedStep],
+        index: &HashMap<&str, usize>,
+        state: &mut [u8],
+        out: &mut Vec<PlannedStep>,
+        trail: &mut Vec<String>,
+    ) -> Result<(), Vec<String>> {
+        match state[i] {
+            2 => return Ok(()),
+            1 => {
+                trail.push(steps[i].id.clone());
+                return Err(trail.clone());
+            }
+            _ => {}
+        }
+        state[i] = 1;
+        trail.push(steps[i].id.clone());
+        for need in &steps[i].needs {
+            if let Some(&j) = index.get(need.as_str()) {
+                visit(j, steps, index, state, out, trail)?;
+            }
+        }
+        trail.pop();
+        state[i] = 2;
+        out.push(steps[i].clone());
+        Ok(())
+    }
+    for i in 0..steps.len() {
+        visit(i, steps, &index, &mut state, &mut out, &mut Vec::new())?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,389 @@
+//! The state store: runs, the trigger-event ledger, watermarks, the object ledger,
+//! datasets, the built-in KV and leases. One trait, two backends (SQLite for one
+//! machine, PostgreSQL for many workers), one shared test suite.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+mod postgres;
+mod rows;
+mod sqlite;
+#[cfg(test)]
+mod suite;
+
+pub use postgres::PostgresState;
+pub use sqlite::SqliteState;
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("SQLite state at {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("PostgreSQL state: {0}")]
+    Postgres(String),
+    #[error("state store URL `{0}` is not supported; use a path, sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("state record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("no run matches `{0}`")]
+    RunNotFound(String),
+    #[error("`{0}` matches several runs; give more characters of the id")]
+    Ambiguous(String),
+    #[error("state store task failed: {0}")]
+    Task(String),
+}
+
+pub type StateResult<T> = Result<T, StateError>;
+
+/// Status of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    /// Succeeded, but some input was quarantined or dead-lettered.
+    Partial,
+    Failed,
+    Skipped,
+    /// Stopped by a signal; what was done is recorded, the rest is left for the next run.
+    Interrupted,
+    /// Its worker stopped renewing its lease (killed or lost); the next run resumes the work.
+    Abandoned,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 8] = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Partial,
+        RunStatus::Failed,
+        RunStatus::Skipped,
+        RunStatus::Interrupted,
+        RunStatus::Abandoned,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Partial => "partial",
+            RunStatus::Failed => "failed",
+            RunStatus::Skipped => "skipped",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Abandoned => "abandoned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        RunStatus::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Finished and will not change again.
+    pub fn is_final(self) -> bool {
+        !matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+
+    /// The run's work reached its sinks.
+    pub fn is_success(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Partial | RunStatus::Skipped
+        )
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a step did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    pub step: String,
+    pub status: String,
+    pub attempts: u32,
+    pub objects_in: u64,
+    pub objects_out: u64,
+    /// Objects that were already at the destination and were not copied again.
+    pub objects_skipped: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub rows_in: u64,
+    pub rows_out: u64,
+    /// Inputs set aside (quarantined objects, dead-lettered records).
+    pub quarantined: u64,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub notes: Vec<String>,
+}
+
+/// One execution of a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub pipeline: String,
+    pub env: Option<String>,
+    pub event_id: Option<i64>,
+    /// What started it: `manual`, `schedule`, `watch`, `arrival`.
+    pub trigger: String,
+    pub params: Value,
+    pub status: RunStatus,
+    pub attempt: u32,
+    pub worker: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub steps: Vec<StepReport>,
+}
+
+/// Status of a trigger event in the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventStatus {
+    Pending,
+    Claimed,
+    Done,
+    Failed,
+}
+
+impl EventStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Pending => "pending",
+            EventStatus::Claimed => "claimed",
+            EventStatus::Done => "done",
+            EventStatus::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> StateResult<EventStatus> {
+        match s {
+            "pending" => Ok(EventStatus::Pending),
+            "claimed" => Ok(EventStatus::Claimed),
+            "done" => Ok(EventStatus::Done),
+            "failed" => Ok(EventStatus::Failed),
+            other => Err(StateError::Corrupt(format!("event status `{other}`"))),
+        }
+    }
+}
+
+/// A trigger event, written before it starts a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerEvent {
+    pub id: i64,
+    pub pipeline: String,
+    pub kind: String,
+    /// Unique per pipeline: KV revision, object key + etag, schedule tick, message id.
+    pub dedupe_key: String,
+    pub payload: Value,
+    pub status: EventStatus,
+    pub attempts: u32,
+    pub run_id: Option<String>,
+    pub claimed_by: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A new event for the ledger.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub pipeline: String,
+    pub kind: String,
+    pub dedupe_key: String,
+    pub payload: Value,
+}
+
+/// The outcome of recording an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded {
+    New(TriggerEvent),
+    /// The same dedupe key was recorded before; this is that event.
+    Duplicate(TriggerEvent),
+}
+
+/// An entry of the object ledger: an input that a step has fully handled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub key: String,
+    /// What identifies the version handled (etag, or size + modification time).
+    pub fingerprint: String,
+    pub detail: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// A KV entry with its revision (a store-wide counter, like etcd's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KvEntry {
+    pub key: String,
+    pub value: String,
+    pub revision: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A lease: a name held by one holder until it expires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A published dataset version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dataset {
+    pub name: String,
+    pub version: String,
+    pub location: String,
+    pub meta: Value,
+    pub published_at: DateTime<Utc>,
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub pipeline: Option<String>,
+    pub status: Option<RunStatus>,
+    pub limit: usize,
+}
+
+/// The state store.
+#[async_trait::async_trait]
+pub trait StateStore: Send + Sync {
+    /// Where it is, without credentials.
+    fn describe(&self) -> String;
+
+    // --- trigger-event ledger ---
+    async fn record_event(&self, event: NewEvent) -> StateResult<Recorded>;
+    /// Claim the oldest event of `pipeline` that is pending, or claimed by a holder
+    /// whose lease ran out. Many workers may call this at once; each event goes to one.
+    async fn claim_event(
+        &self,
+        pipeline: &str,
+        worker: &str,
+        ttl: Duration,
+    ) -> StateResult<Option<TriggerEvent>>;
+    /// Claim one specific event (a manual run that was just recorded).
+    async fn claim_event_id(
+        &self,
+        id: i64,
+        worker: &str,
+        ttl: Duration,
+    ) -> StateResult<Option<TriggerEvent>>;
+    /// Extend a claim; false when the claim was lost.
+    async fn renew_event(&self, id: i64, worker: &str, ttl: Duration) -> StateResult<bool>;
+    async fn finish_event(&self, id: i64, status: EventStatus, run_id: &str) -> StateResult<()>;
+    async fn get_event(&self, id: i64) -> StateResult<Option<TriggerEvent>>;
+    async fn list_events(&self, pipeline: &str, limit: usize) -> StateResult<Vec<TriggerEvent>>;
+
+    // --- runs ---
+    /// Insert or replace a run record (reports included).
+    async fn save_run(&self, run: &RunRecord) -> StateResult<()>;
+    /// A run by id or unique id prefix.
+    async fn get_run(&self, id: &str) -> StateResult<RunRecord>;
+    async fn list_runs(&self, filter: &RunFilter) -> StateResult<Vec<RunRecord>>;
+
+    // --- watermarks ---
+    async fn get_watermark(&self, pipeline: &str, name: &str) -> StateResult<Option<Value>>;
+    async fn set_watermark(&self, pipeline: &str, name: &str, value: &Value) -> StateResult<()>;
+
+    // --- object ledger (inputs fully handled, per scope) ---
+    async fn ledger_list(
+        &self,
+        scope: &str,
+        prefix: &str,
+    ) -> StateResult<HashMap<String, LedgerEntry>>;
+    async fn ledger_put(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        detail: &Value,
+    ) -> StateResult<()>;
+
+    // --- KV ---
+    async fn kv_get(&self, key: &str) -> StateResult<Option<KvEntry>>;
+    /// Set a value; returns its new revision.
+    async fn kv_set(&self, key: &str, value: &str) -> StateResult<i64>;
+    async fn kv_list(&self, prefix: &str) -> StateResult<Vec<KvEntry>>;
+
+    // --- leases ---
+    /// Take or renew `name` for `holder`; false when someone else holds it.
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> StateResult<bool>;
+    async fn release_lease(&self, name: &str, holder: &str) -> StateResult<()>;
+    async fn get_lease(&self, name: &str) -> StateResult<Option<Lease>>;
+
+    // --- datasets ---
+    async fn publish_dataset(
+        &self,
+        name: &str,
+        version: &str,
+        location: &str,
+        meta: &Value,
+    ) -> StateResult<()>;
+    async fn list_datasets(&self, name: &str) -> StateResult<Vec<Dataset>>;
+}
+
+/// Wait until `key` has a revision above `after`, polling; `None` when `timeout` passes.
+pub async fn kv_wait(
+    state: &dyn StateStore,
+    key: &str,
+    after: i64,
+    timeout: Duration,
+) -> StateResult<Option<KvEntry>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(entry) = state.kv_get(key).await?
+            && entry.revision > after
+        {
+            return Ok(Some(entry));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Open a state store from a URL or a path: `postgres://…`, `sqlite://PATH`, or a file path.
+pub async fn open(url: &str) -> StateResult<Arc<dyn StateStore>> {
+    crate::secret::register_url_password(url);
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresState::connect(url).await?))
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        Ok(Arc::new(
+            SqliteState::open(std::path::Path::new(path)).await?,
+        ))
+    } else if url.contains("://") {
+        Err(StateError::UnsupportedUrl(crate::secret::redact(url)))
+    } else {
+        Ok(Arc::new(
+            SqliteState::open(std::path::Path::new(url)).await?,
+        ))
+    }
+}
+
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(v: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(v).unwrap_or_default()
+}
+
+pub(crate) fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
+}

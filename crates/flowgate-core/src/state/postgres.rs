@@ -1,0 +1,546 @@
+//! PostgreSQL backend: shared by many workers. Claims use `FOR UPDATE SKIP LOCKED`,
+//! the ledger's uniqueness is a unique index, time comes from one clock per row.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::Utc;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use serde_json::Value;
+use tokio_postgres::{NoTls, Row};
+
+use super::rows::{EVENT_COLUMNS, EventRow, RUN_COLUMNS, RunRow, json_text, parse_json};
+use super::sqlite::single_run;
+use super::*;
+
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE flowgate.events (
+  id BIGSERIAL PRIMARY KEY,
+  pipeline TEXT NOT NULL, kind TEXT NOT NULL, dedupe_key TEXT NOT NULL, payload TEXT NOT NULL,
+  status TEXT NOT NULL, attempts BIGINT NOT NULL DEFAULT 0, run_id TEXT, claimed_by TEXT,
+  lease_until BIGINT, created_at BIGINT NOT NULL,
+  UNIQUE (pipeline, dedupe_key));
+CREATE INDEX events_pending ON flowgate.events (pipeline, status, id);
+CREATE TABLE flowgate.runs (
+  id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, env TEXT, event_id BIGINT, trigger TEXT NOT NULL,
+  params TEXT NOT NULL, status TEXT NOT NULL, attempt BIGINT NOT NULL, worker TEXT NOT NULL,
+  started_at BIGINT NOT NULL, finished_at BIGINT, error TEXT, steps TEXT NOT NULL);
+CREATE INDEX runs_by_pipeline ON flowgate.runs (pipeline, started_at);
+CREATE TABLE flowgate.watermarks (
+  pipeline TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, updated_at BIGINT NOT NULL,
+  PRIMARY KEY (pipeline, name));
+CREATE TABLE flowgate.object_ledger (
+  scope TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, detail TEXT NOT NULL,
+  recorded_at BIGINT NOT NULL, PRIMARY KEY (scope, key));
+CREATE TABLE flowgate.kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, revision BIGINT NOT NULL, updated_at BIGINT NOT NULL);
+CREATE SEQUENCE flowgate.kv_revision;
+CREATE TABLE flowgate.leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at BIGINT NOT NULL);
+CREATE TABLE flowgate.datasets (
+  name TEXT NOT NULL, version TEXT NOT NULL, location TEXT NOT NULL, meta TEXT NOT NULL,
+  published_at BIGINT NOT NULL, PRIMARY KEY (name, version));
+"#,
+)];
+
+/// Arbitrary constant: the advisory lock that serialises migrations between workers.
+const MIGRATION_LOCK: i64 = 0x666c_6f77_6761_7465;
+
+/// The PostgreSQL state store.
+pub struct PostgresState {
+    pool: Pool,
+    described: String,
+}
+
+fn pg<E: std::fmt::Display>(e: E) -> StateError {
+    StateError::Postgres(crate::secret::redact(&e.to_string()))
+}
+
+fn pg_err(e: tokio_postgres::Error) -> StateError {
+    // The Display of a server error is only "db error"; the detail is in the source.
+    match e.as_db_error() {
+        Some(db) => StateError::Postgres(crate::secret::redact(&format!(
+            "{}: {}",
+            db.code().code(),
+            db.message()
+        ))),
+        None => pg(e),
+    }
+}
+
+impl PostgresState {
+    pub async fn connect(url: &str) -> StateResult<PostgresState> {
+        let config = tokio_postgres::Config::from_str(url).map_err(pg)?;
+        let described = describe_url(url);
+        let mgr = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr).max_size(8).build().map_err(pg)?;
+        let state = PostgresState { pool, described };
+        state.migrate().await?;
+        Ok(state)
+    }
+
+    async fn client(&self) -> StateResult<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|e| {
+            StateError::Postgres(format!(
+                "cannot connect to {}: {}",
+                self.described,
+                crate::secret::redact(&e.to_string())
+            ))
+        })
+    }
+
+    async fn migrate(&self) -> StateResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg_err)?;
+        tx.batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS flowgate; CREATE TABLE IF NOT EXISTS flowgate.migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .await
+        .map_err(pg_err)?;
+        let current: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM flowgate.migrations",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        for (version, sql) in MIGRATIONS {
+            if *version > current {
+                tx.batch_execute(sql).await.map_err(pg_err)?;
+                tx.execute(
+                    "INSERT INTO flowgate.migrations VALUES ($1, $2)",
+                    &[version, &ms(Utc::now())],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+        }
+        tx.commit().await.map_err(pg_err)
+    }
+
+    async fn claim_where(
+        &self,
+        condition: &str,
+        arg: &(dyn tokio_postgres::types::ToSql + Sync),
+        worker: &str,
+        ttl: Duration,
+    ) -> StateResult<Option<TriggerEvent>> {
+        let client = self.client().await?;
+        let now = ms(Utc::now());
+        let sql = format!(
+            "UPDATE flowgate.events SET status = 'claimed', claimed_by = $2, lease_until = $3, attempts = attempts + 1
+             WHERE id = (SELECT id FROM flowgate.events WHERE {condition}
+                           AND (status = 'pending' OR (status = 'claimed' AND lease_until < $4))
+                         ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING {EVENT_COLUMNS}"
+        );
+        let row = client
+            .query_opt(&sql, &[arg, &worker, &(now + ttl_ms(ttl)), &now])
+            .await
+            .map_err(pg_err)?;
+        row.map(|r| event_row(&r)?.into_event()).transpose()
+    }
+}
+
+/// `postgres://user:***@host:port/db` → `postgres://host:port/db`.
+fn describe_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => "postgres://(unparsable URL)".to_string(),
+    }
+}
+
+fn event_row(r: &Row) -> StateResult<EventRow> {
+    Ok(EventRow {
+        id: r.try_get(0).map_err(pg_err)?,
+        pipeline: r.try_get(1).map_err(pg_err)?,
+        kind: r.try_get(2).map_err(pg_err)?,
+        dedupe_key: r.try_get(3).map_err(pg_err)?,
+        payload: r.try_get(4).map_err(pg_err)?,
+        status: r.try_get(5).map_err(pg_err)?,
+        attempts: r.try_get(6).map_err(pg_err)?,
+        run_id: r.try_get(7).map_err(pg_err)?,
+        claimed_by: r.try_get(8).map_err(pg_err)?,
+        lease_until: r.try_get(9).map_err(pg_err)?,
+        created_at: r.try_get(10).map_err(pg_err)?,
+    })
+}
+
+fn run_row(r: &Row) -> StateResult<RunRow> {
+    Ok(RunRow {
+        id: r.try_get(0).map_err(pg_err)?,
+        pipeline: r.try_get(1).map_err(pg_err)?,
+        env: r.try_get(2).map_err(pg_err)?,
+        event_id: r.try_get(3).map_err(pg_err)?,
+        trigger: r.try_get(4).map_err(pg_err)?,
+        params: r.try_get(5).map_err(pg_err)?,
+        status: r.try_get(6).map_err(pg_err)?,
+        attempt: r.try_get(7).map_err(pg_err)?,
+        worker: r.try_get(8).map_err(pg_err)?,
+        started_at: r.try_get(9).map_err(pg_err)?,
+        finished_at: r.try_get(10).map_err(pg_err)?,
+        error: r.try_get(11).map_err(pg_err)?,
+        steps: r.try_get(12).map_err(pg_err)?,
+    })
+}
+
+fn kv_row(r: &Row) -> StateResult<KvEntry> {
+    Ok(KvEntry {
+        key: r.try_get(0).map_err(pg_err)?,
+        value: r.try_get(1).map_err(pg_err)?,
+        revision: r.try_get(2).map_err(pg_err)?,
+        updated_at: from_ms(r.try_get(3).map_err(pg_err)?),
+    })
+}
+
+#[async_trait::async_trait]
+impl StateStore for PostgresState {
+    fn describe(&self) -> String {
+        self.described.clone()
+    }
+
+    async fn record_event(&self, event: NewEvent) -> StateResult<Recorded> {
+        let client = self.client().await?;
+        let inserted = client
+            .query_opt(
+                &format!(
+                    "INSERT INTO flowgate.events (pipeline, kind, dedupe_key, payload, status, created_at) VALUES ($1, $2, $3, $4, 'pending', $5) ON CONFLICT (pipeline, dedupe_key) DO NOTHING RETURNING {EVENT_COLUMNS}"
+                ),
+                &[&event.pipeline, &event.kind, &event.dedupe_key, &json_text(&event.payload), &ms(Utc::now())],
+            )
+            .await
+            .map_err(pg_err)?;
+        if let Some(row) = inserted {
+            return Ok(Recorded::New(event_row(&row)?.into_event()?));
+        }
+        let row = client
+            .query_one(
+                &format!("SELECT {EVENT_COLUMNS} FROM flowgate.events WHERE pipeline = $1 AND dedupe_key = $2"),
+                &[&event.pipeline, &event.dedupe_key],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(Recorded::Duplicate(event_row(&row)?.into_event()?))
+    }
+
+    async fn claim_event(
+        &self,
+        pipeline: &str,
+        worker: &str,
+        ttl: Duration,
+    ) -> StateResult<Option<TriggerEvent>> {
+        self.claim_where("pipeline = $1", &pipeline, worker, ttl)
+            .await
+    }
+
+    async fn claim_event_id(
+        &self,
+        id: i64,
+        worker: &str,
+        ttl: Duration,
+    ) -> StateResult<Option<TriggerEvent>> {
+        self.claim_where("id = $1", &id, worker, ttl).await
+    }
+
+    async fn renew_event(&self, id: i64, worker: &str, ttl: Duration) -> StateResult<bool> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE flowgate.events SET lease_until = $1 WHERE id = $2 AND status = 'claimed' AND claimed_by = $3",
+                &[&(ms(Utc::now()) + ttl_ms(ttl)), &id, &worker],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(n == 1)
+    }
+
+    async fn finish_event(&self, id: i64, status: EventStatus, run_id: &str) -> StateResult<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE flowgate.events SET status = $1, run_id = $2, lease_until = NULL WHERE id = $3",
+                &[&status.as_str(), &run_id, &id],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn get_event(&self, id: i64) -> StateResult<Option<TriggerEvent>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {EVENT_COLUMNS} FROM flowgate.events WHERE id = $1"),
+                &[&id],
+            )
+            .await
+            .map_err(pg_err)?;
+        row.map(|r| event_row(&r)?.into_event()).transpose()
+    }
+
+    async fn list_events(&self, pipeline: &str, limit: usize) -> StateResult<Vec<TriggerEvent>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {EVENT_COLUMNS} FROM flowgate.events WHERE pipeline = $1 ORDER BY id DESC LIMIT $2"),
+                &[&pipeline, &(limit as i64)],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter().map(|r| event_row(r)?.into_event()).collect()
+    }
+
+    async fn save_run(&self, run: &RunRecord) -> StateResult<()> {
+        let r = RunRow::from_record(run)?;
+        let client = self.client().await?;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO flowgate.runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                     ON CONFLICT (id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt, worker = excluded.worker,
+                       finished_at = excluded.finished_at, error = excluded.error, steps = excluded.steps, params = excluded.params"
+                ),
+                &[
+                    &r.id, &r.pipeline, &r.env, &r.event_id, &r.trigger, &r.params, &r.status, &r.attempt, &r.worker,
+                    &r.started_at, &r.finished_at, &r.error, &r.steps,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn get_run(&self, id: &str) -> StateResult<RunRecord> {
+        let client = self.client().await?;
+        let prefix = format!("{}%", id.replace(['%', '_'], ""));
+        let rows = client
+            .query(
+                &format!("SELECT {RUN_COLUMNS} FROM flowgate.runs WHERE id LIKE $1 LIMIT 2"),
+                &[&prefix],
+            )
+            .await
+            .map_err(pg_err)?;
+        let rows = rows.iter().map(run_row).collect::<StateResult<Vec<_>>>()?;
+        single_run(id, rows)
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> StateResult<Vec<RunRecord>> {
+        let client = self.client().await?;
+        let status = filter.status.map(|s| s.as_str().to_string());
+        let limit = if filter.limit == 0 { 50 } else { filter.limit } as i64;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM flowgate.runs WHERE ($1::TEXT IS NULL OR pipeline = $1) AND ($2::TEXT IS NULL OR status = $2) ORDER BY started_at DESC, id DESC LIMIT $3"
+                ),
+                &[&filter.pipeline, &status, &limit],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter().map(|r| run_row(r)?.into_record()).collect()
+    }
+
+    async fn get_watermark(&self, pipeline: &str, name: &str) -> StateResult<Option<Value>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT value FROM flowgate.watermarks WHERE pipeline = $1 AND name = $2",
+                &[&pipeline, &name],
+            )
+            .await
+            .map_err(pg_err)?;
+        row.map(|r| parse_json(r.get::<_, &str>(0))).transpose()
+    }
+
+    async fn set_watermark(&self, pipeline: &str, name: &str, value: &Value) -> StateResult<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO flowgate.watermarks (pipeline, name, value, updated_at) VALUES ($1, $2, $3, $4) ON CONFLICT (pipeline, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                &[&pipeline, &name, &json_text(value), &ms(Utc::now())],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn ledger_list(
+        &self,
+        scope: &str,
+        prefix: &str,
+    ) -> StateResult<HashMap<String, LedgerEntry>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT key, fingerprint, detail, recorded_at FROM flowgate.object_ledger WHERE scope = $1 AND left(key, length($2)) = $2",
+                &[&scope, &prefix],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                let key: String = r.get(0);
+                Ok((
+                    key.clone(),
+                    LedgerEntry {
+                        key,
+                        fingerprint: r.get(1),
+                        detail: parse_json(r.get::<_, &str>(2))?,
+                        recorded_at: from_ms(r.get(3)),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn ledger_put(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        detail: &Value,
+    ) -> StateResult<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO flowgate.object_ledger (scope, key, fingerprint, detail, recorded_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, detail = excluded.detail, recorded_at = excluded.recorded_at",
+                &[&scope, &key, &fingerprint, &json_text(detail), &ms(Utc::now())],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn kv_get(&self, key: &str) -> StateResult<Option<KvEntry>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT key, value, revision, updated_at FROM flowgate.kv WHERE key = $1",
+                &[&key],
+            )
+            .await
+            .map_err(pg_err)?;
+        row.map(|r| kv_row(&r)).transpose()
+    }
+
+    async fn kv_set(&self, key: &str, value: &str) -> StateResult<i64> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "INSERT INTO flowgate.kv (key, value, revision, updated_at) VALUES ($1, $2, nextval('flowgate.kv_revision'), $3) ON CONFLICT (key) DO UPDATE SET value = excluded.value, revision = excluded.revision, updated_at = excluded.updated_at RETURNING revision",
+                &[&key, &value, &ms(Utc::now())],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.get(0))
+    }
+
+    async fn kv_list(&self, prefix: &str) -> StateResult<Vec<KvEntry>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT key, value, revision, updated_at FROM flowgate.kv WHERE left(key, length($1)) = $1 ORDER BY key",
+                &[&prefix],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter().map(kv_row).collect()
+    }
+
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> StateResult<bool> {
+        let client = self.client().await?;
+        let now = ms(Utc::now());
+        let n = client
+            .execute(
+                "INSERT INTO flowgate.leases (name, holder, expires_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at WHERE flowgate.leases.holder = excluded.holder OR flowgate.leases.expires_at < $4",
+                &[&name, &holder, &(now + ttl_ms(ttl)), &now],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(n == 1)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> StateResult<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM flowgate.leases WHERE name = $1 AND holder = $2",
+                &[&name, &holder],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn get_lease(&self, name: &str) -> StateResult<Option<Lease>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT name, holder, expires_at FROM flowgate.leases WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.map(|r| Lease {
+            name: r.get(0),
+            holder: r.get(1),
+            expires_at: from_ms(r.get(2)),
+        }))
+    }
+
+    async fn publish_dataset(
+        &self,
+        name: &str,
+        version: &str,
+        location: &str,
+        meta: &Value,
+    ) -> StateResult<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO flowgate.datasets (name, version, location, meta, published_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, version) DO UPDATE SET location = excluded.location, meta = excluded.meta",
+                &[&name, &version, &location, &json_text(meta), &ms(Utc::now())],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn list_datasets(&self, name: &str) -> StateResult<Vec<Dataset>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT name, version, location, meta, published_at FROM flowgate.datasets WHERE name = $1 ORDER BY published_at DESC, version DESC",
+                &[&name],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Dataset {
+                    name: r.get(0),
+                    version: r.get(1),
+                    location: r.get(2),
+                    meta: parse_json(r.get::<_, &str>(3))?,
+                    published_at: from_ms(r.get(4)),
+                })
+            })
+            .collect()
+    }
+}

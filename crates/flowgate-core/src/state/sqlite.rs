@@ -1,0 +1,562 @@
+//! SQLite backend: one file (WAL), for a laptop or a single worker.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use serde_json::Value;
+
+use super::rows::{EVENT_COLUMNS, EventRow, RUN_COLUMNS, RunRow, json_text, parse_json};
+use super::*;
+
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  pipeline TEXT NOT NULL, kind TEXT NOT NULL, dedupe_key TEXT NOT NULL, payload TEXT NOT NULL,
+  status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, run_id TEXT, claimed_by TEXT,
+  lease_until INTEGER, created_at INTEGER NOT NULL,
+  UNIQUE (pipeline, dedupe_key));
+CREATE INDEX events_pending ON events (pipeline, status, id);
+CREATE TABLE runs (
+  id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, env TEXT, event_id INTEGER, trigger TEXT NOT NULL,
+  params TEXT NOT NULL, status TEXT NOT NULL, attempt INTEGER NOT NULL, worker TEXT NOT NULL,
+  started_at INTEGER NOT NULL, finished_at INTEGER, error TEXT, steps TEXT NOT NULL);
+CREATE INDEX runs_by_pipeline ON runs (pipeline, started_at);
+CREATE TABLE watermarks (
+  pipeline TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, updated_at INTEGER NOT NULL,
+  PRIMARY KEY (pipeline, name));
+CREATE TABLE object_ledger (
+  scope TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, detail TEXT NOT NULL,
+  recorded_at INTEGER NOT NULL, PRIMARY KEY (scope, key));
+CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, revision INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+CREATE TABLE kv_revision (id INTEGER PRIMARY KEY CHECK (id = 1), revision INTEGER NOT NULL);
+INSERT INTO kv_revision VALUES (1, 0);
+CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at INTEGER NOT NULL);
+CREATE TABLE datasets (
+  name TEXT NOT NULL, version TEXT NOT NULL, location TEXT NOT NULL, meta TEXT NOT NULL,
+  published_at INTEGER NOT NULL, PRIMARY KEY (name, version));
+"#,
+)];
+
+/// The SQLite state store.
+pub struct SqliteState {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteState {
+    pub async fn open(path: &Path) -> StateResult<SqliteState> {
+        let path = path.to_path_buf();
+        let p = path.clone();
+        let conn = tokio::task::spawn_blocking(move || -> StateResult<Connection> {
+            let err = |source| StateError::Sqlite {
+                path: p.display().to_string(),
+                source,
+            };
+            if let Some(dir) = p.parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StateError::Task(format!("create {}: {e}", dir.display())))?;
+            }
+            let mut conn = Connection::open(&p).map_err(err)?;
+            conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(err)?;
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(err)?;
+            migrate(&mut conn).map_err(err)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(|e| StateError::Task(e.to_string()))??;
+        Ok(SqliteState {
+            path,
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> StateResult<T> {
+        let conn = self.conn.clone();
+        let path = self.path.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard).map_err(|source| StateError::Sqlite { path, source })
+        })
+        .await
+        .map_err(|e| StateError::Task(e.to_string()))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS flowgate_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM flowgate_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    for (version, sql) in MIGRATIONS {
+        if *version > current {
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO flowgate_migrations VALUES (?1, ?2)",
+                params![version, ms(Utc::now())],
+            )?;
+        }
+    }
+    tx.commit()
+}
+
+fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        id: r.get(0)?,
+        pipeline: r.get(1)?,
+        kind: r.get(2)?,
+        dedupe_key: r.get(3)?,
+        payload: r.get(4)?,
+        status: r.get(5)?,
+        attempts: r.get(6)?,
+        run_id: r.get(7)?,
+        claimed_by: r.get(8)?,
+        lease_until: r.get(9)?,
+        created_at: r.get(10)?,
+    })
+}
+
+fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        id: r.get(0)?,
+        pipeline: r.get(1)?,
+        env: r.get(2)?,
+        event_id: r.get(3)?,
+        trigger: r.get(4)?,
+        params: r.get(5)?,
+        status: r.get(6)?,
+        attempt: r.get(7)?,
+        worker: r.get(8)?,
+        started_at: r.get(9)?,
+        finished_at: r.get(10)?,
+        error: r.get(11)?,
+        steps: r.get(12)?,
+    })
+}
+
+fn claim(
+    conn: &mut Connection,
+    select: &str,
+    arg: rusqlite::types::Value,
+    worker: String,
+    ttl: i64,
+) -> rusqlite::Result<Option<EventRow>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = ms(Utc::now());
+    let row = tx
+        .query_row(select, params![arg, now], event_row)
+        .optional()?;
+    let Some(mut row) = row else { return Ok(None) };
+    tx.execute(
+        "UPDATE events SET status = 'claimed', claimed_by = ?1, lease_until = ?2, attempts = attempts + 1 WHERE id = ?3",
+        params![worker, now + ttl, row.id],
+    )?;
+    tx.commit()?;
+    row.status = "claimed".into();
+    row.claimed_by = Some(worker);
+    row.lease_until = Some(now + ttl);
+    row.attempts += 1;
+    Ok(Some(row))
+}
+
+#[async_trait::async_trait]
+impl StateStore for SqliteState {
+    fn describe(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+
+    async fn record_event(&self, event: NewEvent) -> StateResult<Recorded> {
+        let (inserted, row) = self
+            .with(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let n = tx.execute(
+                    "INSERT INTO events (pipeline, kind, dedupe_key, payload, status, created_at) VALUES (?1, ?2, ?3, ?4, 'pending', ?5) ON CONFLICT (pipeline, dedupe_key) DO NOTHING",
+                    params![event.pipeline, event.kind, event.dedupe_key, json_text(&event.payload), ms(Utc::now())],
+                )?;
+                let row = tx.query_row(
+                    &format!("SELECT {EVENT_COLUMNS} FROM events WHERE pipeline = ?1 AND dedupe_key = ?2"),
+                    params![event.pipeline, event.dedupe_key],
+                    event_row,
+                )?;
+                tx.commit()?;
+                Ok((n == 1, row))
+            })
+            .await?;
+        let ev = row.into_event()?;
+        Ok(if inserted {
+            Recorded::New(ev)
+        } else {
+            Recorded::Duplicate(ev)
+        })
+    }
+
+    async fn claim_event(
+        &self,
+        pipeline: &str,
+        worker: &str,
+        ttl: Duration,
+    ) -> StateResult<Option<TriggerEvent>> {
+        let (pipeline, worker, ttl) = (pipeline.to_string(), worker.to_string(), ttl_ms(ttl));
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE pipeline = ?1 AND (status = 'pending' OR (status = 'claimed' AND lease_until < ?2)) ORDER BY id LIMIT 1"
+        );
+        self.with(move |c| claim(c, &sql, pipeline.into(), worker, ttl))
+            .await?
+            .map(EventRow::into_event)
+            .transpose()
+    }
+
+    async fn claim_event_id(
+        &self,
+        id: i64,
+        worker: &str,
+        ttl: Duration,
+    ) -> StateResult<Option<TriggerEvent>> {
+        let (worker, ttl) = (worker.to_string(), ttl_ms(ttl));
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1 AND (status = 'pending' OR (status = 'claimed' AND lease_until < ?2))"
+        );
+        self.with(move |c| claim(c, &sql, id.into(), worker, ttl))
+            .await?
+            .map(EventRow::into_event)
+            .transpose()
+    }
+
+    async fn renew_event(&self, id: i64, worker: &str, ttl: Duration) -> StateResult<bool> {
+        let (worker, ttl) = (worker.to_string(), ttl_ms(ttl));
+        self.with(move |c| {
+            let n = c.execute(
+                "UPDATE events SET lease_until = ?1 WHERE id = ?2 AND status = 'claimed' AND claimed_by = ?3",
+                params![ms(Utc::now()) + ttl, id, worker],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn finish_event(&self, id: i64, status: EventStatus, run_id: &str) -> StateResult<()> {
+        let run_id = run_id.to_string();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE events SET status = ?1, run_id = ?2, lease_until = NULL WHERE id = ?3",
+                params![status.as_str(), run_id, id],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn get_event(&self, id: i64) -> StateResult<Option<TriggerEvent>> {
+        self.with(move |c| {
+            c.query_row(
+                &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"),
+                params![id],
+                event_row,
+            )
+            .optional()
+        })
+        .await?
+        .map(EventRow::into_event)
+        .transpose()
+    }
+
+    async fn list_events(&self, pipeline: &str, limit: usize) -> StateResult<Vec<TriggerEvent>> {
+        let pipeline = pipeline.to_string();
+        let rows = self
+            .with(move |c| {
+                let mut st = c.prepare(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE pipeline = ?1 ORDER BY id DESC LIMIT ?2"
+                ))?;
+                st.query_map(params![pipeline, limit as i64], event_row)?.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+
+    async fn save_run(&self, run: &RunRecord) -> StateResult<()> {
+        let r = RunRow::from_record(run)?;
+        self.with(move |c| {
+            c.execute(
+                &format!("INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+                params![
+                    r.id, r.pipeline, r.env, r.event_id, r.trigger, r.params, r.status, r.attempt, r.worker,
+                    r.started_at, r.finished_at, r.error, r.steps
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn get_run(&self, id: &str) -> StateResult<RunRecord> {
+        let prefix = format!("{}%", id.replace(['%', '_'], ""));
+        let rows = self
+            .with(move |c| {
+                let mut st = c.prepare(&format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE id LIKE ?1 LIMIT 2"
+                ))?;
+                st.query_map(params![prefix], run_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        single_run(id, rows)
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> StateResult<Vec<RunRecord>> {
+        let pipeline = filter.pipeline.clone();
+        let status = filter.status.map(|s| s.as_str().to_string());
+        let limit = if filter.limit == 0 { 50 } else { filter.limit } as i64;
+        let rows = self
+            .with(move |c| {
+                let mut st = c.prepare(&format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR pipeline = ?1) AND (?2 IS NULL OR status = ?2) ORDER BY started_at DESC, id DESC LIMIT ?3"
+                ))?;
+                st.query_map(params![pipeline, status, limit], run_row)?.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter().map(RunRow::into_record).collect()
+    }
+
+    async fn get_watermark(&self, pipeline: &str, name: &str) -> StateResult<Option<Value>> {
+        let (p, n) = (pipeline.to_string(), name.to_string());
+        let text: Option<String> = self
+            .with(move |c| {
+                c.query_row(
+                    "SELECT value FROM watermarks WHERE pipeline = ?1 AND name = ?2",
+                    params![p, n],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await?;
+        text.as_deref().map(parse_json).transpose()
+    }
+
+    async fn set_watermark(&self, pipeline: &str, name: &str, value: &Value) -> StateResult<()> {
+        let (p, n, v) = (pipeline.to_string(), name.to_string(), json_text(value));
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO watermarks (pipeline, name, value, updated_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (pipeline, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                params![p, n, v, ms(Utc::now())],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn ledger_list(
+        &self,
+        scope: &str,
+        prefix: &str,
+    ) -> StateResult<HashMap<String, LedgerEntry>> {
+        let (scope, prefix) = (scope.to_string(), prefix.to_string());
+        let rows: Vec<(String, String, String, i64)> = self
+            .with(move |c| {
+                let mut st = c.prepare(
+                    "SELECT key, fingerprint, detail, recorded_at FROM object_ledger WHERE scope = ?1 AND substr(key, 1, length(?2)) = ?2",
+                )?;
+                st.query_map(params![scope, prefix], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(key, fingerprint, detail, at)| {
+                Ok((
+                    key.clone(),
+                    LedgerEntry {
+                        key,
+                        fingerprint,
+                        detail: parse_json(&detail)?,
+                        recorded_at: from_ms(at),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn ledger_put(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        detail: &Value,
+    ) -> StateResult<()> {
+        let (s, k, f, d) = (
+            scope.to_string(),
+            key.to_string(),
+            fingerprint.to_string(),
+            json_text(detail),
+        );
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO object_ledger (scope, key, fingerprint, detail, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, detail = excluded.detail, recorded_at = excluded.recorded_at",
+                params![s, k, f, d, ms(Utc::now())],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn kv_get(&self, key: &str) -> StateResult<Option<KvEntry>> {
+        let key = key.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT key, value, revision, updated_at FROM kv WHERE key = ?1",
+                params![key],
+                kv_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn kv_set(&self, key: &str, value: &str) -> StateResult<i64> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let rev: i64 =
+                tx.query_row("UPDATE kv_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision", [], |r| r.get(0))?;
+            tx.execute(
+                "INSERT INTO kv (key, value, revision, updated_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO UPDATE SET value = excluded.value, revision = excluded.revision, updated_at = excluded.updated_at",
+                params![key, value, rev, ms(Utc::now())],
+            )?;
+            tx.commit()?;
+            Ok(rev)
+        })
+        .await
+    }
+
+    async fn kv_list(&self, prefix: &str) -> StateResult<Vec<KvEntry>> {
+        let prefix = prefix.to_string();
+        self.with(move |c| {
+            let mut st = c.prepare(
+                "SELECT key, value, revision, updated_at FROM kv WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+            )?;
+            st.query_map(params![prefix], kv_row)?.collect()
+        })
+        .await
+    }
+
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> StateResult<bool> {
+        let (name, holder, ttl) = (name.to_string(), holder.to_string(), ttl_ms(ttl));
+        self.with(move |c| {
+            let now = ms(Utc::now());
+            let n = c.execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at WHERE leases.holder = excluded.holder OR leases.expires_at < ?4",
+                params![name, holder, now + ttl, now],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> StateResult<()> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM leases WHERE name = ?1 AND holder = ?2",
+                params![name, holder],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn get_lease(&self, name: &str) -> StateResult<Option<Lease>> {
+        let name = name.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT name, holder, expires_at FROM leases WHERE name = ?1",
+                params![name],
+                |r| {
+                    Ok(Lease {
+                        name: r.get(0)?,
+                        holder: r.get(1)?,
+                        expires_at: from_ms(r.get(2)?),
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn publish_dataset(
+        &self,
+        name: &str,
+        version: &str,
+        location: &str,
+        meta: &Value,
+    ) -> StateResult<()> {
+        let (n, v, l, m) = (
+            name.to_string(),
+            version.to_string(),
+            location.to_string(),
+            json_text(meta),
+        );
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO datasets (name, version, location, meta, published_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (name, version) DO UPDATE SET location = excluded.location, meta = excluded.meta",
+                params![n, v, l, m, ms(Utc::now())],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn list_datasets(&self, name: &str) -> StateResult<Vec<Dataset>> {
+        let name = name.to_string();
+        let rows: Vec<(String, String, String, String, i64)> = self
+            .with(move |c| {
+                let mut st = c.prepare(
+                    "SELECT name, version, location, meta, published_at FROM datasets WHERE name = ?1 ORDER BY published_at DESC, version DESC",
+                )?;
+                st.query_map(params![name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?.collect()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(name, version, location, meta, at)| {
+                Ok(Dataset {
+                    name,
+                    version,
+                    location,
+                    meta: parse_json(&meta)?,
+                    published_at: from_ms(at),
+                })
+            })
+            .collect()
+    }
+}
+
+fn kv_row(r: &Row<'_>) -> rusqlite::Result<KvEntry> {
+    Ok(KvEntry {
+        key: r.get(0)?,
+        value: r.get(1)?,
+        revision: r.get(2)?,
+        updated_at: from_ms(r.get(3)?),
+    })
+}
+
+pub(crate) fn single_run(id: &str, mut rows: Vec<RunRow>) -> StateResult<RunRecord> {
+    match rows.len() {
+        0 => Err(StateError::RunNotFound(id.to_string())),
+        1 => rows.remove(0).into_record(),
+        _ => Err(StateError::Ambiguous(id.to_string())),
+    }
+}

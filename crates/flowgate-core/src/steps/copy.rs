@@ -1,0 +1,368 @@
+//! `copy`: objects → objects, streaming with bounded memory.
+//!
+//! Destination keys are the source's relative keys under the destination prefix,
+//! so a repeated or resumed copy writes the same keys. Each object is written
+//! atomically by the store (rename on local disks, multipart completion on S3),
+//! verified, and only then recorded in the object ledger; the manifest is written
+//! last, so its presence means the copy is complete.
+
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::buffered::BufWriter;
+use object_store::{ObjectMeta, PutPayload};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::config::model::Verify;
+use crate::engine::{StepContext, StepOutput};
+use crate::error::{ErrorClass, StepError};
+use crate::plan::CopyPlan;
+use crate::state::StepReport;
+use crate::store::StoreHandle;
+
+struct Item {
+    meta: ObjectMeta,
+    relative: String,
+}
+
+/// What happened to one object.
+enum Done {
+    Copied { bytes: u64, sha256: String },
+    Unchanged { sha256: String },
+    Quarantined { report: String },
+    Vanished,
+}
+
+fn fingerprint(meta: &ObjectMeta) -> String {
+    match &meta.e_tag {
+        Some(e) => format!("etag:{e}:{}", meta.size),
+        None => format!(
+            "size:{}:{}",
+            meta.size,
+            meta.last_modified.timestamp_millis()
+        ),
+    }
+}
+
+fn render_prefix(ctx: &StepContext<'_>, template: &str) -> Result<String, StepError> {
+    let p = crate::template::render(template, ctx.template).map_err(StepError::user)?;
+    Ok(p.trim_matches('/').to_string())
+}
+
+fn join(prefix: &str, rel: &str) -> String {
+    if prefix.is_empty() {
+        rel.to_string()
+    } else {
+        format!("{prefix}/{rel}")
+    }
+}
+
+pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, StepError> {
+    let src = ctx.stores.get(&plan.from.store)?;
+    let dst = ctx.stores.get(&plan.to.store)?;
+    let what = format!("step `{}`", ctx.step.id);
+    // Refused before any I/O.
+    let writer = dst
+        .writer(&what)
+        .map_err(|e| StepError::user(e.to_string()))?
+        .clone();
+    let from_prefix = render_prefix(ctx, &plan.from.prefix)?;
+    let to_prefix = render_prefix(ctx, &plan.to.prefix)?;
+    let base = src
+        .path(&from_prefix)
+        .map_err(|e| StepError::user(format!("source prefix `{from_prefix}`: {e}")))?;
+    dst.path(&to_prefix)
+        .map_err(|e| StepError::user(format!("destination prefix `{to_prefix}`: {e}")))?;
+
+    // List what is there.
+    let listed: Vec<ObjectMeta> =
+        src.reader()
+            .list(Some(&base))
+            .try_collect()
+            .await
+            .map_err(|e| {
+                StepError::from(e).context(format!("listing {}", src.display(&from_prefix)))
+            })?;
+    let manifest_name = plan.manifest.as_deref();
+    let same_place = src.url == dst.url && from_prefix == to_prefix;
+    let mut items: Vec<Item> = listed
+        .into_iter()
+        .filter_map(|meta| {
+            let relative = StoreHandle::relative_to(&base, &meta.location)?;
+            if relative.is_empty() {
+                return None;
+            }
+            if same_place && Some(relative.as_str()) == manifest_name {
+                return None;
+            }
+            if plan
+                .include
+                .as_ref()
+                .is_some_and(|g| !g.is_match(&relative))
+            {
+                return None;
+            }
+            if plan.exclude.as_ref().is_some_and(|g| g.is_match(&relative)) {
+                return None;
+            }
+            Some(Item { meta, relative })
+        })
+        .collect();
+    items.sort_by(|a, b| a.relative.cmp(&b.relative));
+
+    let scope = format!(
+        "{}/{}/{}",
+        ctx.plan.name,
+        ctx.step.id,
+        dst.display(&to_prefix)
+    );
+    let ledger = ctx.state.ledger_list(&scope, "").await?;
+    let total_bytes: u64 = items.iter().map(|i| i.meta.size).sum();
+    ctx.progress
+        .begin(&ctx.step.id, items.len() as u64, total_bytes);
+    let quarantine = ctx.stores.quarantine_for(src, ctx.template)?;
+
+    let items_ref = &items;
+    let results: Vec<(usize, Result<Done, StepError>)> = futures::stream::iter(0..items.len())
+        .map(|i| {
+            let writer = writer.clone();
+            let ledger = &ledger;
+            let scope = &scope;
+            let to_prefix = &to_prefix;
+            let from_prefix = &from_prefix;
+            let quarantine = &quarantine;
+            async move {
+                let item = &items_ref[i];
+                if ctx.cancel.is_cancelled() {
+                    return (i, Err(StepError::external("interrupted before this object was copied")));
+                }
+                let fp = fingerprint(&item.meta);
+                let dest_key = join(to_prefix, &item.relative);
+                let dest = match dst.path(&dest_key) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let err = StepError::user(format!("`{}` cannot be a destination key: {e}", item.relative));
+                        return (i, quarantine_one(ctx, src, quarantine, from_prefix, item, err).await);
+                    }
+                };
+                // Unchanged since a verified copy: skip.
+                if let Some(entry) = ledger.get(&item.relative)
+                    && entry.fingerprint == fp
+                    && let Ok(head) = writer.head(&dest).await
+                    && head.size == item.meta.size
+                {
+                    let sha = entry.detail.get("sha256").and_then(Value::as_str).unwrap_or_default().to_string();
+                    ctx.progress.advance(item.meta.size);
+                    return (i, Ok(Done::Unchanged { sha256: sha }));
+                }
+                let res = copy_one(src, &writer, item, &dest, plan.part_size, ctx.progress).await;
+                let res = match res {
+                    Ok((bytes, sha256)) => verify(&writer, &dest, plan.verify, bytes, &sha256).await.map(|_| (bytes, sha256)),
+                    Err(e) => Err(e),
+                };
+                match res {
+                    Ok((bytes, sha256)) => {
+                        let detail = json!({"size": bytes, "sha256": sha256, "destination": dst.display(&dest_key)});
+                        if let Err(e) = ctx.state.ledger_put(scope, &item.relative, &fp, &detail).await {
+                            return (i, Err(e.into()));
+                        }
+                        (i, Ok(Done::Copied { bytes, sha256 }))
+                    }
+                    Err(e) if e.message.contains("vanished") => (i, Ok(Done::Vanished)),
+                    Err(e) if !e.class.retriable => (i, quarantine_one(ctx, src, quarantine, from_prefix, item, e).await),
+                    Err(e) => (i, Err(e.context(format!("copying {}", src.display(&join(from_prefix, &item.relative)))))),
+                }
+            }
+        })
+        .buffer_unordered(plan.concurrency)
+        .collect()
+        .await;
+    ctx.progress.end();
+
+    let mut report = StepReport {
+        objects_in: items.len() as u64,
+        ..Default::default()
+    };
+    let mut manifest_objects = Vec::new();
+    let mut first_error: Option<StepError> = None;
+    let mut sorted = results;
+    sorted.sort_by_key(|(i, _)| *i);
+    for (i, r) in sorted {
+        let item = &items[i];
+        match r {
+            Ok(Done::Copied { bytes, sha256 }) => {
+                report.objects_out += 1;
+                report.bytes_in += bytes;
+                report.bytes_out += bytes;
+                manifest_objects
+                    .push(json!({"key": item.relative, "size": bytes, "sha256": sha256}));
+            }
+            Ok(Done::Unchanged { sha256 }) => {
+                report.objects_skipped += 1;
+                manifest_objects
+                    .push(json!({"key": item.relative, "size": item.meta.size, "sha256": sha256}));
+            }
+            Ok(Done::Quarantined { report: at }) => {
+                report.quarantined += 1;
+                report
+                    .notes
+                    .push(format!("quarantined `{}`: see {at}", item.relative));
+            }
+            Ok(Done::Vanished) => report.notes.push(format!(
+                "`{}` disappeared from the source before it was copied",
+                item.relative
+            )),
+            Err(e) => {
+                if first_error.is_none() {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    if report.objects_out == 0 && report.objects_skipped > 0 && report.quarantined == 0 {
+        report.notes.push(format!(
+            "nothing to copy: all {} objects were copied before and are unchanged",
+            report.objects_skipped
+        ));
+    } else if items.is_empty() {
+        report.notes.push(format!(
+            "nothing to copy: no objects under {}",
+            src.display(&from_prefix)
+        ));
+    }
+
+    if let Some(name) = manifest_name {
+        let manifest = json!({
+            "pipeline": ctx.plan.name,
+            "run_id": ctx.run_id,
+            "step": ctx.step.id,
+            "source": src.display(&from_prefix),
+            "destination": dst.display(&to_prefix),
+            "objects": manifest_objects,
+            "quarantined": report.quarantined,
+            "written_at": chrono::Utc::now().to_rfc3339(),
+        });
+        let body =
+            serde_json::to_vec_pretty(&manifest).map_err(|e| StepError::internal(e.to_string()))?;
+        let path = dst
+            .path(&join(&to_prefix, name))
+            .map_err(|e| StepError::user(e.to_string()))?;
+        writer
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(|e| StepError::from(e).context("writing the manifest"))?;
+    }
+    Ok(StepOutput { report })
+}
+
+async fn quarantine_one(
+    ctx: &StepContext<'_>,
+    src: &StoreHandle,
+    quarantine: &crate::quarantine::Quarantine,
+    from_prefix: &str,
+    item: &Item,
+    reason: StepError,
+) -> Result<Done, StepError> {
+    let context = json!({"pipeline": ctx.plan.name, "run_id": ctx.run_id, "step": ctx.step.id});
+    tracing::warn!(object = %item.relative, reason = %reason.message, "quarantining input object");
+    let report = quarantine
+        .object(
+            src,
+            &join(from_prefix, &item.relative),
+            &item.relative,
+            &reason,
+            &context,
+        )
+        .await?;
+    Ok(Done::Quarantined { report })
+}
+
+/// Stream one object; returns its size and SHA-256. Memory stays within about
+/// `part_size` times the upload concurrency.
+async fn copy_one(
+    src: &StoreHandle,
+    writer: &Arc<dyn object_store::ObjectStore>,
+    item: &Item,
+    dest: &object_store::path::Path,
+    part_size: usize,
+    progress: &dyn crate::engine::Progress,
+) -> Result<(u64, String), StepError> {
+    let got = match src.reader().get(&item.meta.location).await {
+        Ok(g) => g,
+        Err(object_store::Error::NotFound { .. }) => return Err(StepError::external("vanished")),
+        Err(e) => return Err(e.into()),
+    };
+    let mut stream = got.into_stream();
+    let mut out =
+        BufWriter::with_capacity(writer.clone(), dest.clone(), part_size).with_max_concurrency(4);
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    let result: Result<(), StepError> = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            hasher.update(&chunk);
+            bytes += chunk.len() as u64;
+            progress.advance(chunk.len() as u64);
+            out.write_all(&chunk).await.map_err(io_error)?;
+        }
+        out.shutdown().await.map_err(io_error)
+    }
+    .await;
+    if let Err(e) = result {
+        // Never leave a half-written multipart upload behind.
+        let _ = out.abort().await;
+        return Err(e);
+    }
+    if bytes != item.meta.size {
+        return Err(StepError::external(format!(
+            "read {bytes} bytes but the source listed {} (the object changed while it was copied)",
+            item.meta.size
+        )));
+    }
+    Ok((bytes, hex::encode(hasher.finalize())))
+}
+
+fn io_error(e: std::io::Error) -> StepError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<object_store::Error>())
+    {
+        Some(os) => StepError::new(crate::error::Classify::class(os), e.to_string()),
+        None => StepError::new(ErrorClass::EXTERNAL_RETRIABLE, e.to_string()),
+    }
+}
+
+async fn verify(
+    store: &Arc<dyn object_store::ObjectStore>,
+    dest: &object_store::path::Path,
+    how: Verify,
+    size: u64,
+    sha256: &str,
+) -> Result<(), StepError> {
+    let head = store.head(dest).await?;
+    if head.size != size {
+        return Err(StepError::external(format!(
+            "{dest}: destination has {} bytes, expected {size}",
+            head.size
+        )));
+    }
+    if how == Verify::Sha256 {
+        let mut stream = store.get(dest).await?.into_stream();
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = stream.next().await {
+            hasher.update(&chunk?);
+        }
+        let got = hex::encode(hasher.finalize());
+        if got != sha256 {
+            return Err(StepError::external(format!(
+                "{dest}: checksum mismatch after copy (sha256 {got}, expected {sha256})"
+            )));
+        }
+    }
+    Ok(())
+}

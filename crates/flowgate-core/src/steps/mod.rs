@@ -1,0 +1,3 @@
+//! Step kinds, one module each.
+
+pub mod copy;

@@ -1,0 +1,80 @@
+//! One template language for paths and parameters (minijinja), with `strftime`.
+
+use std::sync::OnceLock;
+
+use minijinja::{Environment, UndefinedBehavior, Value};
+
+fn env() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.add_filter("strftime", strftime);
+        env
+    })
+}
+
+/// `{{ run.started | strftime("%Y%m%d_%H%M%S") }}`: formats an RFC 3339 timestamp (UTC).
+fn strftime(value: String, format: String) -> Result<String, minijinja::Error> {
+    let parsed = chrono::DateTime::parse_from_rfc3339(&value).map_err(|e| {
+        minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("strftime: `{value}` is not a timestamp: {e}"),
+        )
+    })?;
+    let mut out = String::new();
+    use std::fmt::Write;
+    write!(
+        out,
+        "{}",
+        parsed.with_timezone(&chrono::Utc).format(&format)
+    )
+    .map_err(|_| {
+        minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("strftime: `{format}` is not a valid format"),
+        )
+    })?;
+    Ok(out)
+}
+
+/// Check a template compiles; returns the error text when it does not.
+pub fn check(source: &str) -> Result<(), String> {
+    env()
+        .template_from_str(source)
+        .map(|_| ())
+        .map_err(|e| describe(&e))
+}
+
+/// Render a template with a context (a serializable value).
+pub fn render(source: &str, ctx: &serde_json::Value) -> Result<String, String> {
+    if !source.contains("{{") && !source.contains("{%") {
+        return Ok(source.to_string());
+    }
+    let tmpl = env().template_from_str(source).map_err(|e| describe(&e))?;
+    tmpl.render(Value::from_serialize(ctx))
+        .map_err(|e| format!("template `{source}`: {}", describe(&e)))
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_strftime_and_filters() {
+        let ctx = serde_json::json!({"run": {"started": "2026-11-23T16:21:05Z"}, "matrix": {"tenant": "ACME"}});
+        assert_eq!(
+            render("{{ matrix.tenant | lower }}/datasets/{{ run.started | strftime('%Y%m%d_%H%M%S') }}_utc", &ctx).unwrap(),
+            "acme/datasets/20261123_162105_utc"
+        );
+        assert!(render("{{ nope.x }}", &ctx).is_err());
+        assert!(check("{{ unclosed").is_err());
+    }
+}

@@ -1,0 +1,151 @@
+//! Triggers turn the outside world into ledger events: arrival (listing a store),
+//! schedule (cron or interval ticks), watch (a key of the built-in KV).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use serde_json::json;
+
+use crate::engine::{Engine, EngineError, Outcome, Stores, Submission};
+use crate::error::StepError;
+use crate::plan::Plan;
+use crate::store::StoreHandle;
+
+/// Objects matching the arrival pattern, as submissions (key + etag dedupe).
+pub async fn arrivals(plan: &Plan, stores: &Stores) -> Result<Vec<Submission>, StepError> {
+    let Some(arrival) = &plan.arrival else {
+        return Ok(Vec::new());
+    };
+    let store = stores.get(&arrival.store)?;
+    let root = store.path("").map_err(|e| StepError::user(e.to_string()))?;
+    let listed: Vec<object_store::ObjectMeta> =
+        store.reader().list(Some(&root)).try_collect().await?;
+    let mut out = Vec::new();
+    for meta in listed {
+        let Some(key) = StoreHandle::relative_to(&root, &meta.location) else {
+            continue;
+        };
+        if key.starts_with("failed/") || !arrival.matcher.is_match(&key) {
+            continue;
+        }
+        let version = meta
+            .e_tag
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", meta.size, meta.last_modified.timestamp_millis()));
+        let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key.as_str()));
+        out.push(Submission {
+            kind: "arrival".into(),
+            dedupe_key: format!("{key}@{version}"),
+            trigger: json!({
+                "kind": "arrival", "store": arrival.store, "key": key, "prefix": prefix, "name": name,
+                "etag": meta.e_tag, "size": meta.size, "last_modified": meta.last_modified.to_rfc3339(),
+            }),
+            params: Default::default(),
+        });
+    }
+    Ok(out)
+}
+
+/// The submission for a schedule tick.
+pub fn tick(at: DateTime<Utc>) -> Submission {
+    let stamp = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Submission {
+        kind: "schedule".into(),
+        dedupe_key: format!("schedule:{stamp}"),
+        trigger: json!({"kind": "schedule", "tick": stamp}),
+        params: Default::default(),
+    }
+}
+
+/// One pass over every trigger of `plan`: record new events and run what is pending.
+/// Returns the outcomes of runs started in this pass.
+pub async fn poll_once(
+    engine: &Engine,
+    plan: &Plan,
+    seen: &mut HashSet<String>,
+) -> Result<Vec<Outcome>, EngineError> {
+    let mut outcomes = Vec::new();
+    let mut subs = Vec::new();
+    if plan.arrival.is_some() {
+        match Stores::open(plan) {
+            Ok(stores) => match arrivals(plan, &stores).await {
+                Ok(found) => subs.extend(found),
+                Err(e) => {
+                    tracing::warn!(pipeline = %plan.name, error = %e.message, "listing for arrivals failed; will try again")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(pipeline = %plan.name, error = %e.message, "cannot open the arrival store")
+            }
+        }
+    }
+    if let Some(w) = &plan.watch
+        && let Some(entry) = engine.state.kv_get(&w.key).await?
+    {
+        subs.push(Submission {
+            kind: "watch".into(),
+            dedupe_key: format!("watch:{}@{}", w.key, entry.revision),
+            trigger: json!({"kind": "watch", "key": w.key, "value": entry.value, "revision": entry.revision}),
+            params: Default::default(),
+        });
+    }
+    for sub in subs {
+        if engine.cancel.is_cancelled() {
+            break;
+        }
+        if !seen.insert(sub.dedupe_key.clone()) {
+            continue;
+        }
+        match engine.submit(plan, sub).await? {
+            Outcome::AlreadyDone { .. } => {}
+            other => outcomes.push(other),
+        }
+    }
+    for run in engine.run_pending(plan).await? {
+        outcomes.push(Outcome::Ran(Box::new(run)));
+    }
+    Ok(outcomes)
+}
+
+/// Serve one pipeline until the engine is cancelled.
+pub async fn serve(engine: &Engine, plan: &Plan) -> Result<(), EngineError> {
+    let mut seen = HashSet::new();
+    let poll = plan
+        .arrival
+        .as_ref()
+        .map(|a| a.poll)
+        .unwrap_or(Duration::from_secs(30))
+        .min(if plan.watch.is_some() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(30)
+        });
+    let mut next_tick = plan
+        .schedule
+        .as_ref()
+        .and_then(|s| s.next_after(Utc::now()));
+    loop {
+        if let Err(e) = poll_once(engine, plan, &mut seen).await {
+            tracing::error!(pipeline = %plan.name, error = %e, "trigger pass failed; will try again");
+        }
+        if let (Some(s), Some(at)) = (&plan.schedule, next_tick)
+            && Utc::now() >= at
+        {
+            if let Err(e) = engine.submit(plan, tick(at)).await {
+                tracing::error!(pipeline = %plan.name, error = %e, "scheduled run could not start");
+            }
+            next_tick = s.next_after(Utc::now());
+        }
+        let mut wait = poll;
+        if let Some(at) = next_tick {
+            let until = (at - Utc::now()).to_std().unwrap_or_default();
+            wait = wait.min(until.max(Duration::from_millis(50)));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = engine.cancel.cancelled() => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! Command-line interface.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use flowgate_core::config::{LoadOptions, Variables};
+use flowgate_core::engine::{Engine, Submission};
+use flowgate_core::plan::{Plan, plan_file};
+use flowgate_core::state::{self, RunFilter, RunStatus, StateStore};
+
+use crate::output;
+
+/// Exit codes scripts can rely on.
+pub mod exit {
+    /// Everything succeeded (or there was nothing to do).
+    pub const OK: u8 = 0;
+    /// A run failed.
+    pub const RUN_FAILED: u8 = 1;
+    /// The command or a pipeline file is wrong (validation errors, bad arguments).
+    pub const USAGE: u8 = 2;
+    /// Runs succeeded but some input was quarantined or dead-lettered.
+    pub const PARTIAL: u8 = 3;
+    /// flowgate could not do its own work (state store unreachable, I/O error).
+    pub const ERROR: u8 = 4;
+    /// Stopped by SIGINT/SIGTERM; the next run resumes.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0    success, or nothing to do
+  1    a run failed
+  2    bad command line or invalid pipeline file
+  3    succeeded, but some input was quarantined (partial)
+  4    flowgate itself failed (state store unreachable, I/O)
+  130  interrupted by SIGINT/SIGTERM (the next run resumes)
+
+Examples:
+  flowgate validate pipelines/*.toml
+  flowgate run pipelines/copy.toml --param day=2026-11-23 --env prod
+  flowgate poll examples/copy-arrival/pipeline.toml
+  flowgate serve pipelines/ --listen 127.0.0.1:8080
+  flowgate runs --status failed --json
+  flowgate kv set releases/version 1.4.2";
+
+/// flowgate runs data pipelines declared in files: it waits for what should start a
+/// run, moves data between stores, remembers where it left off, retries what fails
+/// and sets aside (never drops) what cannot be processed.
+#[derive(Parser)]
+#[command(name = "flowgate", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// State store: a SQLite path, sqlite://PATH or postgres://… (default:
+    /// .flowgate/state.db beside the pipeline, or in the current directory).
+    #[arg(long, global = true, env = "FLOWGATE_STATE")]
+    state: Option<String>,
+    /// Environment overlay to apply ([env.NAME] in pipeline files).
+    #[arg(long = "env", global = true, env = "FLOWGATE_ENV")]
+    env_name: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// More log output (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check pipeline files; print every problem as file:line:col: message.
+    #[command(after_help = "Example:\n  flowgate validate pipelines/*.toml --env prod")]
+    Validate {
+        /// Pipeline files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of pipeline files (for editors).
+    Schema,
+    /// Run a pipeline now (a manual trigger).
+    #[command(after_help = "Example:\n  flowgate run pipelines/copy.toml --param day=2026-11-23")]
+    Run {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// A parameter declared under [params], as key=value (repeatable).
+        #[arg(long = "param", short = 'p', value_parser = parse_kv)]
+        params: Vec<(String, String)>,
+        /// Dedupe key of this run: a second run with the same key does nothing.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a pipeline's triggers once, run what they found (and anything left
+    /// unfinished), then exit. Suits cron and CI.
+    Poll {
+        pipeline: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every trigger of every pipeline in a directory, with an HTTP endpoint
+    /// for /health, /metrics and /runs.
+    Serve {
+        /// Directory with pipeline files (*.toml, and */pipeline.toml).
+        dir: PathBuf,
+        /// Address of the HTTP endpoint.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// List runs, newest first; `runs show ID` for one run.
+    Runs(RunsArgs),
+    /// The built-in KV store (what `watch` triggers watch).
+    Kv {
+        #[command(subcommand)]
+        command: KvCommand,
+    },
+    /// Run the examples on embedded defaults in a fresh folder and print a summary.
+    Demo {
+        /// Where to put the demo's data and state.
+        #[arg(long, default_value = "flowgate-demo")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct RunsArgs {
+    #[command(subcommand)]
+    show: Option<RunsCommand>,
+    /// Only runs of this pipeline.
+    #[arg(long)]
+    pipeline: Option<String>,
+    /// Only runs with this status.
+    #[arg(long, value_parser = parse_status)]
+    status: Option<RunStatus>,
+    /// At most this many runs.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// One run with its step reports (an id or a unique prefix of one).
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvCommand {
+    /// Print a value.
+    Get {
+        key: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a value (a new revision).
+    Set { key: String, value: String },
+    /// Print each new value of a key as it changes, until interrupted.
+    Watch {
+        key: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not key=value"))
+}
+
+fn parse_status(s: &str) -> Result<RunStatus, String> {
+    RunStatus::parse(s).ok_or_else(|| {
+        format!(
+            "`{s}` is not a run status; use one of: {}",
+            RunStatus::ALL.map(|s| s.as_str()).join(", ")
+        )
+    })
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    output::init_logging(
+        matches!(cli.log_format, LogFormat::Json),
+        cli.verbose,
+        matches!(cli.command, Command::Serve { .. }),
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!(
+                "error: {}",
+                flowgate_core::secret::redact(&format!("{e:#}"))
+            );
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+fn load_opts(env: &Option<String>) -> LoadOptions {
+    LoadOptions {
+        env: env.clone(),
+        vars: Variables::default(),
+    }
+}
+
+/// Load and validate one pipeline, printing diagnostics on failure.
+fn plan_or_report(path: &Path, env: &Option<String>) -> Result<Plan, u8> {
+    plan_file(path, &load_opts(env)).map_err(|diags| {
+        for d in &diags {
+            eprintln!("{d}");
+        }
+        eprintln!(
+            "{}: {} error{}",
+            path.display(),
+            diags.len(),
+            if diags.len() == 1 { "" } else { "s" }
+        );
+        exit::USAGE
+    })
+}
+
+fn default_state(dir: &Path) -> String {
+    dir.join(".flowgate").join("state.db").display().to_string()
+}
+
+async fn open_state(explicit: &Option<String>, dir: &Path) -> Result<Arc<dyn StateStore>> {
+    let url = explicit.clone().unwrap_or_else(|| default_state(dir));
+    flowgate_core::state::open(&url).await.with_context(|| {
+        format!(
+            "opening the state store {}",
+            flowgate_core::secret::redact(&url)
+        )
+    })
+}
+
+/// Cancel the engine on SIGINT/SIGTERM; a second signal exits at once.
+pub fn stop_on_signals(engine: &Engine) {
+    let token = engine.cancel.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term_fut = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term_fut => {}
+        }
+        tracing::warn!(
+            "stopping: finishing in-flight work at a safe point (signal again to exit at once)"
+        );
+        eprintln!("stopping at a safe point… (press Ctrl-C again to exit at once)");
+        token.cancel();
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(i32::from(exit::INTERRUPTED));
+    });
+}
+
+fn engine(state: Arc<dyn StateStore>, show_progress: bool) -> Engine {
+    let mut e = Engine::new(state);
+    if show_progress && std::io::stderr().is_terminal() {
+        e.progress = Arc::new(output::Bars::default());
+    }
+    stop_on_signals(&e);
+    e
+}
+
+async fn dispatch(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Validate { paths, json } => Ok(validate(&paths, &cli.env_name, json)),
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&flowgate_core::config::json_schema())?
+            );
+            Ok(exit::OK)
+        }
+        Command::Run {
+            pipeline,
+            params,
+            key,
+            json,
+        } => {
+            let plan = match plan_or_report(&pipeline, &cli.env_name) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            let state = open_state(&cli.state, &plan.dir).await?;
+            let engine = engine(state, !json);
+            let params: BTreeMap<String, String> = params.into_iter().collect();
+            let run_key = uuid_key();
+            let sub = Submission {
+                kind: "manual".into(),
+                dedupe_key: key
+                    .map(|k| format!("manual:{k}"))
+                    .unwrap_or_else(|| format!("manual:{run_key}")),
+                trigger: serde_json::json!({"kind": "manual"}),
+                params,
+            };
+            match engine.submit(&plan, sub).await {
+                Ok(outcome) => Ok(output::outcomes(&[outcome], json)),
+                Err(flowgate_core::engine::EngineError::Params(msg)) => {
+                    eprintln!("error: {msg}");
+                    Ok(exit::USAGE)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Poll { pipeline, json } => {
+            let plan = match plan_or_report(&pipeline, &cli.env_name) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            let state = open_state(&cli.state, &plan.dir).await?;
+            let engine = engine(state, !json);
+            let mut seen = Default::default();
+            let outcomes = flowgate_core::trigger::poll_once(&engine, &plan, &mut seen).await?;
+            if outcomes.is_empty() && !json {
+                println!(
+                    "{}: nothing new to run (every trigger event found was handled before)",
+                    plan.name
+                );
+            }
+            Ok(output::outcomes(&outcomes, json))
+        }
+        Command::Serve { dir, listen } => {
+            crate::serve::serve(&dir, &listen, &cli.state, &cli.env_name).await
+        }
+        Command::Runs(args) => {
+            let state = open_state(&cli.state, Path::new(".")).await?;
+            match args.show {
+                Some(RunsCommand::Show { id, json }) => match state.get_run(&id).await {
+                    Ok(run) => {
+                        output::run_detail(&run, json || args.json);
+                        Ok(exit::OK)
+                    }
+                    Err(
+                        e @ (state::StateError::RunNotFound(_) | state::StateError::Ambiguous(_)),
+                    ) => {
+                        eprintln!("error: {e}");
+                        Ok(exit::USAGE)
+                    }
+                    Err(e) => Err(e.into()),
+                },
+                None => {
+                    let runs = state
+                        .list_runs(&RunFilter {
+                            pipeline: args.pipeline,
+                            status: args.status,
+                            limit: args.limit,
+                        })
+                        .await?;
+                    output::run_list(&runs, args.json);
+                    Ok(exit::OK)
+                }
+            }
+        }
+        Command::Kv { command } => {
+            let state = open_state(&cli.state, Path::new(".")).await?;
+            kv(state, command).await
+        }
+        Command::Demo { dir } => crate::demo::run(&dir).await,
+    }
+}
+
+fn uuid_key() -> String {
+    // Time-ordered and unique: a manual run without --key is always a new event.
+    format!("{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"))
+        + &format!("-{}", std::process::id())
+}
+
+fn validate(paths: &[PathBuf], env: &Option<String>, json: bool) -> u8 {
+    let mut all = Vec::new();
+    let mut ok = Vec::new();
+    for p in paths {
+        match plan_file(p, &load_opts(env)) {
+            Ok(plan) => ok.push(plan),
+            Err(d) => all.extend(d),
+        }
+    }
+    if json {
+        let v = serde_json::json!({
+            "valid": all.is_empty(),
+            "errors": all,
+            "pipelines": ok.iter().map(|p| serde_json::json!({"name": p.name, "file": p.file, "steps": p.steps.len()})).collect::<Vec<_>>(),
+        });
+        println!(
+            "{}",
+            flowgate_core::secret::redact(&serde_json::to_string_pretty(&v).unwrap_or_default())
+        );
+    } else {
+        for d in &all {
+            eprintln!("{d}");
+        }
+        for p in &ok {
+            println!(
+                "{}: ok (pipeline `{}`, {} step{})",
+                p.file.display(),
+                p.name,
+                p.steps.len(),
+                if p.steps.len() == 1 { "" } else { "s" }
+            );
+        }
+        if !all.is_empty() {
+            eprintln!(
+                "{} error{}",
+                all.len(),
+                if all.len() == 1 { "" } else { "s" }
+            );
+        }
+    }
+    if all.is_empty() {
+        exit::OK
+    } else {
+        exit::USAGE
+    }
+}
+
+async fn kv(state: Arc<dyn StateStore>, command: KvCommand) -> Result<u8> {
+    match command {
+        KvCommand::Get { key, json } => match state.kv_get(&key).await? {
+            Some(e) if json => {
+                println!("{}", serde_json::to_string(&e)?);
+                Ok(exit::OK)
+            }
+            Some(e) => {
+                println!("{}", e.value);
+                Ok(exit::OK)
+            }
+            None => {
+                eprintln!("error: key `{key}` is not set");
+                Ok(exit::RUN_FAILED)
+            }
+        },
+        KvCommand::Set { key, value } => {
+            let rev = state.kv_set(&key, &value).await?;
+            println!("{key} = {value} (revision {rev})");
+            Ok(exit::OK)
+        }
+        KvCommand::Watch { key, json } => {
+            let mut after = 0;
+            let stop = tokio_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return Ok(exit::OK),
+                    got = state::kv_wait(state.as_ref(), &key, after, std::time::Duration::from_secs(3600)) => {
+                        if let Some(e) = got? {
+                            after = e.revision;
+                            if json { println!("{}", serde_json::to_string(&e)?) } else { println!("{} = {} (revision {})", e.key, e.value, e.revision) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn tokio_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,12 @@
+//! The `flowgate` binary: CLI and `serve`.
+
+mod cli;
+mod demo;
+mod output;
+mod serve;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::main()
+}

@@ -1,0 +1,250 @@
+//! What people and scripts see: logs, progress bars, summaries, `--json`.
+
+use std::sync::Mutex;
+
+use flowgate_core::engine::{Outcome, Progress};
+use flowgate_core::secret::{RedactingWriter, redact};
+use flowgate_core::state::{RunRecord, RunStatus};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::exit;
+
+/// Logs go to stderr, through the secret redactor, as text or JSON.
+pub fn init_logging(json: bool, verbose: u8, serving: bool) {
+    let default = match (verbose, serving) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{default},hyper=warn,reqwest=warn,tokio_postgres=warn"
+        ))
+    });
+    let writer = || RedactingWriter::new(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.with_target(false).try_init()
+    };
+}
+
+/// Progress bars on a terminal: bytes moved by the current step.
+#[derive(Default)]
+pub struct Bars {
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+impl Progress for Bars {
+    fn begin(&self, step: &str, objects: u64, bytes: u64) {
+        let bar = ProgressBar::new(bytes);
+        let style = ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(format!("{step} ({objects} objects)"));
+        *self.bar.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar);
+    }
+    fn advance(&self, bytes: u64) {
+        if let Some(b) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            b.inc(bytes);
+        }
+    }
+    fn end(&self) {
+        if let Some(b) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn duration(run: &RunRecord) -> String {
+    match run.finished_at {
+        Some(end) => format!(
+            "{:.1}s",
+            (end - run.started_at).num_milliseconds() as f64 / 1000.0
+        ),
+        None => "still running".into(),
+    }
+}
+
+/// Print outcomes; return the exit code they add up to.
+pub fn outcomes(outcomes: &[Outcome], json: bool) -> u8 {
+    let mut code = exit::OK;
+    let mut items = Vec::new();
+    for o in outcomes {
+        match o {
+            Outcome::Ran(run) => {
+                code = code.max(match run.status {
+                    RunStatus::Succeeded | RunStatus::Skipped => exit::OK,
+                    RunStatus::Partial => exit::PARTIAL,
+                    RunStatus::Interrupted => exit::INTERRUPTED,
+                    _ => exit::RUN_FAILED,
+                });
+                if json {
+                    items.push(serde_json::json!({"outcome": "ran", "run": run}));
+                } else {
+                    summary(run);
+                }
+            }
+            Outcome::AlreadyDone { event } => {
+                if json {
+                    items.push(serde_json::json!({"outcome": "already_done", "event": event}));
+                } else {
+                    println!(
+                        "nothing to do: event `{}` was already handled by run {}",
+                        event.dedupe_key,
+                        event.run_id.as_deref().unwrap_or("?")
+                    );
+                }
+            }
+            Outcome::InProgress { event } => {
+                if json {
+                    items.push(serde_json::json!({"outcome": "in_progress", "event": event}));
+                } else {
+                    println!(
+                        "not started: event `{}` is being run by {} right now",
+                        event.dedupe_key,
+                        event.claimed_by.as_deref().unwrap_or("another worker")
+                    );
+                }
+            }
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            redact(&serde_json::to_string_pretty(&items).unwrap_or_default())
+        );
+    }
+    code
+}
+
+/// A short human summary of a finished run.
+pub fn summary(run: &RunRecord) {
+    println!(
+        "run {} of `{}`: {} in {}",
+        run.id,
+        run.pipeline,
+        run.status,
+        duration(run)
+    );
+    if let Some(e) = &run.error {
+        println!("  error: {}", redact(e));
+    }
+    for s in &run.steps {
+        println!(
+            "  {:<14} {:<11} {} copied ({}), {} unchanged, {} quarantined, {} attempt{}",
+            s.step,
+            s.status,
+            s.objects_out,
+            human_bytes(s.bytes_out),
+            s.objects_skipped,
+            s.quarantined,
+            s.attempts,
+            if s.attempts == 1 { "" } else { "s" }
+        );
+        for n in &s.notes {
+            println!("  {:<14} note: {}", "", redact(n));
+        }
+    }
+}
+
+pub fn run_list(runs: &[RunRecord], json: bool) {
+    if json {
+        println!(
+            "{}",
+            redact(&serde_json::to_string_pretty(runs).unwrap_or_default())
+        );
+        return;
+    }
+    if runs.is_empty() {
+        println!("no runs");
+        return;
+    }
+    println!(
+        "{:<36}  {:<20}  {:<11}  {:<8}  {:<20}  DURATION",
+        "RUN", "PIPELINE", "STATUS", "TRIGGER", "STARTED (UTC)"
+    );
+    for r in runs {
+        println!(
+            "{:<36}  {:<20}  {:<11}  {:<8}  {:<20}  {}",
+            r.id,
+            r.pipeline,
+            r.status,
+            r.trigger,
+            r.started_at.format("%Y-%m-%d %H:%M:%S"),
+            duration(r)
+        );
+    }
+}
+
+pub fn run_detail(run: &RunRecord, json: bool) {
+    if json {
+        println!(
+            "{}",
+            redact(&serde_json::to_string_pretty(run).unwrap_or_default())
+        );
+        return;
+    }
+    println!("run:       {}", run.id);
+    println!("pipeline:  {}", run.pipeline);
+    println!("env:       {}", run.env.as_deref().unwrap_or("(default)"));
+    println!("status:    {}", run.status);
+    println!(
+        "trigger:   {} (event {})",
+        run.trigger,
+        run.event_id
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "-".into())
+    );
+    println!("attempt:   {}", run.attempt);
+    println!("worker:    {}", run.worker);
+    println!("started:   {}", run.started_at.to_rfc3339());
+    println!("duration:  {}", duration(run));
+    println!("params:    {}", redact(&run.params.to_string()));
+    if let Some(e) = &run.error {
+        println!("error:     {}", redact(e));
+    }
+    println!("steps:");
+    for s in &run.steps {
+        println!(
+            "  {} — {}: {} in / {} out / {} unchanged objects, {} in / {} out, {} quarantined, {} attempt(s), {} ms",
+            s.step,
+            s.status,
+            s.objects_in,
+            s.objects_out,
+            s.objects_skipped,
+            human_bytes(s.bytes_in),
+            human_bytes(s.bytes_out),
+            s.quarantined,
+            s.attempts,
+            s.duration_ms
+        );
+        if let Some(e) = &s.error {
+            println!("      error: {}", redact(e));
+        }
+        for n in &s.notes {
+            println!("      note: {}", redact(n));
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! `flowgate serve DIR`: every trigger of every pipeline, plus an HTTP endpoint.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use flowgate_core::engine::Engine;
+use flowgate_core::plan::{Plan, plan_file};
+use flowgate_core::state::{RunFilter, RunStatus, StateStore};
+
+use crate::cli::{exit, stop_on_signals};
+
+/// Pipeline files in `dir`: `*.toml` and `*/pipeline.toml`, sorted.
+pub fn pipeline_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = entry?.path();
+        if p.is_file() && p.extension().is_some_and(|e| e == "toml") {
+            files.push(p);
+        } else if p.is_dir() && p.join("pipeline.toml").is_file() {
+            files.push(p.join("pipeline.toml"));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+#[derive(Clone)]
+struct App {
+    state: Arc<dyn StateStore>,
+    plans: Arc<Vec<Plan>>,
+}
+
+pub async fn serve(
+    dir: &Path,
+    listen: &str,
+    state_url: &Option<String>,
+    env: &Option<String>,
+) -> Result<u8> {
+    let files = pipeline_files(dir)?;
+    if files.is_empty() {
+        eprintln!(
+            "error: no pipeline files in {} (looked for *.toml and */pipeline.toml)",
+            dir.display()
+        );
+        return Ok(exit::USAGE);
+    }
+    let mut plans = Vec::new();
+    let mut bad = 0;
+    for f in &files {
+        match plan_file(
+            f,
+            &flowgate_core::config::LoadOptions {
+                env: env.clone(),
+                vars: Default::default(),
+            },
+        ) {
+            Ok(p) => plans.push(p),
+            Err(diags) => {
+                bad += diags.len();
+                for d in diags {
+                    eprintln!("{d}");
+                }
+            }
+        }
+    }
+    if bad > 0 {
+        eprintln!("{bad} error(s): fix the pipeline files before serving");
+        return Ok(exit::USAGE);
+    }
+    let url = state_url
+        .clone()
+        .unwrap_or_else(|| dir.join(".flowgate").join("state.db").display().to_string());
+    let state = flowgate_core::state::open(&url)
+        .await
+        .context("opening the state store")?;
+    let engine = Arc::new(Engine::new(state.clone()));
+    stop_on_signals(&engine);
+
+    let app = App {
+        state: state.clone(),
+        plans: Arc::new(plans.clone()),
+    };
+    let router = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/runs", get(runs))
+        .route("/runs/{id}", get(run))
+        .with_state(app);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(address = %bound, pipelines = plans.len(), state = %state.describe(), "serving");
+    println!(
+        "flowgate serving {} pipeline(s) from {} on http://{bound}",
+        plans.len(),
+        dir.display()
+    );
+    let token = engine.cancel.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+    });
+
+    let mut loops = Vec::new();
+    for plan in plans {
+        let engine = engine.clone();
+        loops.push(tokio::spawn(async move {
+            if let Err(e) = flowgate_core::trigger::serve(&engine, &plan).await {
+                tracing::error!(pipeline = %plan.name, error = %e, "pipeline loop stopped");
+            }
+        }));
+    }
+    for l in loops {
+        let _ = l.await;
+    }
+    let _ = http.await;
+    Ok(if engine.cancel.is_cancelled() {
+        exit::OK
+    } else {
+        exit::ERROR
+    })
+}
+
+async fn health(State(app): State<App>) -> Response {
+    match app.state.kv_get("__flowgate_health").await {
+        Ok(_) => Json(serde_json::json!({"status": "ok", "pipelines": app.plans.iter().map(|p| &p.name).collect::<Vec<_>>()})).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "state store unreachable", "error": e.to_string()}))).into_response(),
+    }
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    let runs = match app
+        .state
+        .list_runs(&RunFilter {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    };
+    let mut counts: BTreeMap<(String, RunStatus), u64> = BTreeMap::new();
+    let mut last_success: BTreeMap<String, i64> = BTreeMap::new();
+    for r in &runs {
+        *counts.entry((r.pipeline.clone(), r.status)).or_default() += 1;
+        if r.status.is_success()
+            && let Some(end) = r.finished_at
+        {
+            let t = last_success.entry(r.pipeline.clone()).or_default();
+            *t = (*t).max(end.timestamp());
+        }
+    }
+    let mut out = String::new();
+    out.push_str("# HELP flowgate_pipelines Pipelines this worker serves.\n# TYPE flowgate_pipelines gauge\n");
+    out.push_str(&format!("flowgate_pipelines {}\n", app.plans.len()));
+    out.push_str("# HELP flowgate_runs Runs recorded in the state store (latest 10000), by status.\n# TYPE flowgate_runs gauge\n");
+    for ((p, s), n) in &counts {
+        out.push_str(&format!(
+            "flowgate_runs{{pipeline=\"{}\",status=\"{s}\"}} {n}\n",
+            escape(p)
+        ));
+    }
+    out.push_str("# HELP flowgate_last_success_timestamp_seconds End of the newest successful run.\n# TYPE flowgate_last_success_timestamp_seconds gauge\n");
+    for (p, t) in &last_success {
+        out.push_str(&format!(
+            "flowgate_last_success_timestamp_seconds{{pipeline=\"{}\"}} {t}\n",
+            escape(p)
+        ));
+    }
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[derive(serde::Deserialize)]
+struct RunsQuery {
+    pipeline: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn runs(State(app): State<App>, Query(q): Query<RunsQuery>) -> Response {
+    let status = match q.status.as_deref().map(|s| RunStatus::parse(s).ok_or(s)) {
+        Some(Err(s)) => {
+            return (StatusCode::BAD_REQUEST, format!("unknown status `{s}`")).into_response();
+        }
+        Some(Ok(s)) => Some(s),
+        None => None,
+    };
+    match app
+        .state
+        .list_runs(&RunFilter {
+            pipeline: q.pipeline,
+            status,
+            limit: q.limit.unwrap_or(50),
+        })
+        .await
+    {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+async fn run(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Response {
+    match app.state.get_run(&id).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e @ flowgate_core::state::StateError::RunNotFound(_)) => {
+            (StatusCode::NOT_FOUND, e.to_string()).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Real services on loopback for flowgate's tests: PostgreSQL and s3s-fs (S3).
+#
+#   scripts/services.sh start     install what is missing (as root), start, print URLs
+#   scripts/services.sh env       print `export VAR=…` lines for the running services
+#   scripts/services.sh stop      stop what `start` started
+#
+# State lives in $FLOWGATE_SERVICES_DIR (default /tmp/flowgate-services); tools are
+# installed under $HOME/.cache/flowgate/tools so repeated runs reuse them.
+set -euo pipefail
+
+W="${FLOWGATE_SERVICES_DIR:-/tmp/flowgate-services}"
+TOOLS="${FLOWGATE_TOOLS_DIR:-$HOME/.cache/flowgate/tools}"
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+S3S_VERSION=0.14.1
+ENV_FILE="$W/services.env"
+
+say() { echo "services: $*" >&2; }
+die() { echo "services: error: $*" >&2; exit 1; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+ensure_postgres() {
+  [ -x "$PG_BIN/initdb" ] && return 0
+  if is_root; then
+    say "installing PostgreSQL (apt-get install postgresql)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    die "PostgreSQL 15 is missing: run 'sudo apt-get install -y postgresql' (or set PG_BIN to its bin directory)"
+  fi
+}
+
+ensure_s3s() {
+  [ -x "$TOOLS/bin/s3s-fs" ] && return 0
+  command -v cargo >/dev/null || die "cargo is needed to install s3s-fs"
+  say "installing s3s-fs $S3S_VERSION into $TOOLS (about 2 minutes, once)"
+  cargo install "s3s-fs@$S3S_VERSION" --locked --features binary --root "$TOOLS" >&2
+}
+
+wait_port() {
+  local port=$1 what=$2
+  for _ in $(seq 1 100); do
+    if (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  die "$what did not start listening on 127.0.0.1:$port; see its log under $W"
+}
+
+start_postgres() {
+  local port; port=$(free_port)
+  mkdir -p "$W/pg"
+  local data="$W/pg/data"
+  rm -rf "$data"
+  if is_root; then
+    id postgres >/dev/null 2>&1 || useradd --system --home "$W/pg" postgres
+    chown -R postgres:postgres "$W/pg"
+    su postgres -s /bin/sh -c "$PG_BIN/initdb -D $data -A trust -U postgres --no-sync -E UTF8 --locale=C.UTF-8" >"$W/pg/initdb.log" 2>&1 \
+      || die "initdb failed; see $W/pg/initdb.log"
+    su postgres -s /bin/sh -c "$PG_BIN/pg_ctl -D $data -l $W/pg/log -w -o '-p $port -k $W/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300' start" >/dev/null \
+      || die "PostgreSQL did not start; see $W/pg/log"
+  else
+    "$PG_BIN/initdb" -D "$data" -A trust -U postgres --no-sync -E UTF8 --locale=C.UTF-8 >"$W/pg/initdb.log" 2>&1 \
+      || die "initdb failed; see $W/pg/initdb.log"
+    "$PG_BIN/pg_ctl" -D "$data" -l "$W/pg/log" -w -o "-p $port -k $W/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null \
+      || die "PostgreSQL did not start; see $W/pg/log"
+  fi
+  head -1 "$data/postmaster.pid" >"$W/pg.pid"
+  echo "export FLOWGATE_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:$port/postgres" >>"$ENV_FILE"
+  say "PostgreSQL on postgres://postgres@127.0.0.1:$port/postgres"
+}
+
+start_s3s() {
+  local port; port=$(free_port)
+  local root="$W/s3"
+  rm -rf "$root"; mkdir -p "$root"
+  nohup "$TOOLS/bin/s3s-fs" --host 127.0.0.1 --port "$port" --access-key flowgate-test --secret-key flowgate-test-secret "$root" \
+    >"$W/s3s.log" 2>&1 &
+  echo $! >"$W/s3s.pid"
+  wait_port "$port" s3s-fs
+  cat >>"$ENV_FILE" <<ENV
+export FLOWGATE_TEST_S3_ENDPOINT=http://127.0.0.1:$port
+export FLOWGATE_TEST_S3_ROOT=$root
+export FLOWGATE_TEST_S3_ACCESS_KEY=flowgate-test
+export FLOWGATE_TEST_S3_SECRET_KEY=flowgate-test-secret
+ENV
+  say "s3s-fs on http://127.0.0.1:$port (buckets are directories of $root)"
+}
+
+stop() {
+  if [ -f "$W/s3s.pid" ]; then kill "$(cat "$W/s3s.pid")" 2>/dev/null || true; rm -f "$W/s3s.pid"; fi
+  if [ -f "$W/pg.pid" ]; then
+    kill -INT "$(cat "$W/pg.pid")" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$(cat "$W/pg.pid")" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$W/pg.pid"
+  fi
+  rm -f "$ENV_FILE"
+}
+
+case "${1:-}" in
+  start)
+    mkdir -p "$W"
+    stop
+    ensure_postgres
+    ensure_s3s
+    : >"$ENV_FILE"
+    start_postgres
+    start_s3s
+    cat "$ENV_FILE"
+    ;;
+  env)
+    [ -f "$ENV_FILE" ] || die "no services are running; run: scripts/services.sh start"
+    cat "$ENV_FILE"
+    ;;
+  stop) stop ;;
+  *) echo "usage: scripts/services.sh start|env|stop" >&2; exit 2 ;;
+esac

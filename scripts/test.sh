@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every test: provisions the real services, checks formatting and lints, runs the
+# whole suite. The one command a newcomer needs (see README.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flowgate/target}"
+export FLOWGATE_REQUIRE_SERVICES="${FLOWGATE_REQUIRE_SERVICES:-1}"
+
+command -v cargo >/dev/null || { echo "test.sh: cargo is missing; install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
+for comp in rustfmt clippy; do
+  if ! cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null; then rustup component add "$comp"; else
+      echo "test.sh: cargo $comp is missing; install it with: rustup component add $comp" >&2; exit 1; fi
+  fi
+done
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "test.sh: installing cargo-nextest (once)" >&2
+  cargo install cargo-nextest --locked >&2
+fi
+
+echo "== formatting and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== services"
+scripts/services.sh start >/dev/null
+trap 'scripts/services.sh stop' EXIT
+eval "$(scripts/services.sh env)"
+
+echo "== tests"
+cargo nextest run --workspace --no-fail-fast
