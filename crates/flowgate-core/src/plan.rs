@@ -503,7 +503,7 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
 
     if !d.is_empty() {
         let mut items = d.items;
-        items.sort_by(|a, b| (a.line, a.col).cmp(&(b.line, b.col)));
+        items.sort_by_key(|d| (d.line, d.col));
         return Err(items);
     }
     Ok(Plan {
