@@ -154,16 +154,7 @@ mod tests {
     use crate::config::model::{Access, StoreSpec};
 
     fn store(url: &str, access: Access) -> StoreHandle {
-        let spec = StoreSpec {
-            url: url.into(),
-            access,
-            endpoint: None,
-            region: None,
-            path_style: None,
-            allow_http: None,
-            access_key_id: None,
-            secret_access_key: None,
-        };
+        let spec = StoreSpec::at(url, access);
         StoreHandle::open("q", &spec, std::path::Path::new(".")).unwrap()
     }
 

@@ -73,9 +73,12 @@ pub async fn run(dir: &Path) -> Result<u8> {
         println!("nothing new to run: both events are already in the ledger as done");
     }
 
-    println!("\n== a producer re-publishes 2026-11-23 with one more part (a new marker)");
-    produce(&inbox, "2026-11-23", 7, 2_000)?;
-    std::fs::write(inbox.join("2026-11-23/_SUCCESS"), b"republished")?;
+    println!("\n== a producer adds a part to 2026-11-23 and writes a new marker");
+    write(
+        &inbox.join("2026-11-23/part-0006.jsonl"),
+        b"{\"dataset\":\"2026-11-23\",\"part\":6,\"row\":0,\"amount\":1}\n",
+    )?;
+    write(&inbox.join("2026-11-23/_SUCCESS"), b"republished")?;
     let third = flowgate_core::trigger::poll_once(&engine, &plan, &mut fresh).await?;
     let code = code.max(crate::output::outcomes(&third, false));
 

@@ -156,6 +156,22 @@ pub struct StoreSpec {
     pub secret_access_key: Option<String>,
 }
 
+impl StoreSpec {
+    /// A store at `url` with `access` and every connection option left to its default.
+    pub fn at(url: &str, access: Access) -> StoreSpec {
+        StoreSpec {
+            url: url.to_string(),
+            access,
+            endpoint: None,
+            region: None,
+            path_style: None,
+            allow_http: None,
+            access_key_id: None,
+            secret_access_key: None,
+        }
+    }
+}
+
 /// One step. Exactly one kind (`copy`, …) must be set.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

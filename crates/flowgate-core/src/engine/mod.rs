@@ -137,16 +137,7 @@ impl Stores {
                 prefix: "failed".into(),
             });
         }
-        let spec = StoreSpec {
-            url: "file://.flowgate/quarantine".into(),
-            access: Access::ReadWrite,
-            endpoint: None,
-            region: None,
-            path_style: None,
-            allow_http: None,
-            access_key_id: None,
-            secret_access_key: None,
-        };
+        let spec = StoreSpec::at("file://.flowgate/quarantine", Access::ReadWrite);
         let store = StoreHandle::open("quarantine", &spec, &self.dir)
             .map_err(|e| StepError::user(e.to_string()))?;
         Ok(Quarantine {

@@ -317,16 +317,7 @@ mod tests {
     use super::*;
 
     fn spec(url: &str, access: Access) -> StoreSpec {
-        StoreSpec {
-            url: url.into(),
-            access,
-            endpoint: None,
-            region: None,
-            path_style: None,
-            allow_http: None,
-            access_key_id: None,
-            secret_access_key: None,
-        }
+        StoreSpec::at(url, access)
     }
 
     #[test]

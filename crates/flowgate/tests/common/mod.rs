@@ -1,0 +1,107 @@
+//! Helpers for end-to-end tests: they run the built `flowgate` binary the way a
+//! user would, against the real services started by `scripts/services.sh`.
+#![allow(dead_code, unused_imports)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub use flowgate_core::testing::{fresh_s3_bucket, service_var};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_flowgate"))
+}
+
+/// A `flowgate` command with S3 credentials for the test server in its environment.
+pub fn flowgate(dir: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.current_dir(dir);
+    c.env_remove("FLOWGATE_STATE")
+        .env_remove("FLOWGATE_ENV")
+        .env_remove("RUST_LOG");
+    if let (Ok(ak), Ok(sk)) = (
+        std::env::var("FLOWGATE_TEST_S3_ACCESS_KEY"),
+        std::env::var("FLOWGATE_TEST_S3_SECRET_KEY"),
+    ) {
+        c.env("AWS_ACCESS_KEY_ID", ak)
+            .env("AWS_SECRET_ACCESS_KEY", sk)
+            .env("AWS_REGION", "us-east-1");
+    }
+    c.stdin(Stdio::null());
+    c
+}
+
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+pub fn run(cmd: &mut Command) -> Ran {
+    let out: Output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start flowgate: {e}"));
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Write a file, creating its directory.
+pub fn write(path: &Path, body: &[u8]) {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(path, body).unwrap();
+}
+
+/// Every file under `dir`, as (relative path, bytes), sorted.
+pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                let rel = p
+                    .strip_prefix(base)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so data differs per file.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// The on-disk directory of an s3s-fs bucket (the server stores objects as files).
+pub fn bucket_dir(bucket: &str) -> PathBuf {
+    PathBuf::from(service_var("FLOWGATE_TEST_S3_ROOT")).join(bucket)
+}

@@ -1,0 +1,204 @@
+//! `copy` between local files and the real S3 server (s3s-fs), through
+//! `flowgate run`, `flowgate poll` and `flowgate serve`.
+
+mod common;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn s3_store(name: &str, bucket: &str, prefix: &str, access: &str) -> String {
+    let endpoint = service_var("FLOWGATE_TEST_S3_ENDPOINT");
+    format!(
+        "{name} = {{ url = \"s3://{bucket}/{prefix}\", endpoint = \"{endpoint}\", access = \"{access}\" }}\n"
+    )
+}
+
+#[test]
+fn manual_copy_from_files_to_s3_then_nothing_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bucket, _) = fresh_s3_bucket();
+    let mut expected = Vec::new();
+    for i in 0..5 {
+        let rel = format!("2026/11/part-{i}.bin");
+        let data = bytes(i, 100_000 + i as usize * 777);
+        write(&dir.path().join("out").join(&rel), &data);
+        expected.push((rel, data));
+    }
+    let big = bytes(99, 12 * 1024 * 1024 + 5); // over the part size: a multipart upload
+    write(&dir.path().join("out/big/large.bin"), &big);
+    expected.push(("big/large.bin".into(), big));
+    expected.sort();
+    let pipeline = format!(
+        "name = \"to-s3\"\n[stores]\nlocal = {{ url = \"file://./out\" }}\n{}[[steps]]\nid = \"upload\"\ncopy = {{ from = \"local:\", to = \"remote:landing\" }}\n",
+        s3_store("remote", &bucket, "", "read-write")
+    );
+    write(&dir.path().join("p.toml"), pipeline.as_bytes());
+
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("succeeded"), "{}", out.stdout);
+    assert!(out.stdout.contains("6 copied"), "{}", out.stdout);
+
+    let mut landed = tree(&bucket_dir(&bucket).join("landing"));
+    let manifest = landed
+        .iter()
+        .position(|(k, _)| k == "_manifest.json")
+        .expect("manifest written");
+    let (_, m) = landed.remove(manifest);
+    assert_eq!(
+        landed, expected,
+        "every object arrives byte-identical under its relative key"
+    );
+    let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
+    assert_eq!(m["objects"].as_array().unwrap().len(), 6);
+
+    // Again: everything is unchanged, and flowgate says so.
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("0 copied"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("nothing to copy: all 6 objects were copied before and are unchanged"),
+        "{}",
+        out.stdout
+    );
+
+    // The run history tells the same story.
+    let out = run(flowgate(dir.path()).args(["runs", "--json", "--state", ".flowgate/state.db"]));
+    let runs: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 2);
+    assert_eq!(runs[0]["steps"][0]["objects_skipped"], 6);
+    assert_eq!(runs[1]["steps"][0]["objects_out"], 6);
+}
+
+fn arrival_pipeline(dir: &std::path::Path, bucket: &str) {
+    let pipeline = format!(
+        "name = \"from-s3\"\n[trigger]\narrival = {{ store = \"remote\", pattern = \"**/_SUCCESS\", poll = \"1s\" }}\n[stores]\n{}local = {{ url = \"file://./in\", access = \"read-write\" }}\n[[steps]]\nid = \"download\"\ncopy = {{ from = \"remote:{{{{ trigger.prefix }}}}\", to = \"local:{{{{ trigger.prefix }}}}\", exclude = [\"_SUCCESS\"] }}\n",
+        s3_store("remote", bucket, "", "read")
+    );
+    write(&dir.join("pipelines/p.toml"), pipeline.as_bytes());
+}
+
+#[test]
+fn arrival_by_poll_runs_each_flag_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bucket, _) = fresh_s3_bucket();
+    let b = bucket_dir(&bucket);
+    write(&b.join("exports/a/x.bin"), &bytes(1, 5000));
+    write(&b.join("exports/a/y.bin"), &bytes(2, 7000));
+    write(&b.join("exports/a/_SUCCESS"), b"");
+    arrival_pipeline(dir.path(), &bucket);
+
+    let out = run(flowgate(dir.path()).args(["poll", "pipelines/p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("2 copied"), "{}", out.stdout);
+    let got = tree(&dir.path().join("pipelines/in/exports/a"));
+    assert_eq!(
+        got.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["_manifest.json", "x.bin", "y.bin"]
+    );
+    assert_eq!(got[1].1, bytes(1, 5000));
+
+    // The same event again: nothing runs, and flowgate says so.
+    let out = run(flowgate(dir.path()).args(["poll", "pipelines/p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("nothing new to run"), "{}", out.stdout);
+}
+
+#[test]
+fn serve_copies_arrivals_and_reports_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bucket, _) = fresh_s3_bucket();
+    let b = bucket_dir(&bucket);
+    arrival_pipeline(dir.path(), &bucket);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = flowgate(dir.path())
+        .args([
+            "serve",
+            "pipelines",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+        }
+    }
+    // The producer writes its data, then the flag.
+    write(&b.join("day1/part-1.bin"), &bytes(7, 300_000));
+    write(&b.join("day1/_SUCCESS"), b"");
+    let target = dir.path().join("pipelines/in/day1/_manifest.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !target.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "serve did not copy the arrival within 60s"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "serve exited early");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("pipelines/in/day1/part-1.bin")).unwrap(),
+        bytes(7, 300_000)
+    );
+
+    let get = |path: &str| -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    let health = get("/health");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains("from-s3"), "{health}");
+    // Wait for the run record to be final before reading metrics.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let runs = get("/runs?pipeline=from-s3");
+        if runs.contains("\"status\":\"succeeded\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{runs}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("flowgate_runs{pipeline=\"from-s3\",status=\"succeeded\"} 1"),
+        "{metrics}"
+    );
+
+    // SIGTERM: a graceful stop with exit code 0.
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0));
+    let _guard = Kill(child);
+
+    // After a restart the same flag is not copied again.
+    let out = run(flowgate(dir.path()).args(["poll", "pipelines/p.toml"]));
+    assert!(out.stdout.contains("nothing new to run"), "{}", out.all());
+}

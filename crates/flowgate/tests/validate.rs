@@ -1,0 +1,153 @@
+//! `flowgate validate`: every problem at once, with line:col and a hint.
+
+mod common;
+use common::*;
+
+#[test]
+fn four_kinds_of_mistake_are_all_reported_with_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipeline.toml");
+    write(
+        &file,
+        br#"name = "orders"
+
+[trigger]
+schedule = "0 25 * * *"
+
+[stores]
+landing = { url = "file://./landing" }
+archive = { url = "file://./archive", access = "read-write" }
+
+[[steps]]
+id = "archive"
+copy = { from = "landing:in", too = "archive:in" }
+
+[[steps]]
+id = "mirror"
+copy = { from = "landng:in", to = "archive:${FG_VALIDATE_TEST_UNSET}/x" }
+"#,
+    );
+    let out = run(flowgate(dir.path()).args(["validate", "pipeline.toml"]));
+    assert_eq!(out.code, 2, "{}", out.all());
+    let err = &out.stderr;
+    assert!(
+        err.contains("pipeline.toml:4:12: `0 25 * * *` is not a valid cron expression"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pipeline.toml:12:31: unknown key `too`"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `to`?"), "{err}");
+    assert!(
+        err.contains("pipeline.toml:16:17: unknown store `landng`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("did you mean `landing`? declared stores: archive, landing"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pipeline.toml:16:35: variable `FG_VALIDATE_TEST_UNSET` is not set"),
+        "{err}"
+    );
+    assert!(err.contains("4 errors"), "{err}");
+
+    // The same as JSON for machines.
+    let out = run(flowgate(dir.path()).args(["validate", "--json", "pipeline.toml"]));
+    assert_eq!(out.code, 2);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["errors"].as_array().unwrap().len(), 4);
+    assert_eq!(v["errors"][0]["line"], 4);
+}
+
+#[test]
+fn writing_to_a_read_only_store_is_refused_before_any_io() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("src/a.txt"), b"hello");
+    write(
+        &dir.path().join("p.toml"),
+        br#"name = "ro"
+[stores]
+src = { url = "file://./src" }
+dst = { url = "file://./dst" }
+[[steps]]
+id = "copy"
+copy = { from = "src:", to = "dst:" }
+"#,
+    );
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("p.toml:7:30: step `copy` writes to store `dst`, which is read-only"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("access = \"read-write\""),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !dir.path().join("dst").exists(),
+        "nothing may be written, not even the directory"
+    );
+    assert!(
+        !dir.path().join(".flowgate").exists(),
+        "not even the state store is opened"
+    );
+}
+
+#[test]
+fn environment_overlays_are_applied_and_unknown_ones_named() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("p.toml"),
+        br#"name = "envs"
+[stores]
+src = { url = "file://./src", access = "read-write" }
+dst = { url = "file://./dst", access = "read-write" }
+[[steps]]
+id = "copy"
+copy = { from = "src:", to = "dst:" }
+[env.prod.stores]
+dst = { access = "read" }
+"#,
+    );
+    // Overlays merge key by key: in prod, dst keeps its URL but becomes read-only.
+    let out = run(flowgate(dir.path()).args(["validate", "p.toml", "--env", "prod"]));
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("writes to store `dst`, which is read-only"),
+        "{}",
+        out.stderr
+    );
+    let out = run(flowgate(dir.path()).args(["validate", "p.toml", "--env", "qa"]));
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("unknown environment `qa`"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("declared environments: prod"),
+        "{}",
+        out.stderr
+    );
+    let out = run(flowgate(dir.path()).args(["validate", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+}
+
+#[test]
+fn schema_describes_pipeline_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(flowgate(dir.path()).arg("schema"));
+    assert_eq!(out.code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["title"], "PipelineFile");
+    assert!(v["properties"]["steps"].is_object());
+    assert_eq!(v["additionalProperties"], false);
+}
