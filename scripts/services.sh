@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Real services on loopback for flowgate's tests: PostgreSQL and s3s-fs (S3).
+# Real services on loopback for flowgate's tests: PostgreSQL, s3s-fs (S3) and an
+# SMTP server (aiosmtpd, storing what it receives in a Maildir).
 #
 #   scripts/services.sh start     install what is missing (as root), start, print URLs
 #   scripts/services.sh env       print `export VAR=…` lines for the running services
@@ -12,6 +13,7 @@ set -euo pipefail
 W="${FLOWGATE_SERVICES_DIR:-/tmp/flowgate-services}"
 TOOLS="${FLOWGATE_TOOLS_DIR:-$HOME/.cache/flowgate/tools}"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+VENV="${FLOWGATE_VENV:-$HOME/.cache/flowgate/venv}"
 S3S_VERSION=0.14.1
 ENV_FILE="$W/services.env"
 
@@ -39,6 +41,23 @@ ensure_s3s() {
   command -v cargo >/dev/null || die "cargo is needed to install s3s-fs"
   say "installing s3s-fs $S3S_VERSION into $TOOLS (about 2 minutes, once)"
   cargo install "s3s-fs@$S3S_VERSION" --locked --features binary --root "$TOOLS" >&2
+}
+
+ensure_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+      if is_root; then
+        say "installing python3-venv"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv "$VENV"
+      else
+        die "python3 -m venv failed: run 'sudo apt-get install -y python3-venv'"
+      fi
+    fi
+  fi
+  "$VENV/bin/python" -c 'import aiosmtpd' 2>/dev/null && return 0
+  say "installing aiosmtpd into $VENV"
+  "$VENV/bin/pip" install -q aiosmtpd >&2
 }
 
 wait_port() {
@@ -90,7 +109,22 @@ ENV
   say "s3s-fs on http://127.0.0.1:$port (buckets are directories of $root)"
 }
 
+start_smtp() {
+  local port; port=$(free_port)
+  rm -rf "$W/mail"; mkdir -p "$W/mail/tmp" "$W/mail/new" "$W/mail/cur"
+  nohup "$VENV/bin/python" -m aiosmtpd -n -l "127.0.0.1:$port" -c aiosmtpd.handlers.Mailbox "$W/mail" \
+    >"$W/smtp.log" 2>&1 &
+  echo $! >"$W/smtp.pid"
+  wait_port "$port" aiosmtpd
+  cat >>"$ENV_FILE" <<ENV
+export FLOWGATE_TEST_SMTP_URL=smtp://127.0.0.1:$port
+export FLOWGATE_TEST_SMTP_MAILDIR=$W/mail
+ENV
+  say "SMTP on smtp://127.0.0.1:$port (messages land in $W/mail/new)"
+}
+
 stop() {
+  if [ -f "$W/smtp.pid" ]; then kill "$(cat "$W/smtp.pid")" 2>/dev/null || true; rm -f "$W/smtp.pid"; fi
   if [ -f "$W/s3s.pid" ]; then kill "$(cat "$W/s3s.pid")" 2>/dev/null || true; rm -f "$W/s3s.pid"; fi
   if [ -f "$W/pg.pid" ]; then
     kill -INT "$(cat "$W/pg.pid")" 2>/dev/null || true
@@ -106,9 +140,11 @@ case "${1:-}" in
     stop
     ensure_postgres
     ensure_s3s
+    ensure_venv
     : >"$ENV_FILE"
     start_postgres
     start_s3s
+    start_smtp
     cat "$ENV_FILE"
     ;;
   env)

@@ -69,13 +69,55 @@ pub async fn send(plan: &NotifyPlan, notice: &Notice) -> Vec<String> {
     {
         problems.push(crate::secret::redact(&format!("webhook: {e}")));
     }
-    if let Some(email) = &plan.email {
-        problems.push(format!(
-            "email to {}: SMTP delivery is not built yet",
-            email.to.join(", ")
-        ));
+    if let Some(spec) = &plan.email
+        && let Err(e) = email(spec, notice).await
+    {
+        problems.push(crate::secret::redact(&format!(
+            "email to {}: {e}",
+            spec.to.join(", ")
+        )));
     }
     problems
+}
+
+/// Send by SMTP. `smtp://` is plain, `smtps://` is TLS from the start,
+/// `smtp+starttls://` upgrades with STARTTLS; credentials come from the URL.
+async fn email(spec: &crate::config::model::EmailSpec, notice: &Notice) -> Result<(), String> {
+    use lettre::message::header::ContentType;
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+    crate::secret::register_url_password(&spec.smtp);
+    // lettre's URL form: smtp+starttls://h → smtp://h?tls=required.
+    let url = match spec.smtp.strip_prefix("smtp+starttls://") {
+        Some(rest) => format!(
+            "smtp://{rest}{}tls=required",
+            if rest.contains('?') { "&" } else { "?" }
+        ),
+        None => spec.smtp.clone(),
+    };
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
+        .map_err(|e| format!("bad SMTP URL: {e}"))?
+        .timeout(Some(Duration::from_secs(15)))
+        .build();
+    let mut builder = Message::builder()
+        .from(
+            spec.from
+                .parse()
+                .map_err(|e| format!("sender `{}`: {e}", spec.from))?,
+        )
+        .subject(notice.title.clone())
+        .header(ContentType::TEXT_PLAIN);
+    for to in &spec.to {
+        builder = builder.to(to.parse().map_err(|e| format!("recipient `{to}`: {e}"))?);
+    }
+    let message = builder
+        .body(notice.text.clone())
+        .map_err(|e| e.to_string())?;
+    transport
+        .send(message)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 async fn webhook(url: &str, notice: &Notice) -> Result<(), String> {

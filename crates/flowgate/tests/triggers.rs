@@ -1,0 +1,143 @@
+//! `serve` runs watch and schedule triggers: one run per KV revision, one per tick.
+
+mod common;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Serve(Child);
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(dir: &std::path::Path) -> Serve {
+    Serve(
+        flowgate(dir)
+            .args(["serve", "pipelines", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn runs(dir: &std::path::Path) -> serde_json::Value {
+    let out =
+        run(flowgate(dir).args(["runs", "--json", "--state", "pipelines/.flowgate/state.db"]));
+    serde_json::from_str(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn a_new_kv_revision_starts_one_run_with_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("pipelines/src/journal.txt"), b"journal");
+    write(
+        &dir.path().join("pipelines/p.toml"),
+        br#"name = "rollout"
+[trigger]
+watch = { key = "release/version" }
+[stores]
+src = { url = "file://./src" }
+dst = { url = "file://./dst", access = "read-write" }
+[[steps]]
+id = "copy"
+copy = { from = "src:", to = "dst:{{ trigger.value }}", manifest = "" }
+"#,
+    );
+    let state = ["--state", "pipelines/.flowgate/state.db"];
+    let out = run(flowgate(dir.path())
+        .args(["kv", "set", "release/version", "1.0"])
+        .args(state));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let _s = serve(dir.path());
+    let dst = dir.path().join("pipelines/dst");
+    wait_for("the 1.0 run", 30, || dst.join("1.0/journal.txt").exists());
+    let out = run(flowgate(dir.path())
+        .args(["kv", "set", "release/version", "1.1"])
+        .args(state));
+    assert!(out.stdout.contains("revision"), "{}", out.stdout);
+    wait_for("the 1.1 run", 30, || dst.join("1.1/journal.txt").exists());
+    wait_for("two finished runs", 10, || {
+        runs(dir.path())
+            .as_array()
+            .is_some_and(|r| r.len() == 2 && r.iter().all(|r| r["status"] == "succeeded"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let r = runs(dir.path());
+    assert_eq!(
+        r.as_array().unwrap().len(),
+        2,
+        "no run without a new revision: {r:#}"
+    );
+    assert!(
+        r.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["trigger"] == "watch")
+    );
+    let out = run(flowgate(dir.path())
+        .args(["kv", "get", "release/version", "--json"])
+        .args(state));
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["value"], "1.1");
+}
+
+#[test]
+fn an_interval_schedule_runs_once_per_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("pipelines/src/a.txt"), b"a");
+    write(
+        &dir.path().join("pipelines/p.toml"),
+        br#"name = "ticker"
+[trigger]
+schedule = "every 2s"
+[stores]
+src = { url = "file://./src" }
+dst = { url = "file://./dst", access = "read-write" }
+[[steps]]
+id = "copy"
+copy = { from = "src:", to = "dst:{{ trigger.tick | strftime('%H%M%S') }}" }
+"#,
+    );
+    let _s = serve(dir.path());
+    wait_for("three scheduled runs", 30, || {
+        runs(dir.path())
+            .as_array()
+            .is_some_and(|r| r.iter().filter(|r| r["status"] == "succeeded").count() >= 3)
+    });
+    let r = runs(dir.path());
+    let ticks: Vec<&str> = r
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["trigger"].as_str().unwrap())
+        .collect();
+    assert!(ticks.iter().all(|t| *t == "schedule"), "{ticks:?}");
+    // Each tick wrote its own folder: distinct ticks, no tick run twice.
+    let mut folders: Vec<String> = std::fs::read_dir(dir.path().join("pipelines/dst"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    folders.sort();
+    let n = folders.len();
+    folders.dedup();
+    assert_eq!(folders.len(), n);
+    assert!(n >= 3, "{folders:?}");
+    for w in folders.windows(2) {
+        let a: u32 = w[0].parse().unwrap();
+        let b: u32 = w[1].parse().unwrap();
+        assert!(b > a, "{folders:?}");
+    }
+}
