@@ -82,6 +82,12 @@ impl StepError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorClass::INTERNAL, message)
     }
+    /// Append advice to the message.
+    pub fn context_suffix(mut self, suffix: &str) -> Self {
+        self.message.push_str(suffix);
+        self
+    }
+
     /// Prefix the message with where it happened.
     pub fn context(mut self, what: impl fmt::Display) -> Self {
         self.message = crate::secret::redact(&format!("{what}: {}", self.message));

@@ -1,5 +1,6 @@
 //! What people and scripts see: logs, progress bars, summaries, `--json`.
 
+use std::io::IsTerminal;
 use std::sync::Mutex;
 
 use flowgate_core::engine::{Outcome, Progress};
@@ -28,7 +29,10 @@ pub fn init_logging(json: bool, verbose: u8, serving: bool) {
     let _ = if json {
         builder.json().try_init()
     } else {
-        builder.with_target(false).try_init()
+        builder
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
     };
 }
 

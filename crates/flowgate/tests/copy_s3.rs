@@ -202,3 +202,34 @@ fn serve_copies_arrivals_and_reports_over_http() {
     let out = run(flowgate(dir.path()).args(["poll", "pipelines/p.toml"]));
     assert!(out.stdout.contains("nothing new to run"), "{}", out.all());
 }
+
+#[test]
+fn an_unreachable_source_is_retried_then_the_run_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let pipeline = format!(
+        "name = \"down\"\n[stores]\nremote = {{ url = \"s3://nowhere/\", endpoint = \"http://127.0.0.1:{closed}\" }}\nlocal = {{ url = \"file://./in\", access = \"read-write\" }}\n[[steps]]\nid = \"download\"\ncopy = {{ from = \"remote:\", to = \"local:\" }}\n[policy]\nretry = {{ attempts = 3, backoff = \"50ms..100ms\" }}\n"
+    );
+    write(&dir.path().join("p.toml"), pipeline.as_bytes());
+    let out = run(flowgate(dir.path()).args(["run", "p.toml", "--json"]));
+    assert_eq!(out.code, 1, "{}", out.all());
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let run = &v[0]["run"];
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["steps"][0]["attempts"], 3, "{run:#}");
+    let err = run["steps"][0]["error"].as_str().unwrap();
+    assert!(
+        err.contains("listing `remote:`") && err.contains("retriable"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_dir(dir.path().join("in"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing written"
+    );
+}

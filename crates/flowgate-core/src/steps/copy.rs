@@ -77,14 +77,17 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
         .map_err(|e| StepError::user(format!("destination prefix `{to_prefix}`: {e}")))?;
 
     // List what is there.
-    let listed: Vec<ObjectMeta> =
-        src.reader()
-            .list(Some(&base))
-            .try_collect()
-            .await
-            .map_err(|e| {
-                StepError::from(e).context(format!("listing {}", src.display(&from_prefix)))
-            })?;
+    // A listing that fails part-way cannot be trusted to be complete (the local
+    // store ends its listing at the first bad name), so the step fails loudly.
+    let listed: Vec<ObjectMeta> = src.reader().list(Some(&base)).try_collect().await.map_err(|e| {
+        let hint = match &e {
+            object_store::Error::InvalidPath { .. } => {
+                "; rename or move that object: flowgate cannot read it under this name, and skips nothing silently"
+            }
+            _ => "",
+        };
+        StepError::from(e).context(format!("listing `{}`", src.display(&from_prefix))).context_suffix(hint)
+    })?;
     let manifest_name = plan.manifest.as_deref();
     let same_place = src.url == dst.url && from_prefix == to_prefix;
     let mut items: Vec<Item> = listed
