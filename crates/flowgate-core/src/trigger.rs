@@ -43,6 +43,7 @@ pub async fn arrivals(plan: &Plan, stores: &Stores) -> Result<Vec<Submission>, S
                 "etag": meta.e_tag, "size": meta.size, "last_modified": meta.last_modified.to_rfc3339(),
             }),
             params: Default::default(),
+            matrix: Default::default(),
         });
     }
     Ok(out)
@@ -56,6 +57,7 @@ pub fn tick(at: DateTime<Utc>) -> Submission {
         dedupe_key: format!("schedule:{stamp}"),
         trigger: json!({"kind": "schedule", "tick": stamp}),
         params: Default::default(),
+        matrix: Default::default(),
     }
 }
 
@@ -89,6 +91,7 @@ pub async fn poll_once(
             dedupe_key: format!("watch:{}@{}", w.key, entry.revision),
             trigger: json!({"kind": "watch", "key": w.key, "value": entry.value, "revision": entry.revision}),
             params: Default::default(),
+            matrix: Default::default(),
         });
     }
     for sub in subs {
@@ -98,9 +101,10 @@ pub async fn poll_once(
         if !seen.insert(sub.dedupe_key.clone()) {
             continue;
         }
-        match engine.submit(plan, sub).await? {
-            Outcome::AlreadyDone { .. } => {}
-            other => outcomes.push(other),
+        for outcome in engine.submit_all(plan, sub).await? {
+            if !matches!(outcome, Outcome::AlreadyDone { .. }) {
+                outcomes.push(outcome);
+            }
         }
     }
     for run in engine.run_pending(plan).await? {
@@ -133,7 +137,7 @@ pub async fn serve(engine: &Engine, plan: &Plan) -> Result<(), EngineError> {
         if let (Some(s), Some(at)) = (&plan.schedule, next_tick)
             && Utc::now() >= at
         {
-            if let Err(e) = engine.submit(plan, tick(at)).await {
+            if let Err(e) = engine.submit_all(plan, tick(at)).await {
                 tracing::error!(pipeline = %plan.name, error = %e, "scheduled run could not start");
             }
             next_tick = s.next_after(Utc::now());

@@ -330,9 +330,10 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                     .unwrap_or_else(|| format!("manual:{run_key}")),
                 trigger: serde_json::json!({"kind": "manual"}),
                 params,
+                matrix: Default::default(),
             };
-            match engine.submit(&plan, sub).await {
-                Ok(outcome) => Ok(output::outcomes(&[outcome], json)),
+            match engine.submit_all(&plan, sub).await {
+                Ok(outcomes) => Ok(output::outcomes(&outcomes, json)),
                 Err(flowgate_core::engine::EngineError::Params(msg)) => {
                     eprintln!("error: {msg}");
                     Ok(exit::USAGE)

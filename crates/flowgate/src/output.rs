@@ -121,6 +121,18 @@ pub fn outcomes(outcomes: &[Outcome], json: bool) -> u8 {
                     );
                 }
             }
+            Outcome::NotStarted { matrix } => {
+                code = code.max(exit::RUN_FAILED);
+                let label: Vec<String> = matrix.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                if json {
+                    items.push(serde_json::json!({"outcome": "not_started", "matrix": matrix, "reason": "fail_fast"}));
+                } else {
+                    println!(
+                        "not started: {} (fail_fast: an earlier combination failed)",
+                        label.join(", ")
+                    );
+                }
+            }
             Outcome::InProgress { event } => {
                 if json {
                     items.push(serde_json::json!({"outcome": "in_progress", "event": event}));
@@ -145,8 +157,18 @@ pub fn outcomes(outcomes: &[Outcome], json: bool) -> u8 {
 
 /// A short human summary of a finished run.
 pub fn summary(run: &RunRecord) {
+    let matrix = match run.params.get("matrix").and_then(|m| m.as_object()) {
+        Some(m) => {
+            let parts: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            format!(" [{}]", parts.join(", "))
+        }
+        None => String::new(),
+    };
     println!(
-        "run {} of `{}`: {} in {}",
+        "run {} of `{}`{matrix}: {} in {}",
         run.id,
         run.pipeline,
         run.status,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +55,9 @@ pub struct Submission {
     /// What templates see as `trigger`.
     pub trigger: Value,
     pub params: BTreeMap<String, String>,
+    /// One combination of the pipeline's matrix (empty without a matrix); set by
+    /// [`Engine::submit_all`].
+    pub matrix: BTreeMap<String, String>,
 }
 
 /// What became of a submission.
@@ -63,6 +67,11 @@ pub enum Outcome {
     /// The event was handled before; nothing was done again.
     AlreadyDone {
         event: Box<TriggerEvent>,
+    },
+    /// A matrix combination that was not started: an earlier one failed and the
+    /// matrix has `fail_fast`.
+    NotStarted {
+        matrix: BTreeMap<String, String>,
     },
     /// Another live worker is running this event right now.
     InProgress {
@@ -238,10 +247,64 @@ impl Engine {
         }
     }
 
+    /// Submit once per matrix combination (or once without a matrix): each
+    /// combination is its own event and run, at most `max_parallel` at a time;
+    /// failures are independent unless `fail_fast`.
+    pub async fn submit_all(
+        &self,
+        plan: &Plan,
+        sub: Submission,
+    ) -> Result<Vec<Outcome>, EngineError> {
+        let Some(m) = &plan.matrix else {
+            return Ok(vec![self.submit(plan, sub).await?]);
+        };
+        let mut combos: Vec<BTreeMap<String, String>> = vec![BTreeMap::new()];
+        for (axis, values) in &m.values {
+            combos = combos
+                .into_iter()
+                .flat_map(|c| {
+                    values.iter().map(move |v| {
+                        let mut c = c.clone();
+                        c.insert(axis.clone(), v.clone());
+                        c
+                    })
+                })
+                .collect();
+        }
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let results: Vec<Result<Outcome, EngineError>> = futures::stream::iter(combos)
+            .map(|combo| {
+                let (sub, failed) = (&sub, &failed);
+                async move {
+                    if m.fail_fast && failed.load(std::sync::atomic::Ordering::SeqCst) {
+                        return Ok(Outcome::NotStarted { matrix: combo });
+                    }
+                    let label: Vec<String> =
+                        combo.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let one = Submission {
+                        dedupe_key: format!("{}#{}", sub.dedupe_key, label.join(",")),
+                        matrix: combo,
+                        ..sub.clone()
+                    };
+                    let outcome = self.submit(plan, one).await?;
+                    if let Outcome::Ran(r) = &outcome
+                        && !r.status.is_success()
+                    {
+                        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(outcome)
+                }
+            })
+            .buffered(m.max_parallel.unwrap_or(1).max(1))
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
     /// Record an event and run it, unless it was handled before.
     pub async fn submit(&self, plan: &Plan, sub: Submission) -> Result<Outcome, EngineError> {
         let params = resolve_params(plan, &sub.params).map_err(EngineError::Params)?;
-        let payload = json!({ "trigger": sub.trigger, "params": params, "env": plan.env });
+        let payload = json!({ "trigger": sub.trigger, "params": params, "matrix": sub.matrix, "env": plan.env });
         let recorded = self
             .state
             .record_event(NewEvent {
@@ -359,13 +422,26 @@ impl Engine {
             .get("params")
             .cloned()
             .unwrap_or_else(|| json!({}));
+        let matrix = event
+            .payload
+            .get("matrix")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let recorded_params = match (&params, &matrix) {
+            (Value::Object(p), Value::Object(m)) if !m.is_empty() => {
+                let mut all = p.clone();
+                all.insert("matrix".into(), matrix.clone());
+                Value::Object(all)
+            }
+            _ => params.clone(),
+        };
         let mut run = RunRecord {
             id: run_id.clone(),
             pipeline: plan.name.clone(),
             env: plan.env.clone(),
             event_id: Some(event.id),
             trigger: event.kind.clone(),
-            params: params.clone(),
+            params: recorded_params,
             status: RunStatus::Running,
             attempt: event.attempts,
             worker: self.worker.clone(),
@@ -415,7 +491,7 @@ impl Engine {
             "trigger": event.payload.get("trigger").cloned().unwrap_or(Value::Null),
             "params": params,
             "vars": plan.vars,
-            "matrix": {},
+            "matrix": matrix,
         });
 
         let stores = Stores::open(plan);

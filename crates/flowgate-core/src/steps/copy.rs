@@ -305,7 +305,7 @@ async fn copy_one(
         BufWriter::with_capacity(writer.clone(), dest.clone(), part_size).with_max_concurrency(4);
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
-    let result: Result<(), StepError> = async {
+    let written: Result<(), StepError> = async {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             hasher.update(&chunk);
@@ -313,14 +313,16 @@ async fn copy_one(
             progress.advance(chunk.len() as u64);
             out.write_all(&chunk).await.map_err(io_error)?;
         }
-        out.shutdown().await.map_err(io_error)
+        Ok(())
     }
     .await;
-    if let Err(e) = result {
-        // Never leave a half-written multipart upload behind.
+    if let Err(e) = written {
+        // Never leave a half-written multipart upload behind. (Only before
+        // shutdown: BufWriter refuses to abort once shutdown has begun.)
         let _ = out.abort().await;
         return Err(e);
     }
+    out.shutdown().await.map_err(io_error)?;
     if bytes != item.meta.size {
         return Err(StepError::external(format!(
             "read {bytes} bytes but the source listed {} (the object changed while it was copied)",
