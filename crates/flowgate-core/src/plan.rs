@@ -56,6 +56,8 @@ pub struct Plan {
     pub dead_letter: Option<Location>,
     pub notify: NotifyPlan,
     pub matrix: Option<crate::config::model::MatrixSpec>,
+    /// Names of the file's `[env.NAME]` overlays.
+    pub environments: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -534,6 +536,7 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
             email: f.notify.email.clone(),
         },
         matrix: f.matrix.clone(),
+        environments: f.env.keys().cloned().collect(),
     })
 }
 

@@ -262,6 +262,21 @@ async fn open_state(explicit: &Option<String>, dir: &Path) -> Result<Arc<dyn Sta
     })
 }
 
+/// Open the state store for reading: without --state, the default file must exist
+/// (a listing must not create an empty store somewhere unexpected).
+async fn open_existing_state(explicit: &Option<String>) -> Result<Option<Arc<dyn StateStore>>> {
+    if explicit.is_none() {
+        let path = default_state(Path::new("."));
+        if !Path::new(&path).exists() {
+            eprintln!(
+                "error: no state store at {path}\n    hint: run this from the directory of your pipeline files, or pass --state PATH (or postgres://…)"
+            );
+            return Ok(None);
+        }
+    }
+    open_state(explicit, Path::new(".")).await.map(Some)
+}
+
 /// Cancel the engine on SIGINT/SIGTERM; a second signal exits at once.
 pub fn stop_on_signals(engine: &Engine) {
     let token = engine.cancel.clone();
@@ -362,7 +377,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             crate::serve::serve(&dir, &listen, &cli.state, &cli.env_name).await
         }
         Command::Runs(args) => {
-            let state = open_state(&cli.state, Path::new(".")).await?;
+            let Some(state) = open_existing_state(&cli.state).await? else {
+                return Ok(exit::USAGE);
+            };
             match args.show {
                 Some(RunsCommand::Show { id, json }) => match state.get_run(&id).await {
                     Ok(run) => {
@@ -391,7 +408,14 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             }
         }
         Command::Kv { command } => {
-            let state = open_state(&cli.state, Path::new(".")).await?;
+            // `kv set` may create the store; reading commands never do.
+            let state = match &command {
+                KvCommand::Set { .. } => open_state(&cli.state, Path::new(".")).await?,
+                _ => match open_existing_state(&cli.state).await? {
+                    Some(s) => s,
+                    None => return Ok(exit::USAGE),
+                },
+            };
             kv(state, command).await
         }
         Command::Demo { dir } => crate::demo::run(&dir).await,
@@ -409,10 +433,30 @@ fn validate(paths: &[PathBuf], env: &Option<String>, json: bool) -> u8 {
     let mut ok = Vec::new();
     for p in paths {
         match plan_file(p, &load_opts(env)) {
-            Ok(plan) => ok.push(plan),
+            Ok(plan) => {
+                // Without --env, every overlay is checked too; its variables are
+                // only required where it runs, so missing ones are not errors here.
+                if env.is_none() {
+                    for name in &plan.environments {
+                        if let Err(d) = plan_file(p, &load_opts(&Some(name.clone()))) {
+                            all.extend(d.into_iter().filter(|d| d.missing_variable.is_none()).map(
+                                |mut d| {
+                                    d.message = format!("{} (with --env {name})", d.message);
+                                    d
+                                },
+                            ));
+                        }
+                    }
+                }
+                ok.push(plan);
+            }
             Err(d) => all.extend(d),
         }
     }
+    let ok: Vec<_> = ok
+        .into_iter()
+        .filter(|p| !all.iter().any(|d| d.file == p.file))
+        .collect();
     if json {
         let v = serde_json::json!({
             "valid": all.is_empty(),

@@ -137,8 +137,15 @@ dst = { access = "read" }
         "{}",
         out.stderr
     );
+    // Without --env, each overlay is checked as well.
     let out = run(flowgate(dir.path()).args(["validate", "p.toml"]));
-    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("writes to store `dst`, which is read-only (with --env prod)"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -150,4 +157,58 @@ fn schema_describes_pipeline_files() {
     assert_eq!(v["title"], "PipelineFile");
     assert!(v["properties"]["steps"].is_object());
     assert_eq!(v["additionalProperties"], false);
+}
+
+#[test]
+fn without_env_every_overlay_is_checked_but_its_variables_are_not_required() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("p.toml"),
+        br#"name = "overlays"
+[stores]
+src = { url = "file://./src" }
+dst = { url = "file://./dst", access = "read-write" }
+[[steps]]
+id = "copy"
+copy = { from = "src:", to = "dst:" }
+[env.prod.stores]
+dst = { url = "s3://bucket/${FG_TEST_PROD_ONLY_VAR}", acess = "read-write" }
+"#,
+    );
+    let out = run(flowgate(dir.path()).args(["validate", "p.toml"]));
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("p.toml:9:55: unknown key `acess` (with --env prod)"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("did you mean `access`?"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("FG_TEST_PROD_ONLY_VAR"),
+        "prod's variables are not needed here: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("1 error"), "{}", out.stderr);
+}
+
+#[test]
+fn listing_runs_where_there_is_no_state_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(flowgate(dir.path()).args(["runs"]));
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("no state store at ./.flowgate/state.db"),
+        "{}",
+        out.stderr
+    );
+    assert!(!dir.path().join(".flowgate").exists());
+    let out = run(flowgate(dir.path()).args(["kv", "get", "x"]));
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(!dir.path().join(".flowgate").exists());
 }

@@ -13,6 +13,9 @@ pub struct Diagnostic {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// The variable this diagnostic says is missing, if that is what it says.
+    #[serde(skip)]
+    pub missing_variable: Option<String>,
 }
 
 impl fmt::Display for Diagnostic {
@@ -84,9 +87,24 @@ impl<'a> Diagnostics<'a> {
             col,
             message,
             hint,
+            missing_variable: None,
         };
         if !self.items.contains(&d) {
             self.items.push(d);
+        }
+    }
+
+    /// Report that variable `name` is not set.
+    pub fn missing_variable(&mut self, span: Range<usize>, name: &str) {
+        self.push(
+            span,
+            format!("variable `{name}` is not set"),
+            Some(format!(
+                "set {name} in the environment or in a .env file beside the pipeline, or give a default: ${{{name}:-value}}"
+            )),
+        );
+        if let Some(last) = self.items.last_mut() {
+            last.missing_variable = Some(name.to_string());
         }
     }
 

@@ -78,6 +78,7 @@ pub fn load_file(path: &Path, opts: &LoadOptions) -> Result<Loaded, Vec<super::D
                 col: 1,
                 message: format!("cannot read pipeline file: {e}"),
                 hint: None,
+                missing_variable: None,
             }]);
         }
     };
@@ -264,20 +265,21 @@ fn interpolate(
     match value {
         Value::String(s) => match vars.expand(s) {
             Ok(expanded) => *s = expanded,
-            Err(InterpolateError::Missing { name }) => diags.push(
-                spans.value(path),
-                format!("variable `{name}` is not set"),
-                Some(format!(
-                    "set {name} in the environment or in a .env file beside the pipeline, or give a default: ${{{name}:-value}}"
-                )),
-            ),
-            Err(InterpolateError::Unclosed) => {
-                diags.push(spans.value(path), "unclosed `${` in value", Some("write `$${` for a literal `${`".into()))
+            Err(InterpolateError::Missing { name }) => {
+                diags.missing_variable(spans.value(path), &name)
             }
+            Err(InterpolateError::Unclosed) => diags.push(
+                spans.value(path),
+                "unclosed `${` in value",
+                Some("write `$${` for a literal `${`".into()),
+            ),
             Err(InterpolateError::BadName { name }) => diags.push(
                 spans.value(path),
                 format!("`{name}` is not a variable name"),
-                Some("variable names use letters, digits and `_`: ${NAME} or ${NAME:-default}".into()),
+                Some(
+                    "variable names use letters, digits and `_`: ${NAME} or ${NAME:-default}"
+                        .into(),
+                ),
             ),
         },
         Value::Array(items) => {
