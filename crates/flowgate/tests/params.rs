@@ -1,0 +1,137 @@
+//! Manual runs: parameters, `.env` beside the pipeline, and time limits.
+
+mod common;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn pipeline(dir: &std::path::Path) {
+    write(&dir.join("src/2026-11-23/a.txt"), b"a");
+    write(&dir.join(".env"), b"OUT_DIR=from-dotenv\n");
+    write(
+        &dir.join("p.toml"),
+        br#"name = "params"
+[params]
+day = { description = "which day to copy" }
+target = { default = "daily" }
+[stores]
+src = { url = "file://./src" }
+dst = { url = "file://./${OUT_DIR}", access = "read-write" }
+[[steps]]
+id = "copy"
+copy = { from = "src:{{ params.day }}", to = "dst:{{ params.target }}/{{ params.day }}" }
+"#,
+    );
+}
+
+#[test]
+fn parameters_are_checked_defaulted_and_templated() {
+    let dir = tempfile::tempdir().unwrap();
+    pipeline(dir.path());
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("parameter `day` is required: pass --param day=VALUE"),
+        "{}",
+        out.stderr
+    );
+    let out =
+        run(flowgate(dir.path()).args(["run", "p.toml", "-p", "day=2026-11-23", "-p", "dya=x"]));
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr
+            .contains("unknown parameter `dya`; declared parameters: day, target"),
+        "{}",
+        out.stderr
+    );
+
+    let out = run(flowgate(dir.path()).args(["run", "p.toml", "--param", "day=2026-11-23"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    // .env supplied OUT_DIR; `target` took its default.
+    assert_eq!(
+        std::fs::read(dir.path().join("from-dotenv/daily/2026-11-23/a.txt")).unwrap(),
+        b"a"
+    );
+    // The environment wins over .env.
+    let out = run(flowgate(dir.path()).env("OUT_DIR", "from-env").args([
+        "run",
+        "p.toml",
+        "-p",
+        "day=2026-11-23",
+        "-p",
+        "target=adhoc",
+    ]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(dir.path().join("from-env/adhoc/2026-11-23/a.txt").is_file());
+    let j = run(flowgate(dir.path()).args(["runs", "--json"])).stdout;
+    let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+    assert_eq!(
+        v[0]["params"],
+        serde_json::json!({"day": "2026-11-23", "target": "adhoc"})
+    );
+}
+
+#[test]
+fn a_run_key_makes_a_manual_run_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    pipeline(dir.path());
+    let args = [
+        "run",
+        "p.toml",
+        "-p",
+        "day=2026-11-23",
+        "--key",
+        "backfill-2026-11-23",
+    ];
+    let out = run(flowgate(dir.path()).args(args));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let out = run(flowgate(dir.path()).args(args));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout.contains(
+            "nothing to do: event `manual:backfill-2026-11-23` was already handled by run"
+        ),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn an_attempt_that_hangs_is_cut_off_by_its_timeout_and_retried() {
+    // A server that accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming() {
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("p.toml"),
+        format!(
+            "name = \"hang\"\n[stores]\nremote = {{ url = \"s3://b/\", endpoint = \"http://127.0.0.1:{port}\" }}\nlocal = {{ url = \"file://./in\", access = \"read-write\" }}\n[[steps]]\nid = \"download\"\ntimeout = \"1s\"\nretry = {{ attempts = 2, backoff = \"10ms..20ms\" }}\ncopy = {{ from = \"remote:\", to = \"local:\" }}\n"
+        )
+        .as_bytes(),
+    );
+    let t0 = Instant::now();
+    let out = run(flowgate(dir.path()).args(["run", "p.toml", "--json"]));
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "the time limit held: {:?}",
+        t0.elapsed()
+    );
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let step = &v[0]["run"]["steps"][0];
+    assert_eq!(step["attempts"], 2);
+    assert!(
+        step["error"]
+            .as_str()
+            .unwrap()
+            .contains("attempt timed out after 1s"),
+        "{step:#}"
+    );
+}
