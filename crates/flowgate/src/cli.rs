@@ -59,7 +59,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "FLOWGATE_STATE")]
     state: Option<String>,
     /// Environment overlay to apply ([env.NAME] in pipeline files).
-    #[arg(long = "env", global = true, env = "FLOWGATE_ENV")]
+    #[arg(long = "env", global = true, env = "FLOWGATE_ENV", value_name = "NAME")]
     env_name: Option<String>,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -337,12 +337,11 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             let state = open_state(&cli.state, &plan.dir).await?;
             let engine = engine(state, !json);
             let params: BTreeMap<String, String> = params.into_iter().collect();
-            let run_key = uuid_key();
             let sub = Submission {
                 kind: "manual".into(),
                 dedupe_key: key
                     .map(|k| format!("manual:{k}"))
-                    .unwrap_or_else(|| format!("manual:{run_key}")),
+                    .unwrap_or_else(|| format!("manual:{}", uuid::Uuid::now_v7())),
                 trigger: serde_json::json!({"kind": "manual"}),
                 params,
                 matrix: Default::default(),
@@ -420,12 +419,6 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Demo { dir } => crate::demo::run(&dir).await,
     }
-}
-
-fn uuid_key() -> String {
-    // Time-ordered and unique: a manual run without --key is always a new event.
-    format!("{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"))
-        + &format!("-{}", std::process::id())
 }
 
 fn validate(paths: &[PathBuf], env: &Option<String>, json: bool) -> u8 {

@@ -35,6 +35,7 @@ pub fn pipeline_files(dir: &Path) -> Result<Vec<PathBuf>> {
 struct App {
     state: Arc<dyn StateStore>,
     plans: Arc<Vec<Plan>>,
+    engine: Arc<Engine>,
 }
 
 pub async fn serve(
@@ -86,12 +87,15 @@ pub async fn serve(
     let app = App {
         state: state.clone(),
         plans: Arc::new(plans.clone()),
+        engine: engine.clone(),
     };
     let router = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/runs", get(runs))
         .route("/runs/{id}", get(run))
+        .route("/pipelines", get(pipelines))
+        .route("/pipelines/{name}/runs", axum::routing::post(start_run))
         .with_state(app);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -223,4 +227,82 @@ async fn run(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Response {
         }
         Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
+}
+
+async fn pipelines(State(app): State<App>) -> Response {
+    let list: Vec<serde_json::Value> = app
+        .plans
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "name": p.name,
+                "description": p.description,
+                "file": p.file,
+                "schedule": p.schedule_text,
+                "watch": p.watch.as_ref().map(|w| &w.key),
+                "arrival": p.arrival.as_ref().map(|a| serde_json::json!({"store": a.store, "pattern": a.pattern})),
+                "params": p.params.keys().collect::<Vec<_>>(),
+                "steps": p.steps.iter().map(|s| serde_json::json!({"id": s.id, "kind": s.kind.name(), "needs": s.needs})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(list).into_response()
+}
+
+/// Body of `POST /pipelines/{name}/runs`.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StartRun {
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+    /// Dedupe key: a second request with the same key does not run again.
+    #[serde(default)]
+    key: Option<String>,
+}
+
+/// A manual run over HTTP: checked at once, run in the background (202 Accepted);
+/// follow it with `GET /runs?pipeline=NAME`.
+async fn start_run(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+    body: Option<Json<StartRun>>,
+) -> Response {
+    let Some(plan) = app.plans.iter().find(|p| p.name == name).cloned() else {
+        let known: Vec<&str> = app.plans.iter().map(|p| p.name.as_str()).collect();
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": format!("no pipeline `{name}`"), "pipelines": known})),
+        )
+            .into_response();
+    };
+    let Json(req) = body.unwrap_or_default();
+    if let Err(e) = flowgate_core::engine::resolve_params(&plan, &req.params) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": e})),
+        )
+            .into_response();
+    }
+    let key = format!(
+        "manual:{}",
+        req.key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+    );
+    let sub = flowgate_core::engine::Submission {
+        kind: "manual".into(),
+        dedupe_key: key.clone(),
+        trigger: serde_json::json!({"kind": "manual", "via": "http"}),
+        params: req.params,
+        matrix: Default::default(),
+    };
+    let engine = app.engine.clone();
+    tokio::spawn(async move {
+        if let Err(e) = engine.submit_all(&plan, sub).await {
+            tracing::error!(pipeline = %plan.name, error = %e, "manual run over HTTP failed to start");
+        }
+    });
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"accepted": true, "pipeline": name, "key": key})),
+    )
+        .into_response()
 }

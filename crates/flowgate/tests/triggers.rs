@@ -141,3 +141,75 @@ copy = { from = "src:", to = "dst:{{ trigger.tick | strftime('%H%M%S') }}" }
         assert!(b > a, "{folders:?}");
     }
 }
+
+#[test]
+fn manual_runs_over_http_are_checked_and_deduplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("pipelines/src/2026-11-23/a.txt"), b"a");
+    write(
+        &dir.path().join("pipelines/p.toml"),
+        br#"name = "by-hand"
+[params]
+day = {}
+[stores]
+src = { url = "file://./src" }
+dst = { url = "file://./dst", access = "read-write" }
+[[steps]]
+id = "copy"
+copy = { from = "src:{{ params.day }}", to = "dst:{{ params.day }}" }
+"#,
+    );
+    let port = free_port();
+    let _s = Serve(
+        flowgate(dir.path())
+            .args([
+                "serve",
+                "pipelines",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the HTTP endpoint", 20, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let (status, body) = http(port, "GET", "/pipelines", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"name\":\"by-hand\"") && body.contains("\"params\":[\"day\"]"),
+        "{body}"
+    );
+
+    let (status, body) = http(port, "POST", "/pipelines/nope/runs", Some("{}"));
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("by-hand"),
+        "the known pipelines are listed: {body}"
+    );
+    let (status, body) = http(port, "POST", "/pipelines/by-hand/runs", Some("{}"));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("parameter `day` is required"), "{body}");
+
+    let req = r#"{"params": {"day": "2026-11-23"}, "key": "2026-11-23"}"#;
+    let (status, body) = http(port, "POST", "/pipelines/by-hand/runs", Some(req));
+    assert_eq!(status, 202, "{body}");
+    assert!(body.contains("\"key\":\"manual:2026-11-23\""), "{body}");
+    wait_for("the copy", 20, || {
+        dir.path().join("pipelines/dst/2026-11-23/a.txt").exists()
+    });
+    wait_for("the run to finish", 20, || {
+        runs(dir.path())
+            .as_array()
+            .is_some_and(|r| r.len() == 1 && r[0]["status"] == "succeeded")
+    });
+    // The same key again: accepted, but nothing runs twice.
+    let (status, _) = http(port, "POST", "/pipelines/by-hand/runs", Some(req));
+    assert_eq!(status, 202);
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = runs(dir.path());
+    assert_eq!(r.as_array().unwrap().len(), 1, "{r:#}");
+    assert_eq!(r[0]["params"]["day"], "2026-11-23");
+}
