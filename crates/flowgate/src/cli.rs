@@ -337,15 +337,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             let state = open_state(&cli.state, &plan.dir).await?;
             let engine = engine(state, !json);
             let params: BTreeMap<String, String> = params.into_iter().collect();
-            let sub = Submission {
-                kind: "manual".into(),
-                dedupe_key: key
-                    .map(|k| format!("manual:{k}"))
-                    .unwrap_or_else(|| format!("manual:{}", uuid::Uuid::now_v7())),
-                trigger: serde_json::json!({"kind": "manual"}),
-                params,
-                matrix: Default::default(),
-            };
+            let sub = Submission::manual("cli", key, params);
             match engine.submit_all(&plan, sub).await {
                 Ok(outcomes) => Ok(output::outcomes(&outcomes, json)),
                 Err(flowgate_core::engine::EngineError::Params(msg)) => {

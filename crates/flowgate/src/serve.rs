@@ -283,17 +283,8 @@ async fn start_run(
         )
             .into_response();
     }
-    let key = format!(
-        "manual:{}",
-        req.key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
-    );
-    let sub = flowgate_core::engine::Submission {
-        kind: "manual".into(),
-        dedupe_key: key.clone(),
-        trigger: serde_json::json!({"kind": "manual", "via": "http"}),
-        params: req.params,
-        matrix: Default::default(),
-    };
+    let sub = flowgate_core::engine::Submission::manual("http", req.key, req.params);
+    let key = sub.dedupe_key.clone();
     let engine = app.engine.clone();
     tokio::spawn(async move {
         if let Err(e) = engine.submit_all(&plan, sub).await {

@@ -60,6 +60,21 @@ pub struct Submission {
     pub matrix: BTreeMap<String, String>,
 }
 
+impl Submission {
+    /// A manual run, by `via` (`cli`, `http`). Without a key every request is a new
+    /// event; with one, the same key never runs twice to success.
+    pub fn manual(via: &str, key: Option<String>, params: BTreeMap<String, String>) -> Submission {
+        let key = key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        Submission {
+            kind: "manual".into(),
+            dedupe_key: format!("manual:{key}"),
+            trigger: json!({"kind": "manual", "via": via}),
+            params,
+            matrix: BTreeMap::new(),
+        }
+    }
+}
+
 /// What became of a submission.
 #[derive(Debug, Clone)]
 pub enum Outcome {
