@@ -180,6 +180,11 @@ fn sigterm_stops_at_a_safe_point_and_the_next_run_finishes() {
         "the stop came before the end"
     );
 
+    // A stopped manual run stays stopped: a trigger pass does not restart it.
+    let out = run(flowgate(&work).args(["poll", "p.toml"]));
+    assert!(out.stdout.contains("nothing new to run"), "{}", out.all());
+    assert_eq!(landed(&bucket).0.len(), partial.len());
+
     // The next run resumes: what landed is not copied again.
     let out = run(flowgate(&work).args(["run", "p.toml"]));
     assert_eq!(out.code, 0, "{}", out.all());

@@ -377,17 +377,19 @@ impl Engine {
     /// Run every event of `plan` that is pending or whose worker died.
     pub async fn run_pending(&self, plan: &Plan) -> Result<Vec<RunRecord>, EngineError> {
         let mut runs = Vec::new();
-        // Events held by dead processes on this host are released first.
+        // Events held by dead processes on this host are released first (manual
+        // ones are closed instead: only the person who asked reruns them).
         for e in self.state.list_events(&plan.name, 1000).await? {
             if e.status == EventStatus::Claimed
                 && e.claimed_by.as_deref().is_some_and(worker_is_dead)
             {
+                let status = if e.kind == "manual" {
+                    EventStatus::Failed
+                } else {
+                    EventStatus::Pending
+                };
                 self.state
-                    .finish_event(
-                        e.id,
-                        EventStatus::Pending,
-                        e.run_id.as_deref().unwrap_or(""),
-                    )
+                    .finish_event(e.id, status, e.run_id.as_deref().unwrap_or(""))
                     .await?;
             }
         }
@@ -581,7 +583,9 @@ impl Engine {
         self.state.save_run(&run).await?;
         let event_status = match run.status {
             RunStatus::Succeeded | RunStatus::Partial => EventStatus::Done,
-            RunStatus::Interrupted => EventStatus::Pending,
+            // A stopped trigger event is resumed by the next worker; a stopped manual
+            // run stays stopped until someone asks again (the same --key resumes it).
+            RunStatus::Interrupted if event.kind != "manual" => EventStatus::Pending,
             _ => EventStatus::Failed,
         };
         if !lost.load(std::sync::atomic::Ordering::SeqCst) {

@@ -268,8 +268,9 @@ pub trait StateStore: Send + Sync {
 
     // --- trigger-event ledger ---
     async fn record_event(&self, event: NewEvent) -> StateResult<Recorded>;
-    /// Claim the oldest event of `pipeline` that is pending, or claimed by a holder
-    /// whose lease ran out. Many workers may call this at once; each event goes to one.
+    /// Claim the oldest trigger event (not manual) of `pipeline` that is pending, or
+    /// claimed by a holder whose lease ran out. Many workers may call this at once;
+    /// each event goes to one. Manual events are only claimed by id.
     async fn claim_event(
         &self,
         pipeline: &str,

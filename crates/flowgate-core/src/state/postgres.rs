@@ -245,7 +245,7 @@ impl StateStore for PostgresState {
         worker: &str,
         ttl: Duration,
     ) -> StateResult<Option<TriggerEvent>> {
-        self.claim_where("pipeline = $1", &pipeline, worker, ttl)
+        self.claim_where("pipeline = $1 AND kind <> 'manual'", &pipeline, worker, ttl)
             .await
     }
 

@@ -214,7 +214,7 @@ impl StateStore for SqliteState {
     ) -> StateResult<Option<TriggerEvent>> {
         let (pipeline, worker, ttl) = (pipeline.to_string(), worker.to_string(), ttl_ms(ttl));
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE pipeline = ?1 AND (status = 'pending' OR (status = 'claimed' AND lease_until < ?2)) ORDER BY id LIMIT 1"
+            "SELECT {EVENT_COLUMNS} FROM events WHERE pipeline = ?1 AND kind <> 'manual' AND (status = 'pending' OR (status = 'claimed' AND lease_until < ?2)) ORDER BY id LIMIT 1"
         );
         self.with(move |c| claim(c, &sql, pipeline.into(), worker, ttl))
             .await?

@@ -96,6 +96,24 @@ async fn suite(s: Arc<dyn StateStore>) {
     assert_eq!(done.status, EventStatus::Done);
     assert_eq!(done.run_id.as_deref(), Some("run-1"));
     assert_eq!(s.list_events("p", 10).await.unwrap().len(), 2);
+    // Manual events are only ever claimed by id, never picked up by a worker's sweep.
+    let manual = NewEvent {
+        pipeline: "m".into(),
+        kind: "manual".into(),
+        dedupe_key: "manual:x".into(),
+        payload: json!({}),
+    };
+    let Recorded::New(m) = s.record_event(manual).await.unwrap() else {
+        panic!("new manual event")
+    };
+    assert!(s.claim_event("m", "w1", ttl).await.unwrap().is_none());
+    assert_eq!(
+        s.claim_event_id(m.id, "w1", ttl)
+            .await
+            .unwrap()
+            .map(|e| e.id),
+        Some(m.id)
+    );
 
     // Runs: saved, replaced, found by prefix, filtered.
     let mut r1 = run("0190aaaa-run-one", "p", RunStatus::Running);
