@@ -4,10 +4,12 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod formats;
 pub mod notify;
 pub mod plan;
 pub mod quarantine;
 pub mod secret;
+pub mod sql;
 pub mod state;
 pub mod steps;
 pub mod store;

@@ -92,14 +92,31 @@ pub struct PlannedStep {
 #[derive(Debug, Clone)]
 pub enum StepKind {
     Copy(CopyPlan),
+    Extract(ExtractPlan),
 }
 
 impl StepKind {
     pub fn name(&self) -> &'static str {
         match self {
             StepKind::Copy(_) => "copy",
+            StepKind::Extract(_) => "extract",
         }
     }
+}
+
+#[derive(Debug, Clone)]
+pub struct ExtractPlan {
+    /// The SQL store.
+    pub from: String,
+    /// `None`: every table of the schema.
+    pub tables: Option<Vec<String>>,
+    pub schema: String,
+    pub cursor: String,
+    pub key: Option<Vec<String>>,
+    pub lookback: Option<Duration>,
+    pub to: Location,
+    pub format: Option<crate::formats::Format>,
+    pub batch_rows: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -188,11 +205,13 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
                 None,
             );
         }
-        if !is_object_store_url(&s.url) {
+        if !is_object_store_url(&s.url) && !crate::sql::is_sql_url(&s.url) {
             d.push(
                 spans.value(&at),
                 format!("store `{name}`: `{}` is not a supported URL", s.url),
-                Some("use file://, s3://, gs://, az:// or memory://".into()),
+                Some(
+                    "use file://, s3://, gs://, az://, memory://, postgres:// or sqlite://".into(),
+                ),
             );
         }
     }
@@ -435,13 +454,66 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
             }
         };
         let what = format!("step `{}`", s.id);
-        let kind = match &s.copy {
-            Some(c) => copy_plan(c, &at, &what, loaded, &mut d, &mut location).map(StepKind::Copy),
-            None => {
+        let kind = match (&s.copy, &s.extract) {
+            (Some(c), None) => {
+                let ok = [("from", &c.from), ("to", &c.to)]
+                    .into_iter()
+                    .all(|(k, v)| {
+                        let store = v.split_once(':').map(|(s, _)| s).unwrap_or(v);
+                        kind_is(
+                            &mut d,
+                            loaded,
+                            &format!("{at}.copy.{k}"),
+                            store,
+                            false,
+                            &what,
+                        )
+                    });
+                copy_plan(c, &at, &what, loaded, &mut d, &mut location)
+                    .filter(|_| ok)
+                    .map(StepKind::Copy)
+            }
+            (None, Some(e)) => {
+                let from_at = format!("{at}.extract.from");
+                let ok_from = store_ref(&mut d, &from_at, &e.from, Access::Read, &what)
+                    && kind_is(&mut d, loaded, &from_at, &e.from, true, &what);
+                let to_store = e.to.split_once(':').map(|(s, _)| s).unwrap_or(&e.to);
+                let ok_to = kind_is(
+                    &mut d,
+                    loaded,
+                    &format!("{at}.extract.to"),
+                    to_store,
+                    false,
+                    &what,
+                );
+                let to = location(
+                    &mut d,
+                    &format!("{at}.extract.to"),
+                    &e.to,
+                    Access::Write,
+                    &what,
+                );
+                extract_plan(e, &at, loaded, &mut d).and_then(|mut p| {
+                    p.to = to?;
+                    (ok_from && ok_to).then_some(StepKind::Extract(p))
+                })
+            }
+            (Some(_), Some(_)) => {
+                d.push(
+                    spans.key(&at),
+                    format!(
+                        "step `{}` has more than one kind; give each its own step",
+                        s.id
+                    ),
+                    None,
+                );
+                None
+            }
+            (None, None) => {
                 d.push(
                     spans.key(&at),
                     format!("step `{}` has no kind", s.id),
-                    Some("add one of: copy = { from = \"…\", to = \"…\" }".into()),
+                    Some("add one of: copy = { from = \"…\", to = \"…\" }, extract = { from = \"…\", tables = …, cursor = \"…\", to = \"…\" }".into()),
                 );
                 None
             }
@@ -537,6 +609,85 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
         },
         matrix: f.matrix.clone(),
         environments: f.env.keys().cloned().collect(),
+    })
+}
+
+/// Is store `name` of the right kind (SQL or object)? Unknown stores are reported elsewhere.
+fn kind_is(
+    d: &mut Diagnostics<'_>,
+    loaded: &Loaded,
+    at: &str,
+    name: &str,
+    sql: bool,
+    what: &str,
+) -> bool {
+    let Some(spec) = loaded.file.stores.get(name) else {
+        return true;
+    };
+    if crate::sql::is_sql_url(&spec.url) == sql {
+        return true;
+    }
+    let (want, got) = if sql {
+        ("a SQL store (postgres:// or sqlite://)", "an object store")
+    } else {
+        ("an object store", "a SQL store")
+    };
+    d.push(
+        loaded.spans.value(at),
+        format!("{what} needs {want} here, but `{name}` is {got}"),
+        None,
+    );
+    false
+}
+
+fn extract_plan(
+    e: &crate::config::model::ExtractSpec,
+    at: &str,
+    loaded: &Loaded,
+    d: &mut Diagnostics<'_>,
+) -> Option<ExtractPlan> {
+    use crate::config::model::Tables;
+    let spans = &loaded.spans;
+    let tables = match &e.tables {
+        Tables::All(s) if s == "*" => None,
+        Tables::All(s) => {
+            d.push(
+                spans.value(&format!("{at}.extract.tables")),
+                format!("tables = \"{s}\": write a list (`[\"{s}\"]`) or \"*\""),
+                None,
+            );
+            return None;
+        }
+        Tables::List(v) if v.is_empty() => {
+            d.push(
+                spans.value(&format!("{at}.extract.tables")),
+                "tables is empty; list some or write \"*\"",
+                None,
+            );
+            return None;
+        }
+        Tables::List(v) => Some(v.clone()),
+    };
+    let lookback = match e.lookback.as_deref().map(parse_duration).transpose() {
+        Ok(l) => l.filter(|l| !l.is_zero()),
+        Err(err) => {
+            d.push(spans.value(&format!("{at}.extract.lookback")), err, None);
+            return None;
+        }
+    };
+    Some(ExtractPlan {
+        from: e.from.clone(),
+        tables,
+        schema: e.schema.clone().unwrap_or_else(|| "public".into()),
+        cursor: e.cursor.clone(),
+        key: e.key.clone(),
+        lookback,
+        to: Location {
+            store: String::new(),
+            prefix: String::new(),
+        },
+        format: e.format,
+        batch_rows: e.batch_rows.unwrap_or(65_536).max(1),
     })
 }
 

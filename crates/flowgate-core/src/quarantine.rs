@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use chrono::Utc;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
 
 use crate::error::StepError;

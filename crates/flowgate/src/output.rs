@@ -178,16 +178,30 @@ pub fn summary(run: &RunRecord) {
         println!("  error: {}", redact(e));
     }
     for s in &run.steps {
+        let moved = if s.rows_in > 0 || s.rows_out > 0 {
+            format!(
+                "{} rows read, {} written to {} object(s) ({})",
+                s.rows_in,
+                s.rows_out,
+                s.objects_out,
+                human_bytes(s.bytes_out)
+            )
+        } else {
+            format!(
+                "{} copied ({}), {} unchanged",
+                s.objects_out,
+                human_bytes(s.bytes_out),
+                s.objects_skipped
+            )
+        };
+        let attempts = if s.attempts == 1 {
+            "1 attempt".to_string()
+        } else {
+            format!("{} attempts", s.attempts)
+        };
         println!(
-            "  {:<14} {:<11} {} copied ({}), {} unchanged, {} quarantined, {} attempt{}",
-            s.step,
-            s.status,
-            s.objects_out,
-            human_bytes(s.bytes_out),
-            s.objects_skipped,
-            s.quarantined,
-            s.attempts,
-            if s.attempts == 1 { "" } else { "s" }
+            "  {:<14} {:<11} {moved}, {} quarantined, {attempts}",
+            s.step, s.status, s.quarantined
         );
         for n in &s.notes {
             println!("  {:<14} note: {}", "", redact(n));

@@ -190,6 +190,49 @@ pub struct StepSpec {
     /// Copy objects between stores.
     #[serde(default)]
     pub copy: Option<CopySpec>,
+    /// Extract tables of a SQL store into objects, incrementally.
+    #[serde(default)]
+    pub extract: Option<ExtractSpec>,
+}
+
+/// Extract SQL tables into one object per table per run, by keyset watermark.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractSpec {
+    /// The SQL store to read (`postgres://…` or `sqlite://…`).
+    pub from: String,
+    /// Tables to extract: a list, or `"*"` for every table of the schema.
+    pub tables: Tables,
+    /// PostgreSQL schema (default `public`).
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// Cursor column of the watermark, e.g. `"last_updated"`; rows are read in
+    /// (cursor, key) order and the position is kept at full precision.
+    pub cursor: String,
+    /// Key columns (default: the table's primary key).
+    #[serde(default)]
+    pub key: Option<Vec<String>>,
+    /// Re-read this far before the watermark to catch rows committed late, e.g. `"5m"`
+    /// (timestamp cursors only). Rows already extracted are not written again.
+    #[serde(default)]
+    pub lookback: Option<String>,
+    /// Where each table's object goes, as `store:key` (template; `{{ table }}` is the
+    /// table), e.g. `"landing:{{ table }}/{{ run.started | strftime('%Y/%m/%d/%H%M%S') }}.jsonl"`.
+    pub to: String,
+    /// `jsonl`, `jsonl.gz`, `jsonl.zst` or `parquet` (default: from the key's extension).
+    #[serde(default)]
+    pub format: Option<crate::formats::Format>,
+    /// Rows per batch (default 65536).
+    #[serde(default)]
+    pub batch_rows: Option<usize>,
+}
+
+/// A list of tables or `"*"`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Tables {
+    All(String),
+    List(Vec<String>),
 }
 
 /// Copy objects from one store location to another.

@@ -122,7 +122,12 @@ pub struct Stores {
 impl Stores {
     pub fn open(plan: &Plan) -> Result<Stores, StepError> {
         let mut map = HashMap::new();
-        for (name, spec) in &plan.stores {
+        // SQL stores are opened by the steps that use them.
+        for (name, spec) in plan
+            .stores
+            .iter()
+            .filter(|(_, s)| !crate::sql::is_sql_url(&s.url))
+        {
             let h = StoreHandle::open(name, spec, &plan.dir)
                 .map_err(|e| StepError::new(ErrorClass::USER, e.to_string()))?;
             map.insert(name.clone(), h);
@@ -639,8 +644,11 @@ async fn run_step(ctx: &StepContext<'_>) -> StepReport {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let fut = match &step.kind {
-            StepKind::Copy(c) => crate::steps::copy::run(ctx, c),
+        let fut: std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<StepOutput, StepError>> + Send + '_>,
+        > = match &step.kind {
+            StepKind::Copy(c) => Box::pin(crate::steps::copy::run(ctx, c)),
+            StepKind::Extract(e) => Box::pin(crate::steps::extract::run(ctx, e)),
         };
         let result = match step.timeout {
             Some(t) => match tokio::time::timeout(t, fut).await {

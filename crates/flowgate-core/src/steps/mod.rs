@@ -1,3 +1,4 @@
 //! Step kinds, one module each.
 
 pub mod copy;
+pub mod extract;

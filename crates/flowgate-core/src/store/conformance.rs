@@ -2,8 +2,8 @@
 //! real S3 server (s3s-fs from `scripts/services.sh`).
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::PutPayload;
 use object_store::buffered::BufWriter;
+use object_store::{ObjectStoreExt, PutPayload};
 use tokio::io::AsyncWriteExt;
 
 use super::*;
