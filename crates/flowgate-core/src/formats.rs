@@ -190,3 +190,146 @@ impl BatchWriter {
         }
     }
 }
+
+/// Decompresses as bytes arrive (write side in, decompressed bytes out).
+enum Decompressor {
+    None,
+    Gz(flate2::write::GzDecoder<Vec<u8>>),
+    Zst(zstd::stream::write::Decoder<'static, Vec<u8>>),
+}
+
+impl Decompressor {
+    fn for_format(f: Format) -> Result<Decompressor, StepError> {
+        Ok(match f {
+            Format::JsonlGz => Decompressor::Gz(flate2::write::GzDecoder::new(Vec::new())),
+            Format::JsonlZst => {
+                Decompressor::Zst(zstd::stream::write::Decoder::new(Vec::new()).map_err(io)?)
+            }
+            _ => Decompressor::None,
+        })
+    }
+    fn push(&mut self, data: &[u8]) -> Result<Vec<u8>, StepError> {
+        let bad = |e: std::io::Error| StepError::user(format!("cannot decompress: {e}"));
+        Ok(match self {
+            Decompressor::None => data.to_vec(),
+            Decompressor::Gz(d) => {
+                Write::write_all(d, data).map_err(bad)?;
+                std::mem::take(d.get_mut())
+            }
+            Decompressor::Zst(d) => {
+                Write::write_all(d, data).map_err(bad)?;
+                std::mem::take(d.get_mut())
+            }
+        })
+    }
+    fn finish(self) -> Result<Vec<u8>, StepError> {
+        let bad = |e: std::io::Error| StepError::user(format!("cannot decompress: {e}"));
+        Ok(match self {
+            Decompressor::None => Vec::new(),
+            Decompressor::Gz(d) => d.finish().map_err(bad)?,
+            Decompressor::Zst(mut d) => {
+                Write::flush(&mut d).map_err(bad)?;
+                std::mem::take(d.get_mut())
+            }
+        })
+    }
+}
+
+/// Read an object as Arrow batches, streaming, into `tx`. JSON lines get their
+/// schema from the first lines (up to 1 MiB); Parquet carries its own.
+pub async fn read_batches(
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    format: Format,
+    batch_rows: usize,
+    tx: tokio::sync::mpsc::Sender<Result<RecordBatch, StepError>>,
+) -> Result<(), StepError> {
+    use futures::StreamExt;
+    use object_store::ObjectStoreExt;
+    if format == Format::Parquet {
+        #[expect(
+            deprecated,
+            reason = "replace with our own AsyncFileReader over object_store (arrow-rs#10308)"
+        )]
+        let reader = parquet::arrow::async_reader::ParquetObjectReader::new(store, path.clone());
+        let mut stream = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| StepError::user(format!("{path}: not a readable Parquet file: {e}")))?
+            .with_batch_size(batch_rows)
+            .build()
+            .map_err(|e| StepError::user(format!("{path}: {e}")))?;
+        while let Some(b) = stream.next().await {
+            let b = b.map_err(|e| StepError::external(format!("{path}: {e}")))?;
+            if tx.send(Ok(b)).await.is_err() {
+                return Ok(());
+            }
+        }
+        return Ok(());
+    }
+    let mut bytes = store.get(&path).await?.into_stream();
+    let mut unzip = Decompressor::for_format(format)?;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut decoder: Option<arrow::json::reader::Decoder> = None;
+    let bad = |e: arrow::error::ArrowError| StepError::user(format!("{path}: bad JSON line: {e}"));
+    let mut eof = false;
+    while !eof {
+        match bytes.next().await {
+            Some(chunk) => pending.extend(unzip.push(&chunk?)?),
+            None => {
+                eof = true;
+                let rest = std::mem::replace(&mut unzip, Decompressor::None).finish()?;
+                pending.extend(rest);
+            }
+        }
+        if decoder.is_none() {
+            if !eof && pending.len() < 1 << 20 {
+                continue;
+            }
+            // Infer from complete lines of what has arrived.
+            let sample_end = if eof {
+                pending.len()
+            } else {
+                pending
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map(|i| i + 1)
+                    .unwrap_or(0)
+            };
+            if sample_end == 0 && !eof {
+                continue;
+            }
+            let (schema, _) =
+                arrow::json::reader::infer_json_schema(&pending[..sample_end], Some(10_000))
+                    .map_err(bad)?;
+            decoder = Some(
+                arrow::json::ReaderBuilder::new(Arc::new(schema))
+                    .with_batch_size(batch_rows)
+                    .build_decoder()
+                    .map_err(bad)?,
+            );
+        }
+        let Some(d) = decoder.as_mut() else { continue };
+        let mut at = 0;
+        while at < pending.len() {
+            let used = d.decode(&pending[at..]).map_err(bad)?;
+            at += used;
+            if used == 0 || d.len() >= batch_rows {
+                if let Some(b) = d.flush().map_err(bad)?
+                    && tx.send(Ok(b)).await.is_err()
+                {
+                    return Ok(());
+                }
+                if used == 0 {
+                    break;
+                }
+            }
+        }
+        pending.drain(..at);
+    }
+    if let Some(d) = decoder.as_mut()
+        && let Some(b) = d.flush().map_err(bad)?
+    {
+        let _ = tx.send(Ok(b)).await;
+    }
+    Ok(())
+}

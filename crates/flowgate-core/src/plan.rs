@@ -93,6 +93,16 @@ pub struct PlannedStep {
 pub enum StepKind {
     Copy(CopyPlan),
     Extract(ExtractPlan),
+    Load(LoadPlan),
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    pub from: Location,
+    /// The SQL store.
+    pub into: String,
+    pub target: crate::sql::target::LoadTarget,
+    pub batch_rows: usize,
 }
 
 impl StepKind {
@@ -100,6 +110,7 @@ impl StepKind {
         match self {
             StepKind::Copy(_) => "copy",
             StepKind::Extract(_) => "extract",
+            StepKind::Load(_) => "load",
         }
     }
 }
@@ -454,7 +465,45 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
             }
         };
         let what = format!("step `{}`", s.id);
+        let kinds = usize::from(s.copy.is_some())
+            + usize::from(s.extract.is_some())
+            + usize::from(s.load.is_some());
         let kind = match (&s.copy, &s.extract) {
+            _ if kinds > 1 => {
+                d.push(
+                    spans.key(&at),
+                    format!(
+                        "step `{}` has more than one kind; give each its own step",
+                        s.id
+                    ),
+                    None,
+                );
+                None
+            }
+            (None, None) if s.load.is_some() => s.load.clone().and_then(|l| {
+                let into_at = format!("{at}.load.into");
+                let ok_into = store_ref(&mut d, &into_at, &l.into, Access::Write, &what)
+                    && kind_is(&mut d, loaded, &into_at, &l.into, true, &what);
+                let from_store = l.from.split_once(':').map(|(s, _)| s).unwrap_or(&l.from);
+                let ok_from = kind_is(
+                    &mut d,
+                    loaded,
+                    &format!("{at}.load.from"),
+                    from_store,
+                    false,
+                    &what,
+                );
+                let from = location(
+                    &mut d,
+                    &format!("{at}.load.from"),
+                    &l.from,
+                    Access::Read,
+                    &what,
+                );
+                let p = load_plan(&l, &at, loaded, &mut d)?;
+                (ok_into && ok_from).then_some(())?;
+                Some(StepKind::Load(LoadPlan { from: from?, ..p }))
+            }),
             (Some(c), None) => {
                 let ok = [("from", &c.from), ("to", &c.to)]
                     .into_iter()
@@ -498,22 +547,11 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
                     (ok_from && ok_to).then_some(StepKind::Extract(p))
                 })
             }
-            (Some(_), Some(_)) => {
-                d.push(
-                    spans.key(&at),
-                    format!(
-                        "step `{}` has more than one kind; give each its own step",
-                        s.id
-                    ),
-                    None,
-                );
-                None
-            }
-            (None, None) => {
+            _ => {
                 d.push(
                     spans.key(&at),
                     format!("step `{}` has no kind", s.id),
-                    Some("add one of: copy = { from = \"…\", to = \"…\" }, extract = { from = \"…\", tables = …, cursor = \"…\", to = \"…\" }".into()),
+                    Some("add one of: copy = { from = \"…\", to = \"…\" }, extract = { from = \"…\", tables = …, cursor = \"…\", to = \"…\" }, load = { from = \"…\", into = \"…\", table = \"…\", key = […] }".into()),
                 );
                 None
             }
@@ -609,6 +647,48 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
         },
         matrix: f.matrix.clone(),
         environments: f.env.keys().cloned().collect(),
+    })
+}
+
+fn load_plan(
+    l: &crate::config::model::LoadSpec,
+    at: &str,
+    loaded: &Loaded,
+    d: &mut Diagnostics<'_>,
+) -> Option<LoadPlan> {
+    use crate::sql::target::{LoadMode, LoadTarget};
+    let mode = l.mode.unwrap_or(LoadMode::Upsert);
+    let key = l.key.clone().unwrap_or_default();
+    if matches!(mode, LoadMode::Upsert | LoadMode::AppendVersions) && key.is_empty() {
+        d.push(
+            loaded.spans.value(&format!("{at}.load")),
+            format!("load mode {mode:?} needs `key = [\"column\", …]`"),
+            None,
+        );
+        return None;
+    }
+    if mode == LoadMode::AppendVersions && l.version.is_none() {
+        d.push(
+            loaded.spans.value(&format!("{at}.load")),
+            "load mode append-versions needs `version = \"column\"`",
+            None,
+        );
+        return None;
+    }
+    Some(LoadPlan {
+        from: Location {
+            store: String::new(),
+            prefix: String::new(),
+        },
+        into: l.into.clone(),
+        target: LoadTarget {
+            schema: l.schema.clone().unwrap_or_else(|| "public".into()),
+            table: l.table.clone(),
+            mode,
+            key,
+            version: l.version.clone(),
+        },
+        batch_rows: l.batch_rows.unwrap_or(65_536).max(1),
     })
 }
 

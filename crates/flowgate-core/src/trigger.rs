@@ -30,10 +30,7 @@ pub async fn arrivals(plan: &Plan, stores: &Stores) -> Result<Vec<Submission>, S
         if key.starts_with("failed/") || !arrival.matcher.is_match(&key) {
             continue;
         }
-        let version = meta
-            .e_tag
-            .clone()
-            .unwrap_or_else(|| format!("{}-{}", meta.size, meta.last_modified.timestamp_millis()));
+        let version = crate::store::version_of(&meta);
         let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key.as_str()));
         out.push(Submission {
             kind: "arrival".into(),

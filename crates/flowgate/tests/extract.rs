@@ -4,32 +4,6 @@
 mod common;
 use common::*;
 
-struct Pg {
-    url: String,
-    rt: tokio::runtime::Runtime,
-    client: tokio_postgres::Client,
-}
-
-impl Pg {
-    fn new() -> Pg {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let url = rt.block_on(flowgate_core::testing::fresh_postgres_db());
-        let client = rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            c
-        });
-        Pg { url, rt, client }
-    }
-    fn exec(&self, sql: &str) {
-        self.rt
-            .block_on(self.client.batch_execute(sql))
-            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    }
-}
-
 fn pipeline(dir: &std::path::Path, url: &str, extra: &str, key: &str) {
     write(
         &dir.join("p.toml"),

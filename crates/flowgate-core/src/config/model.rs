@@ -193,6 +193,37 @@ pub struct StepSpec {
     /// Extract tables of a SQL store into objects, incrementally.
     #[serde(default)]
     pub extract: Option<ExtractSpec>,
+    /// Load objects (JSON lines or Parquet) into a SQL table.
+    #[serde(default)]
+    pub load: Option<LoadSpec>,
+}
+
+/// Load objects into a SQL table.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoadSpec {
+    /// Objects to load, as `store:prefix` (template): every `.jsonl[.gz|.zst]` and
+    /// `.parquet` object under it that was not loaded before, in key order.
+    pub from: String,
+    /// The SQL store to load into.
+    pub into: String,
+    /// The table (created from the input's columns when missing).
+    pub table: String,
+    /// PostgreSQL schema (default `public`).
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// `append`, `upsert` (default), `append-versions` or `replace`.
+    #[serde(default)]
+    pub mode: Option<crate::sql::target::LoadMode>,
+    /// Key columns (upsert, append-versions).
+    #[serde(default)]
+    pub key: Option<Vec<String>>,
+    /// Version column (append-versions): one row per (key, version).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Rows per batch when reading (default 65536).
+    #[serde(default)]
+    pub batch_rows: Option<usize>,
 }
 
 /// Extract SQL tables into one object per table per run, by keyset watermark.

@@ -649,6 +649,7 @@ async fn run_step(ctx: &StepContext<'_>) -> StepReport {
         > = match &step.kind {
             StepKind::Copy(c) => Box::pin(crate::steps::copy::run(ctx, c)),
             StepKind::Extract(e) => Box::pin(crate::steps::extract::run(ctx, e)),
+            StepKind::Load(l) => Box::pin(crate::steps::load::run(ctx, l)),
         };
         let result = match step.timeout {
             Some(t) => match tokio::time::timeout(t, fut).await {

@@ -4,6 +4,7 @@
 pub mod arrow_build;
 pub mod pgcopy;
 mod sqlite_read;
+pub mod target;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -29,7 +29,7 @@ fn open(path: &PathBuf) -> Result<Connection, StepError> {
     Ok(c)
 }
 
-fn sq(e: rusqlite::Error) -> StepError {
+pub(crate) fn sq(e: rusqlite::Error) -> StepError {
     match e {
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy => {
             StepError::external(format!("SQLite busy: {e}"))
@@ -38,7 +38,7 @@ fn sq(e: rusqlite::Error) -> StepError {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StepError> + Send + 'static,
 ) -> Result<T, StepError> {
     tokio::task::spawn_blocking(f)

@@ -35,17 +35,6 @@ enum Done {
     Vanished,
 }
 
-fn fingerprint(meta: &ObjectMeta) -> String {
-    match &meta.e_tag {
-        Some(e) => format!("etag:{e}:{}", meta.size),
-        None => format!(
-            "size:{}:{}",
-            meta.size,
-            meta.last_modified.timestamp_millis()
-        ),
-    }
-}
-
 fn render_prefix(ctx: &StepContext<'_>, template: &str) -> Result<String, StepError> {
     let p = crate::template::render(template, ctx.template).map_err(StepError::user)?;
     Ok(p.trim_matches('/').to_string())
@@ -141,7 +130,7 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
                 if ctx.cancel.is_cancelled() {
                     return (i, Err(StepError::external("interrupted before this object was copied")));
                 }
-                let fp = fingerprint(&item.meta);
+                let fp = crate::store::version_of(&item.meta);
                 let dest_key = join(to_prefix, &item.relative);
                 let dest = match dst.path(&dest_key) {
                     Ok(p) => p,

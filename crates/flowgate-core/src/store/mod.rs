@@ -288,6 +288,15 @@ impl StoreHandle {
     }
 }
 
+/// What identifies one version of an object: its etag (with its size), or its
+/// size and modification time where the store gives no etag.
+pub fn version_of(meta: &object_store::ObjectMeta) -> String {
+    match &meta.e_tag {
+        Some(e) => format!("{e}:{}", meta.size),
+        None => format!("{}:{}", meta.size, meta.last_modified.timestamp_millis()),
+    }
+}
+
 /// A location written as `store:prefix` in pipeline files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {

@@ -139,3 +139,42 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A fresh database on the test PostgreSQL, with a client for setting it up.
+pub struct Pg {
+    pub url: String,
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl Pg {
+    pub fn new() -> Pg {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let url = rt.block_on(flowgate_core::testing::fresh_postgres_db());
+        let client = rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            c
+        });
+        Pg { url, rt, client }
+    }
+    pub fn exec(&self, sql: &str) {
+        self.rt
+            .block_on(self.client.batch_execute(sql))
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+    /// Rows as text, for comparing.
+    pub fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        let rows = self.rt.block_on(self.client.simple_query(sql)).unwrap();
+        rows.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
