@@ -80,9 +80,9 @@ impl Compressor {
     }
 }
 
-#[expect(
+#[allow(
     clippy::large_enum_variant,
-    reason = "one writer per object: its size does not matter"
+    reason = "one writer per object; sizes vary with features"
 )]
 enum Inner {
     Json { out: BufWriter, comp: Compressor },
@@ -147,7 +147,10 @@ impl BatchWriter {
         match &mut self.inner {
             Inner::Parquet(w) => w.write(batch).await.map_err(io)?,
             Inner::Json { out, comp } => {
-                let mut lines = arrow::json::LineDelimitedWriter::new(Vec::new());
+                // Explicit nulls: a column that is NULL in every row must still be there.
+                let mut lines = arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, arrow::json::writer::LineDelimited>(Vec::new());
                 lines
                     .write(batch)
                     .map_err(|e| StepError::internal(e.to_string()))?;
@@ -192,6 +195,10 @@ impl BatchWriter {
 }
 
 /// Decompresses as bytes arrive (write side in, decompressed bytes out).
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per object being read; sizes vary with features"
+)]
 enum Decompressor {
     None,
     Gz(flate2::write::GzDecoder<Vec<u8>>),

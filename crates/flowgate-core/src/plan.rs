@@ -94,6 +94,14 @@ pub enum StepKind {
     Copy(CopyPlan),
     Extract(ExtractPlan),
     Load(LoadPlan),
+    Transform(TransformPlan),
+}
+
+#[derive(Debug, Clone)]
+pub struct TransformPlan {
+    pub models: String,
+    pub inputs: Location,
+    pub to: Location,
 }
 
 #[derive(Debug, Clone)]
@@ -101,7 +109,8 @@ pub struct LoadPlan {
     pub from: Location,
     /// The SQL store.
     pub into: String,
-    pub target: crate::sql::target::LoadTarget,
+    /// (folder under `from`, or `None` for `from` itself; where it goes).
+    pub targets: Vec<(Option<String>, crate::sql::target::LoadTarget)>,
     pub batch_rows: usize,
 }
 
@@ -111,6 +120,7 @@ impl StepKind {
             StepKind::Copy(_) => "copy",
             StepKind::Extract(_) => "extract",
             StepKind::Load(_) => "load",
+            StepKind::Transform(_) => "transform",
         }
     }
 }
@@ -467,7 +477,8 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
         let what = format!("step `{}`", s.id);
         let kinds = usize::from(s.copy.is_some())
             + usize::from(s.extract.is_some())
-            + usize::from(s.load.is_some());
+            + usize::from(s.load.is_some())
+            + usize::from(s.transform.is_some());
         let kind = match (&s.copy, &s.extract) {
             _ if kinds > 1 => {
                 d.push(
@@ -480,6 +491,26 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
                 );
                 None
             }
+            (None, None) if s.transform.is_some() => s.transform.clone().and_then(|t| {
+                let mut ok = true;
+                for (k, v) in [("inputs", &t.inputs), ("to", &t.to)] {
+                    let store = v.split_once(':').map(|(s, _)| s).unwrap_or(v);
+                    ok &= kind_is(&mut d, loaded, &format!("{at}.transform.{k}"), store, false, &what);
+                }
+                let inputs = location(&mut d, &format!("{at}.transform.inputs"), &t.inputs, Access::Read, &what);
+                let to = location(&mut d, &format!("{at}.transform.to"), &t.to, Access::Write, &what);
+                let dir = loaded.path.parent().unwrap_or(Path::new(".")).join(&t.models);
+                if !dir.is_dir() {
+                    d.push(spans.value(&format!("{at}.transform.models")), format!("models directory {} does not exist", dir.display()), None);
+                    ok = false;
+                }
+                if !cfg!(feature = "transform") {
+                    d.push(spans.key(&format!("{at}.transform")), "this flowgate was built without the transform step (cargo feature `transform`)", None);
+                    ok = false;
+                }
+                ok.then_some(())?;
+                Some(StepKind::Transform(TransformPlan { models: t.models.clone(), inputs: inputs?, to: to? }))
+            }),
             (None, None) if s.load.is_some() => s.load.clone().and_then(|l| {
                 let into_at = format!("{at}.load.into");
                 let ok_into = store_ref(&mut d, &into_at, &l.into, Access::Write, &what)
@@ -657,37 +688,71 @@ fn load_plan(
     d: &mut Diagnostics<'_>,
 ) -> Option<LoadPlan> {
     use crate::sql::target::{LoadMode, LoadTarget};
-    let mode = l.mode.unwrap_or(LoadMode::Upsert);
-    let key = l.key.clone().unwrap_or_default();
-    if matches!(mode, LoadMode::Upsert | LoadMode::AppendVersions) && key.is_empty() {
-        d.push(
-            loaded.spans.value(&format!("{at}.load")),
-            format!("load mode {mode:?} needs `key = [\"column\", …]`"),
+    let schema = l.schema.clone().unwrap_or_else(|| "public".into());
+    let mut target = |table: &str,
+                      mode: Option<LoadMode>,
+                      key: &Option<Vec<String>>,
+                      version: &Option<String>,
+                      at: &str| {
+        let mode = mode.unwrap_or(LoadMode::Upsert);
+        let key = key.clone().unwrap_or_default();
+        if matches!(mode, LoadMode::Upsert | LoadMode::AppendVersions) && key.is_empty() {
+            d.push(
+                loaded.spans.value(at),
+                format!("table `{table}`: load mode {mode:?} needs `key = [\"column\", …]`"),
+                None,
+            );
+            return None;
+        }
+        if mode == LoadMode::AppendVersions && version.is_none() {
+            d.push(
+                loaded.spans.value(at),
+                format!("table `{table}`: load mode append-versions needs `version = \"column\"`"),
+                None,
+            );
+            return None;
+        }
+        Some(LoadTarget {
+            schema: schema.clone(),
+            table: table.to_string(),
+            mode,
+            key,
+            version: version.clone(),
+        })
+    };
+    let targets = match (&l.table, &l.tables) {
+        (Some(t), None) => vec![(
             None,
-        );
-        return None;
-    }
-    if mode == LoadMode::AppendVersions && l.version.is_none() {
-        d.push(
-            loaded.spans.value(&format!("{at}.load")),
-            "load mode append-versions needs `version = \"column\"`",
-            None,
-        );
-        return None;
-    }
+            target(t, l.mode, &l.key, &l.version, &format!("{at}.load"))?,
+        )],
+        (None, Some(map)) if !map.is_empty() => {
+            let mut out = Vec::new();
+            for (name, t) in map {
+                out.push((
+                    Some(name.clone()),
+                    target(
+                        name,
+                        t.mode,
+                        &t.key,
+                        &t.version,
+                        &format!("{at}.load.tables.{name}"),
+                    )?,
+                ));
+            }
+            out
+        }
+        _ => {
+            d.push(loaded.spans.value(&format!("{at}.load")), "load needs either `table = \"name\"` or `tables = { name = { key = [...] }, ... }`", None);
+            return None;
+        }
+    };
     Some(LoadPlan {
         from: Location {
             store: String::new(),
             prefix: String::new(),
         },
         into: l.into.clone(),
-        target: LoadTarget {
-            schema: l.schema.clone().unwrap_or_else(|| "public".into()),
-            table: l.table.clone(),
-            mode,
-            key,
-            version: l.version.clone(),
-        },
+        targets,
         batch_rows: l.batch_rows.unwrap_or(65_536).max(1),
     })
 }

@@ -11,6 +11,25 @@ use crate::cli::exit;
 
 const COPY_ARRIVAL: &str = include_str!("../../../examples/copy-arrival/pipeline.toml");
 
+macro_rules! example {
+    ($($path:literal),* $(,)?) => { &[$(($path, include_str!(concat!("../../../examples/oltp-warehouse/", $path)))),*] };
+}
+const OLTP_WAREHOUSE: &[(&str, &str)] = example!(
+    "pipeline.toml",
+    "query.sql",
+    "models/dim_counterparty.sql",
+    "models/dim_currency.sql",
+    "models/dim_date.sql",
+    "models/dim_design.sql",
+    "models/dim_location.sql",
+    "models/dim_payment_type.sql",
+    "models/dim_staff.sql",
+    "models/dim_transaction.sql",
+    "models/fact_payment.sql",
+    "models/fact_purchase_order.sql",
+    "models/fact_sales_order.sql",
+);
+
 fn write(path: &Path, body: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -88,6 +107,8 @@ pub async fn run(dir: &Path) -> Result<u8> {
         .sum();
     let outbox = example.join("data/outbox");
     let copied = walk(&outbox)?;
+    let code = code.max(oltp_warehouse(dir).await?);
+
     println!("\n== summary");
     println!("runs: {ran}; files in the outbox: {copied} (each dataset with its _manifest.json)");
     println!("state: {}", state.describe());
@@ -107,4 +128,71 @@ fn walk(dir: &Path) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// oltp-warehouse on SQLite and local folders: seed, run, change rows, run again,
+/// and print the sample query.
+async fn oltp_warehouse(dir: &Path) -> Result<u8> {
+    let example = dir.join("oltp-warehouse");
+    for (path, body) in OLTP_WAREHOUSE {
+        write(&example.join(path), body.as_bytes())?;
+    }
+    println!(
+        "\n== oltp-warehouse: totesys (SQLite) → landing (JSON lines) → star schema (Parquet) → warehouse (SQLite)"
+    );
+    let url = format!("sqlite://{}", example.join("totesys.db").display());
+    let db = totesys_generator::Db::connect(&url).await?;
+    totesys_generator::seed(&db, 2_000).await?;
+    println!("seeded totesys.db with 2000 sales orders and their reference data");
+    let plan = plan_file(&example.join("pipeline.toml"), &Default::default()).map_err(|d| {
+        anyhow::anyhow!(
+            "the embedded example is invalid:\n{}",
+            d.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    let state =
+        flowgate_core::state::open(&example.join(".flowgate/state.db").display().to_string())
+            .await?;
+    let engine = Engine::new(state);
+    let first = engine
+        .submit_all(
+            &plan,
+            flowgate_core::engine::Submission::manual("demo", None, Default::default()),
+        )
+        .await?;
+    let mut code = crate::output::outcomes(&first, false);
+
+    println!("\n== 25 new orders and 40 updated ones in the source, then the same pipeline again");
+    totesys_generator::churn_once(&db, 25, 40, 1).await?;
+    let second = engine
+        .submit_all(
+            &plan,
+            flowgate_core::engine::Submission::manual("demo", None, Default::default()),
+        )
+        .await?;
+    code = code.max(crate::output::outcomes(&second, false));
+
+    println!("\n== units and value sold per counterparty, currency and month (top 10)");
+    let query = std::fs::read_to_string(example.join("query.sql"))?;
+    let conn = rusqlite::Connection::open(example.join("data/warehouse.db"))?;
+    let mut st = conn.prepare(&query)?;
+    println!(
+        "{:<22} {:<8} {:<8} {:>8} {:>14}",
+        "counterparty", "currency", "month", "units", "value"
+    );
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        println!(
+            "{:<22} {:<8} {:<8} {:>8} {:>14.2}",
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, f64>(4)?
+        );
+    }
+    Ok(code)
 }

@@ -25,6 +25,18 @@ fn demo_runs_on_embedded_defaults_without_services() {
         "{}",
         out.stdout
     );
+    // oltp-warehouse: the second run extracts only the changed orders, and the query answers.
+    assert!(
+        out.stdout.contains("`sales_order`: 65 rows →"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("units and value sold per counterparty"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("Partner "), "{}", out.stdout);
     let m = std::fs::read(
         dir.path()
             .join("demo/copy-arrival/data/outbox/2026-11-23/_manifest.json"),

@@ -36,7 +36,11 @@ fn upsert_into_postgres_exactly_once_with_new_columns() {
 
     // Again: the ledger in the warehouse says it is loaded; nothing happens.
     let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
-    assert!(out.stdout.contains("nothing new to load"), "{}", out.all());
+    assert!(
+        out.stdout.contains("nothing new to load from"),
+        "{}",
+        out.all()
+    );
 
     // A later object updates id 1 twice (the last wins), adds id 3, and brings a new column.
     landed(
@@ -112,7 +116,11 @@ load = { from = "landing:orders", into = "warehouse", table = "fact_orders", mod
         "one row per (key, version)"
     );
     let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
-    assert!(out.stdout.contains("nothing new to load"), "{}", out.all());
+    assert!(
+        out.stdout.contains("nothing new to load from"),
+        "{}",
+        out.all()
+    );
 }
 
 #[test]
@@ -137,4 +145,67 @@ load = { from = "landing:orders", into = "warehouse", table = "t", key = ["order
         "{}",
         out.stdout
     );
+}
+
+#[test]
+fn rows_with_a_null_key_are_dead_lettered_and_the_run_is_partial() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("p.toml"),
+        br#"name = "nulls"
+[stores]
+landing = { url = "file://./landing" }
+warehouse = { url = "sqlite://warehouse.db", access = "write" }
+[[steps]]
+id = "load"
+load = { from = "landing:orders", into = "warehouse", table = "orders", key = ["id"] }
+"#,
+    );
+    landed(
+        dir.path(),
+        "001.jsonl",
+        "{\"id\":1,\"qty\":5}\n{\"id\":null,\"qty\":6}\n{\"id\":3,\"qty\":7}\n",
+    );
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 3, "partial: {}", out.all());
+    assert!(out.stdout.contains("partial"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("1 row(s) of landing:orders/001.jsonl set aside (null key)"),
+        "{}",
+        out.stdout
+    );
+    let c = rusqlite::Connection::open(dir.path().join("warehouse.db")).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2, "the rest is loaded");
+    let dead: Vec<_> = walk(&dir.path().join(".flowgate/dead-letter"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let line: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&dead[0])
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(line["reason"], "key column `id` is null (table `orders`)");
+    assert_eq!(line["position"]["row"], 1);
+    assert_eq!(line["record"]["qty"], 6);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p))
+            } else {
+                out.push(p)
+            }
+        }
+    }
+    out
 }

@@ -196,6 +196,23 @@ pub struct StepSpec {
     /// Load objects (JSON lines or Parquet) into a SQL table.
     #[serde(default)]
     pub load: Option<LoadSpec>,
+    /// Run SQL models over landed data.
+    #[serde(default)]
+    pub transform: Option<TransformSpec>,
+}
+
+/// SQL models (DataFusion) over landed data.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransformSpec {
+    /// Directory of `.sql` models, one per output table (relative to the pipeline file).
+    pub models: String,
+    /// Landed data as `store:prefix`: each folder under it is a table `<name>` (all
+    /// its objects) and `<name>_new` (objects this step has not consumed yet).
+    pub inputs: String,
+    /// Where each model's result goes, as `store:key` (template; `{{ model }}` is the
+    /// model), e.g. `"processed:{{ model }}/{{ run.id }}.parquet"`.
+    pub to: String,
 }
 
 /// Load objects into a SQL table.
@@ -207,8 +224,15 @@ pub struct LoadSpec {
     pub from: String,
     /// The SQL store to load into.
     pub into: String,
-    /// The table (created from the input's columns when missing).
-    pub table: String,
+    /// The table (created from the input's columns when missing); the objects are
+    /// directly under `from`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Several tables instead: each folder `<name>/` under `from` loads into table
+    /// `<name>` with its own key and mode, e.g.
+    /// `{ dim_staff = { key = ["staff_id"] }, fact_sales_order = { mode = "append-versions", key = ["sales_order_id"], version = "source_updated_at" } }`.
+    #[serde(default)]
+    pub tables: Option<BTreeMap<String, TableLoadSpec>>,
     /// PostgreSQL schema (default `public`).
     #[serde(default)]
     pub schema: Option<String>,
@@ -256,6 +280,19 @@ pub struct ExtractSpec {
     /// Rows per batch (default 65536).
     #[serde(default)]
     pub batch_rows: Option<usize>,
+}
+
+/// How one table of a multi-table load is loaded.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TableLoadSpec {
+    /// `append`, `upsert` (default), `append-versions` or `replace`.
+    #[serde(default)]
+    pub mode: Option<crate::sql::target::LoadMode>,
+    #[serde(default)]
+    pub key: Option<Vec<String>>,
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 /// A list of tables or `"*"`.

@@ -117,6 +117,7 @@ pub struct Stores {
     map: HashMap<String, StoreHandle>,
     dir: std::path::PathBuf,
     quarantine: Option<Location>,
+    dead_letter: Option<Location>,
 }
 
 impl Stores {
@@ -136,6 +137,7 @@ impl Stores {
             map,
             dir: plan.dir.clone(),
             quarantine: plan.quarantine.clone(),
+            dead_letter: plan.dead_letter.clone(),
         })
     }
 
@@ -143,6 +145,28 @@ impl Stores {
         self.map
             .get(name)
             .ok_or_else(|| StepError::internal(format!("store `{name}` was not opened")))
+    }
+
+    /// Where bad records go: the pipeline's `policy.dead_letter`, else
+    /// `.flowgate/dead-letter/` beside the pipeline file.
+    pub fn dead_letter(
+        &self,
+        template: &Value,
+    ) -> Result<crate::quarantine::DeadLetter, StepError> {
+        if let Some(loc) = &self.dead_letter {
+            let prefix = crate::template::render(&loc.prefix, template).map_err(StepError::user)?;
+            return Ok(crate::quarantine::DeadLetter {
+                store: self.get(&loc.store)?.clone(),
+                prefix,
+            });
+        }
+        let spec = StoreSpec::at("file://.flowgate/dead-letter", Access::ReadWrite);
+        let store = StoreHandle::open("dead-letter", &spec, &self.dir)
+            .map_err(|e| StepError::user(e.to_string()))?;
+        Ok(crate::quarantine::DeadLetter {
+            store,
+            prefix: String::new(),
+        })
     }
 
     /// Where failed inputs of `source` go: the pipeline's `policy.quarantine`, else
@@ -650,6 +674,12 @@ async fn run_step(ctx: &StepContext<'_>) -> StepReport {
             StepKind::Copy(c) => Box::pin(crate::steps::copy::run(ctx, c)),
             StepKind::Extract(e) => Box::pin(crate::steps::extract::run(ctx, e)),
             StepKind::Load(l) => Box::pin(crate::steps::load::run(ctx, l)),
+            #[cfg(feature = "transform")]
+            StepKind::Transform(t) => Box::pin(crate::steps::transform::run(ctx, t)),
+            #[cfg(not(feature = "transform"))]
+            StepKind::Transform(_) => {
+                Box::pin(async { Err(StepError::user("built without the transform step")) })
+            }
         };
         let result = match step.timeout {
             Some(t) => match tokio::time::timeout(t, fut).await {

@@ -3,3 +3,5 @@
 pub mod copy;
 pub mod extract;
 pub mod load;
+#[cfg(feature = "transform")]
+pub mod transform;

@@ -143,8 +143,8 @@ pub fn free_port() -> u16 {
 /// A fresh database on the test PostgreSQL, with a client for setting it up.
 pub struct Pg {
     pub url: String,
-    rt: tokio::runtime::Runtime,
-    client: tokio_postgres::Client,
+    pub rt: tokio::runtime::Runtime,
+    pub client: tokio_postgres::Client,
 }
 
 impl Pg {
