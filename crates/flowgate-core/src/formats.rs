@@ -194,6 +194,70 @@ impl BatchWriter {
     }
 }
 
+/// A writer that creates its object at the first non-empty batch: no rows, no
+/// object. Until then nothing touches the store.
+pub struct LazyWriter {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    format: Format,
+    part_size: usize,
+    inner: Option<BatchWriter>,
+}
+
+impl LazyWriter {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        format: Format,
+        part_size: usize,
+    ) -> LazyWriter {
+        LazyWriter {
+            store,
+            path,
+            format,
+            part_size,
+            inner: None,
+        }
+    }
+
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), StepError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.inner.is_none() {
+            let w = BatchWriter::new(
+                self.store.clone(),
+                self.path.clone(),
+                self.format,
+                batch.schema(),
+                self.part_size,
+            )?;
+            self.inner = Some(w);
+        }
+        match self.inner.as_mut() {
+            Some(w) => w.write(batch).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Complete the object: (rows, bytes), or `None` when there was nothing to write.
+    pub async fn finish(self) -> Result<Option<(u64, u64)>, StepError> {
+        match self.inner {
+            Some(w) => {
+                let rows = w.rows;
+                Ok(Some((rows, w.finish().await?)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub async fn abort(self) {
+        if let Some(w) = self.inner {
+            w.abort().await;
+        }
+    }
+}
+
 /// Decompresses as bytes arrive (write side in, decompressed bytes out).
 #[allow(
     clippy::large_enum_variant,

@@ -67,19 +67,8 @@ pub async fn run(dir: &Path) -> Result<u8> {
     println!("flowgate demo in {}", dir.display());
     println!("\n== copy-arrival: two finished datasets waiting in data/inbox");
 
-    let plan = plan_file(&example.join("pipeline.toml"), &Default::default()).map_err(|d| {
-        anyhow::anyhow!(
-            "the embedded example is invalid:\n{}",
-            d.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
-    let state =
-        flowgate_core::state::open(&example.join(".flowgate/state.db").display().to_string())
-            .await?;
-    let engine = Engine::new(state.clone());
+    let (plan, engine) = open_example(&example).await?;
+    let state = engine.state.clone();
     crate::cli::stop_on_signals(&engine);
     let mut seen = Default::default();
     let first = flowgate_core::trigger::poll_once(&engine, &plan, &mut seen).await?;
@@ -144,19 +133,7 @@ async fn oltp_warehouse(dir: &Path) -> Result<u8> {
     let db = totesys_generator::Db::connect(&url).await?;
     totesys_generator::seed(&db, 2_000).await?;
     println!("seeded totesys.db with 2000 sales orders and their reference data");
-    let plan = plan_file(&example.join("pipeline.toml"), &Default::default()).map_err(|d| {
-        anyhow::anyhow!(
-            "the embedded example is invalid:\n{}",
-            d.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
-    let state =
-        flowgate_core::state::open(&example.join(".flowgate/state.db").display().to_string())
-            .await?;
-    let engine = Engine::new(state);
+    let (plan, engine) = open_example(&example).await?;
     let first = engine
         .submit_all(
             &plan,
@@ -195,4 +172,16 @@ async fn oltp_warehouse(dir: &Path) -> Result<u8> {
         );
     }
     Ok(code)
+}
+
+/// An embedded example's validated plan and an engine on its own state file.
+async fn open_example(example: &Path) -> Result<(flowgate_core::plan::Plan, Engine)> {
+    let plan = plan_file(&example.join("pipeline.toml"), &Default::default()).map_err(|d| {
+        let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("the embedded example is invalid:\n{}", lines.join("\n"))
+    })?;
+    let state =
+        flowgate_core::state::open(&example.join(".flowgate/state.db").display().to_string())
+            .await?;
+    Ok((plan, Engine::new(state)))
 }

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{StepContext, StepOutput};
 use crate::error::StepError;
-use crate::formats::{BatchWriter, Format};
+use crate::formats::{Format, LazyWriter};
 use crate::plan::ExtractPlan;
 use crate::sql::{SqlSource, Window};
 use crate::state::StepReport;
@@ -138,16 +138,11 @@ async fn extract_table(
     let path = dst.path(&key_path).map_err(StepError::user)?;
     let data_cols = info.columns.len();
     let nkeys = key.len();
-    let out_schema = std::sync::Arc::new(
-        SqlSource::read_schema(&info, &window)
-            .project(&(0..data_cols).collect::<Vec<_>>())
-            .map_err(|e| StepError::internal(e.to_string()))?,
-    );
 
     let (tx, mut rx) = mpsc::channel::<Result<RecordBatch, StepError>>(4);
     let reader = src.read(&plan.schema, &info, &window, plan.batch_rows, tx);
     let consume = async {
-        let mut writer: Option<BatchWriter> = None;
+        let mut writer = LazyWriter::new(store.clone(), path.clone(), format, PART_SIZE);
         let mut last: Option<(String, Vec<String>)> = None;
         let mut recent_new: Vec<String> = Vec::new();
         let result: Result<(), StepError> = async {
@@ -180,21 +175,7 @@ async fn extract_table(
                     .map_err(|e| StepError::internal(e.to_string()))?;
                 let data = filter_record_batch(&data, &BooleanArray::from(keep))
                     .map_err(|e| StepError::internal(e.to_string()))?;
-                if data.num_rows() == 0 {
-                    continue;
-                }
-                if writer.is_none() {
-                    writer = Some(BatchWriter::new(
-                        store.clone(),
-                        path.clone(),
-                        format,
-                        out_schema.clone(),
-                        PART_SIZE,
-                    )?);
-                }
-                if let Some(w) = writer.as_mut() {
-                    w.write(&data).await?;
-                }
+                writer.write(&data).await?;
             }
             Ok(())
         }
@@ -203,14 +184,12 @@ async fn extract_table(
     };
     let (read_result, (consume_result, writer, last, recent_new)) = tokio::join!(reader, consume);
     if let Err(e) = read_result.and(consume_result) {
-        if let Some(w) = writer {
-            w.abort().await;
-        }
+        writer.abort().await;
         return Err(e);
     }
-    if let Some(w) = writer {
-        report.rows_out = w.rows;
-        report.bytes_out = w.finish().await?;
+    if let Some((rows, bytes)) = writer.finish().await? {
+        report.rows_out = rows;
+        report.bytes_out = bytes;
         report.objects_out = 1;
         report.notes.push(format!(
             "`{table}`: {} rows → {}",

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::engine::{StepContext, StepOutput};
 use crate::error::StepError;
-use crate::formats::{BatchWriter, Format};
+use crate::formats::{Format, LazyWriter};
 use crate::plan::TransformPlan;
 use crate::state::StepReport;
 use crate::store::{StoreHandle, version_of};
@@ -126,41 +126,24 @@ pub async fn run(ctx: &StepContext<'_>, plan: &TransformPlan) -> Result<StepOutp
         let key = crate::template::render(&plan.to.prefix, &tctx).map_err(StepError::user)?;
         let format = Format::from_key(&key).unwrap_or(Format::Parquet);
         let path = dst.path(&key).map_err(StepError::user)?;
-        let mut writer: Option<BatchWriter> = None;
+        let mut writer = LazyWriter::new(writer_store.clone(), path, format, PART_SIZE);
         let result: Result<(), StepError> = async {
             while let Some(batch) = stream.next().await {
                 let batch =
                     batch.map_err(|e| StepError::user(format!("model `{}`: {e}", model.name)))?;
-                if batch.num_rows() == 0 {
-                    continue;
-                }
-                if writer.is_none() {
-                    writer = Some(BatchWriter::new(
-                        writer_store.clone(),
-                        path.clone(),
-                        format,
-                        batch.schema(),
-                        PART_SIZE,
-                    )?);
-                }
-                if let Some(w) = writer.as_mut() {
-                    w.write(&batch).await?;
-                }
+                writer.write(&batch).await?;
             }
             Ok(())
         }
         .await;
         if let Err(e) = result {
-            if let Some(w) = writer {
-                w.abort().await;
-            }
+            writer.abort().await;
             return Err(e);
         }
-        match writer {
-            Some(w) => {
-                let rows = w.rows;
+        match writer.finish().await? {
+            Some((rows, bytes)) => {
                 report.rows_out += rows;
-                report.bytes_out += w.finish().await?;
+                report.bytes_out += bytes;
                 report.objects_out += 1;
                 report.notes.push(format!(
                     "model `{}`: {rows} rows → {}",
