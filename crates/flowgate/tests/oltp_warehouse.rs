@@ -4,22 +4,6 @@
 mod common;
 use common::*;
 
-fn copy_example(to: &std::path::Path) {
-    let src =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/oltp-warehouse");
-    write(
-        &to.join("pipeline.toml"),
-        &std::fs::read(src.join("pipeline.toml")).unwrap(),
-    );
-    for e in std::fs::read_dir(src.join("models")).unwrap() {
-        let p = e.unwrap().path();
-        write(
-            &to.join("models").join(p.file_name().unwrap()),
-            &std::fs::read(&p).unwrap(),
-        );
-    }
-}
-
 fn flowgate_with(dir: &std::path::Path, src: &Pg, wh: &Pg, bucket: &str) -> std::process::Command {
     let mut c = flowgate(dir);
     c.env("TOTESYS_URL", &src.url)
@@ -36,7 +20,7 @@ fn warehouse_equals_the_models_applied_to_the_source() {
     let wh = Pg::new();
     let (bucket, _) = fresh_s3_bucket();
     let dir = tempfile::tempdir().unwrap();
-    copy_example(dir.path());
+    oltp_example(dir.path());
     src.rt.block_on(async {
         let db = totesys_generator::Db::connect(&src.url).await.unwrap();
         totesys_generator::seed(&db, 500).await.unwrap();

@@ -178,3 +178,19 @@ impl Pg {
             .collect()
     }
 }
+
+/// A copy of examples/oltp-warehouse (pipeline and models) in `to`.
+pub fn oltp_example(to: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/oltp-warehouse");
+    write(
+        &to.join("pipeline.toml"),
+        &std::fs::read(src.join("pipeline.toml")).unwrap(),
+    );
+    for e in std::fs::read_dir(src.join("models")).unwrap() {
+        let p = e.unwrap().path();
+        write(
+            &to.join("models").join(p.file_name().unwrap()),
+            &std::fs::read(&p).unwrap(),
+        );
+    }
+}
