@@ -178,3 +178,66 @@ fn parquet_output_and_sqlite_source() {
     assert_eq!(out.code, 0, "{}", out.all());
     assert!(out.stdout.contains("1 rows →"), "{}", out.stdout);
 }
+
+#[test]
+fn a_new_source_column_is_kept_in_landing_with_a_warning() {
+    let pg = Pg::new();
+    pg.exec(TABLE);
+    pg.exec("INSERT INTO sales_order VALUES (1, 10, 2.50, NULL, '2026-01-01', '2026-01-01 10:00:00', NULL)");
+    let dir = tempfile::tempdir().unwrap();
+    pipeline(dir.path(), &pg.url, "", "jsonl");
+    assert_eq!(run(flowgate(dir.path()).args(["run", "p.toml"])).code, 0);
+    pg.exec("ALTER TABLE sales_order ADD COLUMN channel text");
+    pg.exec("INSERT INTO sales_order VALUES (2, 20, 3.75, NULL, '2026-01-01', '2026-01-01 11:00:00', NULL, 'web')");
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("warning: `sales_order` has a new column `channel`"),
+        "{}",
+        out.stdout
+    );
+    let runs = landed(dir.path());
+    assert_eq!(runs[1][0]["channel"], "web");
+}
+
+#[test]
+fn an_unreachable_source_is_retried_then_fails_with_the_watermark_unchanged_and_a_notice() {
+    let (port, bodies) = receiver();
+    let closed = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("p.toml"),
+        format!(
+            "name = \"ingest\"\n[stores]\ntotesys = {{ url = \"postgres://postgres@127.0.0.1:{closed}/totesys\" }}\nlanding = {{ url = \"file://./landing\", access = \"read-write\" }}\n[[steps]]\nid = \"ingest\"\nretry = {{ attempts = 3, backoff = \"10ms..20ms\" }}\nextract = {{ from = \"totesys\", tables = [\"sales_order\"], cursor = \"last_updated\", to = \"landing:{{{{ table }}}}/{{{{ run.id }}}}.jsonl\" }}\n[notify]\nwebhook = \"http://127.0.0.1:{port}/hook\"\n"
+        )
+        .as_bytes(),
+    );
+    let out = run(flowgate(dir.path()).args(["run", "p.toml", "--json"]));
+    assert_eq!(out.code, 1, "{}", out.all());
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let step = &v[0]["run"]["steps"][0];
+    assert_eq!(step["attempts"], 3, "{step:#}");
+    assert!(
+        step["error"]
+            .as_str()
+            .unwrap()
+            .contains("connecting to the source database"),
+        "{step:#}"
+    );
+    let notices = bodies.lock().unwrap().clone();
+    assert_eq!(notices.len(), 1);
+    assert!(
+        notices[0].contains("pipeline `ingest` failed"),
+        "{notices:?}"
+    );
+    let state = rusqlite::Connection::open(dir.path().join(".flowgate/state.db")).unwrap();
+    let marks: i64 = state
+        .query_row("SELECT count(*) FROM watermarks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(marks, 0, "no position moved");
+    assert!(
+        !dir.path().join("landing/sales_order").exists(),
+        "nothing landed"
+    );
+}

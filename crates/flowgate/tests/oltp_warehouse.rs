@@ -84,4 +84,24 @@ fn warehouse_equals_the_models_applied_to_the_source() {
         "{}",
         out.stdout
     );
+
+    // The source grows a column: it is kept in landing with a warning, and the
+    // models, which do not select it, go on unaffected.
+    src.exec("ALTER TABLE staff ADD COLUMN nickname text; UPDATE staff SET nickname = 'Ace', first_name = 'Renamed', last_updated = now() WHERE staff_id = 1");
+    let out = run(flowgate_with(dir.path(), &src, &wh, &bucket).args(["run", "pipeline.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("warning: `staff` has a new column `nickname`"),
+        "{}",
+        out.stdout
+    );
+    let staff_src = src.rows(
+        "SELECT s.staff_id, s.first_name, d.department_name, d.location FROM staff s JOIN department d USING (department_id) ORDER BY 1",
+    );
+    assert_eq!(
+        wh.rows("SELECT staff_id, first_name, department_name, location FROM dim_staff ORDER BY 1"),
+        staff_src
+    );
+    assert_eq!(staff_src[0][1].as_deref(), Some("Renamed"));
 }

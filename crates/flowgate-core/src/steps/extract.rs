@@ -31,6 +31,9 @@ struct Watermark {
     /// Fingerprints of rows in the look-back window, already extracted.
     #[serde(default)]
     recent: Vec<String>,
+    /// The table's columns when this position was taken, to notice new ones.
+    #[serde(default)]
+    columns: Vec<String>,
 }
 
 fn fingerprint(cursor: &str, keys: &[&str]) -> String {
@@ -102,6 +105,7 @@ async fn extract_table(
             )));
         }
     }
+    let columns: Vec<String> = info.columns.iter().map(|c| c.name.clone()).collect();
     let wm_name = format!("{}/{}", ctx.step.id, table);
     let old: Option<Watermark> = match ctx.state.get_watermark(&ctx.plan.name, &wm_name).await? {
         Some(v) => Some(
@@ -201,12 +205,26 @@ async fn extract_table(
             .notes
             .push(format!("`{table}`: no changes, no object written"));
     }
+    // A source that grew columns: they are kept in landing; say so.
+    if let Some(old) = &old
+        && !old.columns.is_empty()
+    {
+        let added: Vec<&String> = columns
+            .iter()
+            .filter(|c| !old.columns.contains(c))
+            .collect();
+        for c in added {
+            tracing::warn!(table, column = %c, "the source table has a new column; it is kept in landing");
+            report.notes.push(format!("warning: `{table}` has a new column `{c}` (kept in landing; models that do not select it are unaffected)"));
+        }
+    }
     // The object is complete: only now does the position move.
     if let Some((cursor, key)) = last {
         let wm = Watermark {
             cursor,
             key,
             recent: recent_new,
+            columns: columns.clone(),
         };
         let value = serde_json::to_value(&wm).map_err(|e| StepError::internal(e.to_string()))?;
         ctx.state
