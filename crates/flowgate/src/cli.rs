@@ -99,8 +99,15 @@ enum Command {
         #[arg(long = "param", short = 'p', value_parser = parse_kv)]
         params: Vec<(String, String)>,
         /// Dedupe key of this run: a second run with the same key does nothing.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "continuous")]
         key: Option<String>,
+        /// Run again and again, `--every` apart, until SIGINT/SIGTERM (which lets the
+        /// current run finish). Only runs that moved data or failed are printed.
+        #[arg(long)]
+        continuous: bool,
+        /// Pause between continuous runs.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, requires = "continuous")]
+        every: std::time::Duration,
         #[arg(long)]
         json: bool,
     },
@@ -328,6 +335,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             pipeline,
             params,
             key,
+            continuous,
+            every,
             json,
         } => {
             let plan = match plan_or_report(&pipeline, &cli.env_name) {
@@ -337,6 +346,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             let state = open_state(&cli.state, &plan.dir).await?;
             let engine = engine(state, !json);
             let params: BTreeMap<String, String> = params.into_iter().collect();
+            if continuous {
+                return continuous_runs(&engine, &plan, &params, every, json).await;
+            }
             let sub = Submission::manual("cli", key, params);
             match engine.submit_all(&plan, sub).await {
                 Ok(outcomes) => Ok(output::outcomes(&outcomes, json)),
@@ -411,6 +423,55 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Demo { dir } => crate::demo::run(&dir).await,
     }
+}
+
+/// `run --continuous`: one manual run after another until stopped.
+async fn continuous_runs(
+    engine: &Engine,
+    plan: &Plan,
+    params: &BTreeMap<String, String>,
+    every: std::time::Duration,
+    json: bool,
+) -> Result<u8> {
+    use flowgate_core::engine::Outcome;
+    if !json {
+        eprintln!(
+            "running `{}` every {} until interrupted",
+            plan.name,
+            humantime::format_duration(every)
+        );
+    }
+    while !engine.cancel.is_cancelled() {
+        let outcomes = match engine
+            .submit_all(plan, Submission::manual("continuous", None, params.clone()))
+            .await
+        {
+            Ok(o) => o,
+            Err(flowgate_core::engine::EngineError::Params(msg)) => {
+                eprintln!("error: {msg}");
+                return Ok(exit::USAGE);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let worth_showing: Vec<Outcome> = outcomes
+            .into_iter()
+            .filter(|o| match o {
+                Outcome::Ran(r) => {
+                    r.status != RunStatus::Succeeded
+                        || r.steps.iter().any(|s| s.objects_out > 0 || s.rows_out > 0)
+                }
+                _ => true,
+            })
+            .collect();
+        if !worth_showing.is_empty() {
+            output::outcomes(&worth_showing, json);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = engine.cancel.cancelled() => {}
+        }
+    }
+    Ok(exit::OK)
 }
 
 fn validate(paths: &[PathBuf], env: &Option<String>, json: bool) -> u8 {

@@ -233,3 +233,27 @@ fn an_unreachable_source_is_retried_then_the_run_fails() {
         "nothing written"
     );
 }
+
+#[test]
+fn an_s3_compatible_endpoint_without_credentials_says_what_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = free_port();
+    write(
+        &dir.path().join("p.toml"),
+        format!(
+            "name = \"nocreds\"\n[stores]\nremote = {{ url = \"s3://b/\", endpoint = \"http://127.0.0.1:{closed}\" }}\nlocal = {{ url = \"file://./in\", access = \"read-write\" }}\n[[steps]]\nid = \"download\"\ncopy = {{ from = \"remote:\", to = \"local:\" }}\n"
+        )
+        .as_bytes(),
+    );
+    let out = run(flowgate(dir.path())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .args(["run", "p.toml"]));
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+        "{}",
+        out.stdout
+    );
+}

@@ -135,3 +135,63 @@ fn an_attempt_that_hangs_is_cut_off_by_its_timeout_and_retried() {
         "{step:#}"
     );
 }
+
+#[test]
+fn continuous_runs_follow_the_source_until_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("src.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE orders (id INTEGER PRIMARY KEY, qty INTEGER, last_updated TEXT);
+         INSERT INTO orders VALUES (1, 5, '2026-01-01 00:00:00.001');",
+    )
+    .unwrap();
+    write(
+        &dir.path().join("p.toml"),
+        br#"name = "follow"
+[stores]
+src = { url = "sqlite://src.db" }
+landing = { url = "file://./landing", access = "read-write" }
+[[steps]]
+id = "ingest"
+extract = { from = "src", tables = ["orders"], cursor = "last_updated", to = "landing:{{ table }}/{{ run.id }}.jsonl" }
+"#,
+    );
+    let child = flowgate(dir.path())
+        .args(["run", "p.toml", "--continuous", "--every", "200ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let objects = |d: &std::path::Path| {
+        std::fs::read_dir(d.join("landing/orders"))
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while objects(dir.path()) < 1 {
+        assert!(Instant::now() < deadline, "the first row never landed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.execute_batch("INSERT INTO orders VALUES (2, 6, '2026-01-01 00:00:00.002')")
+        .unwrap();
+    while objects(dir.path()) < 2 {
+        assert!(Instant::now() < deadline, "the new row never landed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(objects(dir.path()), 2, "unchanged source: no more objects");
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.matches("succeeded in").count(),
+        2,
+        "only runs that moved data are printed:\n{stdout}"
+    );
+}

@@ -187,6 +187,23 @@ impl StoreHandle {
                 if let Ok(s) = std::env::var("AWS_SECRET_ACCESS_KEY") {
                     crate::secret::register(&s);
                 }
+                // Without credentials the AWS client asks the EC2 instance-metadata service;
+                // against an S3-compatible endpoint that is never right, so say what to set.
+                let has_credentials = spec.access_key_id.is_some()
+                    || [
+                        "AWS_ACCESS_KEY_ID",
+                        "AWS_PROFILE",
+                        "AWS_WEB_IDENTITY_TOKEN_FILE",
+                        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                    ]
+                    .iter()
+                    .any(|v| std::env::var_os(v).is_some());
+                if endpoint.is_some() && !has_credentials {
+                    return Err(bad(
+                        "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or access_key_id and secret_access_key on the store".into(),
+                    ));
+                }
                 let store = b.build().map_err(open)?;
                 (
                     Arc::new(store),

@@ -20,14 +20,16 @@ pub fn flowgate(dir: &Path) -> Command {
     c.env_remove("FLOWGATE_STATE")
         .env_remove("FLOWGATE_ENV")
         .env_remove("RUST_LOG");
-    if let (Ok(ak), Ok(sk)) = (
-        std::env::var("FLOWGATE_TEST_S3_ACCESS_KEY"),
-        std::env::var("FLOWGATE_TEST_S3_SECRET_KEY"),
-    ) {
-        c.env("AWS_ACCESS_KEY_ID", ak)
-            .env("AWS_SECRET_ACCESS_KEY", sk)
-            .env("AWS_REGION", "us-east-1");
-    }
+    // Always some credentials: without them the AWS client would ask the EC2
+    // metadata service, which no test may reach.
+    let ak = std::env::var("FLOWGATE_TEST_S3_ACCESS_KEY")
+        .unwrap_or_else(|_| "flowgate-test-none".into());
+    let sk = std::env::var("FLOWGATE_TEST_S3_SECRET_KEY")
+        .unwrap_or_else(|_| "flowgate-test-none".into());
+    c.env("AWS_ACCESS_KEY_ID", ak)
+        .env("AWS_SECRET_ACCESS_KEY", sk)
+        .env("AWS_REGION", "us-east-1");
+    c.env("AWS_EC2_METADATA_DISABLED", "true");
     c.stdin(Stdio::null());
     c
 }
