@@ -171,8 +171,12 @@ impl BatchWriter {
         match self.inner {
             Inner::Parquet(w) => {
                 let meta = w.close().await.map_err(io)?;
-                let _ = meta;
-                Ok(self.bytes)
+                // Data bytes (compressed row groups; the small footer aside).
+                Ok(meta
+                    .row_groups()
+                    .iter()
+                    .map(|rg| u64::try_from(rg.compressed_size()).unwrap_or(0))
+                    .sum())
             }
             Inner::Json { mut out, comp } => {
                 let rest = comp.finish().map_err(io)?;
