@@ -127,6 +127,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
     },
+    /// Each pipeline's last run and freshness (now minus the newest source change
+    /// visible in its warehouse).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// List runs, newest first; `runs show ID` for one run.
     Runs(RunsArgs),
     /// The built-in KV store (what `watch` triggers watch).
@@ -409,6 +415,64 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                     Ok(exit::OK)
                 }
             }
+        }
+        Command::Status { json } => {
+            let Some(state) = open_existing_state(&cli.state).await? else {
+                return Ok(exit::USAGE);
+            };
+            let runs = state
+                .list_runs(&RunFilter {
+                    limit: 10_000,
+                    ..Default::default()
+                })
+                .await?;
+            let mut seen = std::collections::BTreeSet::new();
+            let mut rows = Vec::new();
+            for r in runs.iter().filter(|r| seen.insert(r.pipeline.clone())) {
+                let newest = state
+                    .kv_get(&state::freshness_key(&r.pipeline))
+                    .await?
+                    .and_then(|e| chrono::DateTime::parse_from_rfc3339(&e.value).ok())
+                    .map(|d| d.with_timezone(&chrono::Utc));
+                let freshness =
+                    newest.map(|n| (chrono::Utc::now() - n).num_milliseconds() as f64 / 1000.0);
+                rows.push(serde_json::json!({
+                    "pipeline": r.pipeline, "last_run": r.id, "status": r.status, "started_at": r.started_at,
+                    "newest_change_visible": newest, "freshness_seconds": freshness,
+                }));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<24} {:<11} {:<20} FRESHNESS",
+                    "PIPELINE", "STATUS", "LAST RUN (UTC)"
+                );
+                for r in &rows {
+                    let fresh = r["freshness_seconds"]
+                        .as_f64()
+                        .map(|s| {
+                            humantime::format_duration(std::time::Duration::from_secs(
+                                s.max(0.0) as u64
+                            ))
+                            .to_string()
+                        })
+                        .unwrap_or_else(|| "-".into());
+                    let started = r["started_at"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .get(..19)
+                        .unwrap_or_default()
+                        .replace('T', " ");
+                    println!(
+                        "{:<24} {:<11} {:<20} {fresh}",
+                        r["pipeline"].as_str().unwrap_or_default(),
+                        r["status"].as_str().unwrap_or_default(),
+                        started
+                    );
+                }
+            }
+            Ok(exit::OK)
         }
         Command::Kv { command } => {
             // `kv set` may create the store; reading commands never do.

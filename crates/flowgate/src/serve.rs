@@ -174,6 +174,21 @@ async fn metrics(State(app): State<App>) -> Response {
             escape(p)
         ));
     }
+    out.push_str("# HELP flowgate_freshness_seconds Now minus the newest source change visible in the pipeline's warehouse.\n# TYPE flowgate_freshness_seconds gauge\n");
+    if let Ok(entries) = app.state.kv_list("flowgate/freshness/").await {
+        for e in entries {
+            let pipeline = e.key.trim_start_matches("flowgate/freshness/");
+            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&e.value) {
+                let age = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds()
+                    as f64
+                    / 1000.0;
+                out.push_str(&format!(
+                    "flowgate_freshness_seconds{{pipeline=\"{}\"}} {age:.3}\n",
+                    escape(pipeline)
+                ));
+            }
+        }
+    }
     out.push_str("# HELP flowgate_last_success_timestamp_seconds End of the newest successful run.\n# TYPE flowgate_last_success_timestamp_seconds gauge\n");
     for (p, t) in &last_success {
         out.push_str(&format!(

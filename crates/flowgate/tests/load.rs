@@ -209,3 +209,54 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn status_reports_freshness_after_a_run_that_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let ten_minutes_ago = (chrono_like_now() - 600).to_string();
+    let c = rusqlite::Connection::open(dir.path().join("src.db")).unwrap();
+    c.execute_batch(&format!(
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY, qty INTEGER, last_updated TEXT);
+         INSERT INTO orders VALUES (1, 5, datetime({ten_minutes_ago}, 'unixepoch', '-1 hour')), (2, 6, datetime({ten_minutes_ago}, 'unixepoch'));"
+    ))
+    .unwrap();
+    write(
+        &dir.path().join("p.toml"),
+        br#"name = "fresh"
+[stores]
+src = { url = "sqlite://src.db" }
+landing = { url = "file://./landing", access = "read-write" }
+warehouse = { url = "sqlite://warehouse.db", access = "write" }
+[[steps]]
+id = "ingest"
+extract = { from = "src", tables = ["orders"], cursor = "last_updated", to = "landing:{{ table }}/{{ run.id }}.jsonl" }
+[[steps]]
+id = "load"
+needs = ["ingest"]
+load = { from = "landing:orders", into = "warehouse", table = "orders", key = ["id"] }
+"#,
+    );
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let out = run(flowgate(dir.path()).args(["status", "--json"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let fresh = v[0]["freshness_seconds"].as_f64().unwrap();
+    assert!(
+        (590.0..700.0).contains(&fresh),
+        "the newest visible change is ten minutes old: {fresh}"
+    );
+    let out = run(flowgate(dir.path()).args(["status"]));
+    assert!(
+        out.stdout.contains("fresh") && out.stdout.contains("10m"),
+        "{}",
+        out.stdout
+    );
+}
+
+fn chrono_like_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}

@@ -623,8 +623,38 @@ impl Engine {
                 .await?;
         }
         tracing::info!(pipeline = %plan.name, run = %run.id, status = %run.status, "run finished");
+        self.record_freshness(plan, &run).await;
         self.notify(plan, &run).await;
         Ok(run)
+    }
+
+    /// After a successful run that loads, everything extracted so far is in the
+    /// warehouse: the newest source change its extract covers is now visible.
+    async fn record_freshness(&self, plan: &Plan, run: &RunRecord) {
+        let loads = plan
+            .steps
+            .iter()
+            .any(|s| matches!(s.kind, StepKind::Load(_)));
+        let Some(newest) = run.steps.iter().filter_map(|s| s.newest_change).max() else {
+            return;
+        };
+        if !loads || !run.status.is_success() {
+            return;
+        }
+        let key = crate::state::freshness_key(&plan.name);
+        let current = self
+            .state
+            .kv_get(&key)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|e| chrono::DateTime::parse_from_rfc3339(&e.value).ok());
+        if current.is_none_or(|c| newest > c) {
+            let value = newest.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            if let Err(e) = self.state.kv_set(&key, &value).await {
+                tracing::warn!(pipeline = %plan.name, error = %e, "could not record freshness");
+            }
+        }
     }
 
     async fn notify(&self, plan: &Plan, run: &RunRecord) {

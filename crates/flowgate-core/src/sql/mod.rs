@@ -23,6 +23,27 @@ pub const CURSOR_TEXT: &str = "__fg_cursor";
 pub const KEY_TEXT: &str = "__fg_key";
 pub const IN_WINDOW: &str = "__fg_recent";
 
+/// A cursor value as a UTC time, when it is one (`2026-01-01 10:00:00.123`,
+/// `2026-01-01T10:00:00Z`, `2026-01-01 10:00:00+00`); times without a zone are UTC.
+pub fn parse_source_timestamp(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::{DateTime, NaiveDateTime, Utc};
+    let t = text.trim();
+    if let Ok(d) = DateTime::parse_from_rfc3339(t) {
+        return Some(d.with_timezone(&Utc));
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+        if let Ok(d) = DateTime::parse_from_str(t, f) {
+            return Some(d.with_timezone(&Utc));
+        }
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(d) = NaiveDateTime::parse_from_str(t, f) {
+            return Some(d.and_utc());
+        }
+    }
+    None
+}
+
 /// Is this URL a SQL store?
 pub fn is_sql_url(url: &str) -> bool {
     url.starts_with("postgres://")

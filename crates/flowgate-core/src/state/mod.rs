@@ -130,6 +130,14 @@ pub struct StepReport {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub notes: Vec<String>,
+    /// The newest source change this step's positions cover (extract), for freshness.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub newest_change: Option<DateTime<Utc>>,
+}
+
+/// KV key under which the newest source change visible in a pipeline's sinks is kept.
+pub fn freshness_key(pipeline: &str) -> String {
+    format!("flowgate/freshness/{pipeline}")
 }
 
 /// One execution of a pipeline.

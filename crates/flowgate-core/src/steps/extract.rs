@@ -76,6 +76,7 @@ pub async fn run(ctx: &StepContext<'_>, plan: &ExtractPlan) -> Result<StepOutput
         report.objects_out += one.objects_out;
         report.bytes_out += one.bytes_out;
         report.notes.extend(one.notes);
+        report.newest_change = report.newest_change.max(one.newest_change);
     }
     Ok(StepOutput { report })
 }
@@ -218,6 +219,12 @@ async fn extract_table(
             report.notes.push(format!("warning: `{table}` has a new column `{c}` (kept in landing; models that do not select it are unaffected)"));
         }
     }
+    // What the position covers after this run, as a time (for freshness).
+    let covered = last
+        .as_ref()
+        .map(|l| l.0.as_str())
+        .or(old.as_ref().map(|w| w.cursor.as_str()));
+    report.newest_change = covered.and_then(crate::sql::parse_source_timestamp);
     // The object is complete: only now does the position move.
     if let Some((cursor, key)) = last {
         let wm = Watermark {
