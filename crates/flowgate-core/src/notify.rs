@@ -23,6 +23,7 @@ impl Notice {
             NotifyEvent::Recovery => "recovered",
             NotifyEvent::Partial => "finished with quarantined input",
             NotifyEvent::Success => "succeeded",
+            NotifyEvent::Stale => "is stale",
         };
         let title = format!("flowgate: pipeline `{}` {what}", run.pipeline);
         let mut text = format!(
@@ -51,6 +52,39 @@ impl Notice {
         }
         Notice {
             event,
+            title: crate::secret::redact(&title),
+            text: crate::secret::redact(&text),
+        }
+    }
+}
+
+impl Notice {
+    /// Freshness passed its threshold (`stale`) or came back under it.
+    pub fn freshness(
+        pipeline: &str,
+        stale: bool,
+        age: Duration,
+        threshold: Duration,
+        newest: chrono::DateTime<chrono::Utc>,
+    ) -> Notice {
+        let age = humantime::format_duration(Duration::from_secs(age.as_secs()));
+        let threshold = humantime::format_duration(threshold);
+        let newest = newest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let (title, text) = if stale {
+            let title = format!("flowgate: pipeline `{pipeline}` is stale");
+            let text = format!(
+                "{title}\nthe newest source change visible in the warehouse is from {newest}, {age} ago (threshold {threshold}).\nCheck `flowgate runs --pipeline {pipeline}` for failing or missing runs."
+            );
+            (title, text)
+        } else {
+            let title = format!("flowgate: pipeline `{pipeline}` is fresh again");
+            let text = format!(
+                "{title}\nthe newest source change visible in the warehouse is from {newest}, {age} ago (threshold {threshold})."
+            );
+            (title, text)
+        };
+        Notice {
+            event: NotifyEvent::Stale,
             title: crate::secret::redact(&title),
             text: crate::secret::redact(&text),
         }

@@ -76,6 +76,8 @@ pub struct ArrivalPlan {
 #[derive(Debug, Clone)]
 pub struct NotifyPlan {
     pub on: Vec<NotifyEvent>,
+    /// Freshness threshold; `None` when turned off.
+    pub stale_after: Option<Duration>,
     pub webhook: Option<String>,
     pub email: Option<crate::config::model::EmailSpec>,
 }
@@ -634,6 +636,29 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
             None,
         );
     }
+    let stale_after = match f.notify.stale_after.as_deref().map(str::trim) {
+        None => Some(Duration::from_secs(30 * 60)),
+        Some("off" | "never") => None,
+        Some(text) => match parse_duration(text) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                d.push(
+                    spans.value("notify.stale_after"),
+                    "notify.stale_after must be longer than zero",
+                    Some("write a duration such as \"30m\", or \"off\"".into()),
+                );
+                None
+            }
+            Err(e) => {
+                d.push(
+                    spans.value("notify.stale_after"),
+                    e,
+                    Some("write a duration such as \"30m\", or \"off\"".into()),
+                );
+                None
+            }
+        },
+    };
     if let Some(m) = &f.matrix
         && m.values.is_empty()
     {
@@ -671,8 +696,10 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
                     NotifyEvent::Failure,
                     NotifyEvent::Recovery,
                     NotifyEvent::Partial,
+                    NotifyEvent::Stale,
                 ]
             }),
+            stale_after,
             webhook,
             email: f.notify.email.clone(),
         },

@@ -107,6 +107,9 @@ pub async fn poll_once(
     for run in engine.run_pending(plan).await? {
         outcomes.push(Outcome::Ran(Box::new(run)));
     }
+    if let Err(e) = engine.check_freshness(plan).await {
+        tracing::warn!(pipeline = %plan.name, error = %e, "freshness check failed; will try again");
+    }
     Ok(outcomes)
 }
 

@@ -436,9 +436,13 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                     .map(|d| d.with_timezone(&chrono::Utc));
                 let freshness =
                     newest.map(|n| (chrono::Utc::now() - n).num_milliseconds() as f64 / 1000.0);
+                let stale = state
+                    .kv_get(&state::stale_key(&r.pipeline))
+                    .await?
+                    .is_some_and(|e| e.value.starts_with("stale"));
                 rows.push(serde_json::json!({
                     "pipeline": r.pipeline, "last_run": r.id, "status": r.status, "started_at": r.started_at,
-                    "newest_change_visible": newest, "freshness_seconds": freshness,
+                    "newest_change_visible": newest, "freshness_seconds": freshness, "stale": stale,
                 }));
             }
             if json {
@@ -456,6 +460,13 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                                 s.max(0.0) as u64
                             ))
                             .to_string()
+                        })
+                        .map(|f| {
+                            if r["stale"] == true {
+                                format!("{f} (stale)")
+                            } else {
+                                f
+                            }
                         })
                         .unwrap_or_else(|| "-".into());
                     let started = r["started_at"]
@@ -529,6 +540,9 @@ async fn continuous_runs(
             .collect();
         if !worth_showing.is_empty() {
             output::outcomes(&worth_showing, json);
+        }
+        if let Err(e) = engine.check_freshness(plan).await {
+            tracing::warn!(pipeline = %plan.name, error = %e, "freshness check failed; will try again");
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

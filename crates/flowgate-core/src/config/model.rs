@@ -376,9 +376,16 @@ pub struct PolicySpec {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotifySpec {
-    /// Events to notify: `failure`, `recovery`, `partial`, `success` (default: failure, recovery, partial).
+    /// Events to notify: `failure`, `recovery`, `partial`, `stale`, `success`
+    /// (default: failure, recovery, partial, stale).
     #[serde(default)]
     pub on: Option<Vec<NotifyEvent>>,
+    /// Freshness threshold: notify (`stale`) once when now minus the newest source
+    /// change visible in the warehouse passes it, and once when it is back under
+    /// (default `30m`; `off` to never). Only pipelines that extract and load have a
+    /// freshness.
+    #[serde(default)]
+    pub stale_after: Option<String>,
     /// Slack-compatible webhook URL (JSON `{"text": …}` by POST). Redacted in all output.
     #[serde(default)]
     pub webhook: Option<String>,
@@ -394,6 +401,8 @@ pub enum NotifyEvent {
     Failure,
     Recovery,
     Partial,
+    /// Freshness passed `stale_after` (and, later, came back under it).
+    Stale,
     Success,
 }
 

@@ -629,13 +629,15 @@ impl Engine {
     }
 
     /// After a successful run that loads, everything extracted so far is in the
-    /// warehouse: the newest source change its extract covers is now visible.
+    /// warehouse: the newest source change its extract covers is now visible (a
+    /// table with nothing new counts as current when it was read; the stalest
+    /// table decides).
     async fn record_freshness(&self, plan: &Plan, run: &RunRecord) {
         let loads = plan
             .steps
             .iter()
             .any(|s| matches!(s.kind, StepKind::Load(_)));
-        let Some(newest) = run.steps.iter().filter_map(|s| s.newest_change).max() else {
+        let Some(newest) = run.steps.iter().filter_map(|s| s.newest_change).min() else {
             return;
         };
         if !loads || !run.status.is_success() {
@@ -655,6 +657,60 @@ impl Engine {
                 tracing::warn!(pipeline = %plan.name, error = %e, "could not record freshness");
             }
         }
+    }
+
+    /// The freshness watchdog, called by every trigger pass and continuous loop:
+    /// notify once when the pipeline's freshness passes `notify.stale_after`, and
+    /// once when it is back under. A lease keeps several workers from sending the
+    /// same notice. Returns the current freshness, if the pipeline has one.
+    pub async fn check_freshness(&self, plan: &Plan) -> Result<Option<Duration>, EngineError> {
+        let Some(threshold) = plan.notify.stale_after else {
+            return Ok(None);
+        };
+        let Some(newest) = self
+            .state
+            .kv_get(&crate::state::freshness_key(&plan.name))
+            .await?
+            .and_then(|e| chrono::DateTime::parse_from_rfc3339(&e.value).ok())
+            .map(|t| t.with_timezone(&Utc))
+        else {
+            return Ok(None);
+        };
+        let age = (Utc::now() - newest).to_std().unwrap_or_default();
+        let lease = format!("freshness-alert/{}", plan.name);
+        if !self
+            .state
+            .acquire_lease(&lease, &self.worker, Duration::from_secs(60))
+            .await?
+        {
+            return Ok(Some(age));
+        }
+        let alert_key = crate::state::stale_key(&plan.name);
+        let was_stale = self
+            .state
+            .kv_get(&alert_key)
+            .await?
+            .is_some_and(|e| e.value.starts_with("stale"));
+        let stale = age > threshold;
+        if stale != was_stale {
+            let value = if stale {
+                format!("stale since {}", Utc::now().to_rfc3339())
+            } else {
+                "fresh".to_string()
+            };
+            self.state.kv_set(&alert_key, &value).await?;
+            if stale {
+                tracing::warn!(pipeline = %plan.name, freshness_s = age.as_secs(), threshold_s = threshold.as_secs(), "the warehouse is stale");
+            } else {
+                tracing::info!(pipeline = %plan.name, freshness_s = age.as_secs(), "the warehouse is fresh again");
+            }
+            let notice = Notice::freshness(&plan.name, stale, age, threshold, newest);
+            for problem in send(&plan.notify, &notice).await {
+                tracing::warn!(pipeline = %plan.name, problem = %problem, "notification not delivered");
+            }
+        }
+        self.state.release_lease(&lease, &self.worker).await?;
+        Ok(Some(age))
     }
 
     async fn notify(&self, plan: &Plan, run: &RunRecord) {

@@ -7,6 +7,7 @@ mod sqlite_read;
 pub mod target;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::{DataType, SchemaRef};
@@ -54,9 +55,19 @@ pub fn is_sql_url(url: &str) -> bool {
 /// A SQL source.
 #[derive(Debug, Clone)]
 pub enum SqlSource {
-    Postgres { url: String },
-    Sqlite { path: PathBuf },
+    Postgres {
+        url: String,
+        /// One connection per step attempt, opened on first use.
+        conn: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
+    },
+    Sqlite {
+        path: PathBuf,
+    },
 }
+
+/// The step's PostgreSQL connection, held for one use at a time.
+pub(crate) type PgConn =
+    tokio::sync::OwnedMappedMutexGuard<Option<tokio_postgres::Client>, tokio_postgres::Client>;
 
 /// A column as the database describes it.
 #[derive(Debug, Clone)]
@@ -130,16 +141,27 @@ impl SqlSource {
             crate::secret::register_url_password(url);
             Ok(SqlSource::Postgres {
                 url: url.to_string(),
+                conn: Arc::default(),
             })
         } else {
             Err(format!("`{url}` is not a SQL store URL"))
         }
     }
 
-    async fn pg(&self) -> Result<tokio_postgres::Client, StepError> {
-        let SqlSource::Postgres { url } = self else {
+    /// The step's connection; connects on first use and after the connection broke.
+    pub(crate) async fn pg(&self) -> Result<PgConn, StepError> {
+        let SqlSource::Postgres { url, conn } = self else {
             return Err(StepError::internal("not PostgreSQL"));
         };
+        let mut slot = conn.clone().lock_owned().await;
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            *slot = Some(Self::pg_connect(url).await?);
+        }
+        tokio::sync::OwnedMutexGuard::try_map(slot, Option::as_mut)
+            .map_err(|_| StepError::internal("no PostgreSQL connection"))
+    }
+
+    async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, StepError> {
         let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await
             .map_err(|e| pg_error(e).context("connecting to the source database"))?;

@@ -140,6 +140,11 @@ pub fn freshness_key(pipeline: &str) -> String {
     format!("flowgate/freshness/{pipeline}")
 }
 
+/// KV key saying whether the freshness watchdog last found the pipeline stale.
+pub fn stale_key(pipeline: &str) -> String {
+    format!("flowgate/stale/{pipeline}")
+}
+
 /// One execution of a pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {

@@ -76,7 +76,11 @@ pub async fn run(ctx: &StepContext<'_>, plan: &ExtractPlan) -> Result<StepOutput
         report.objects_out += one.objects_out;
         report.bytes_out += one.bytes_out;
         report.notes.extend(one.notes);
-        report.newest_change = report.newest_change.max(one.newest_change);
+        // The warehouse is as fresh as its stalest table.
+        report.newest_change = match (report.newest_change, one.newest_change) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
     Ok(StepOutput { report })
 }
@@ -115,8 +119,11 @@ async fn extract_table(
         ),
         None => None,
     };
+    // A table with nothing new is current as of when it was read.
+    let read_at = chrono::Utc::now();
     let Some(hi) = src.max_cursor(&plan.schema, &info, &plan.cursor).await? else {
         report.notes.push(format!("`{table}` is empty"));
+        report.newest_change = Some(read_at);
         return Ok(report);
     };
     let recent_old: HashSet<String> = old
@@ -224,7 +231,11 @@ async fn extract_table(
         .as_ref()
         .map(|l| l.0.as_str())
         .or(old.as_ref().map(|w| w.cursor.as_str()));
-    report.newest_change = covered.and_then(crate::sql::parse_source_timestamp);
+    report.newest_change = if report.objects_out == 0 {
+        Some(read_at)
+    } else {
+        covered.and_then(crate::sql::parse_source_timestamp)
+    };
     // The object is complete: only now does the position move.
     if let Some((cursor, key)) = last {
         let wm = Watermark {
