@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Real services on loopback for flowgate's tests: PostgreSQL, s3s-fs (S3) and an
-# SMTP server (aiosmtpd, storing what it receives in a Maildir).
+# Real services on loopback for flowgate's tests: PostgreSQL, s3s-fs (S3), an
+# SMTP server (aiosmtpd, storing what it receives in a Maildir) and nginx as an
+# HTTPS receiver that demands client certificates (WebDAV PUT stores the files).
 #
 #   scripts/services.sh start     install what is missing (as root), start, print URLs
 #   scripts/services.sh env       print `export VAR=…` lines for the running services
@@ -58,6 +59,86 @@ ensure_venv() {
   "$VENV/bin/python" -c 'import aiosmtpd' 2>/dev/null && return 0
   say "installing aiosmtpd into $VENV"
   "$VENV/bin/pip" install -q aiosmtpd >&2
+}
+
+ensure_nginx() {
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] && return 0
+  if is_root; then
+    say "installing nginx (apt-get install nginx)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null
+    # Debian starts it on :80; the tests start their own.
+    service nginx stop >/dev/null 2>&1 || true
+  else
+    die "nginx is missing: run 'sudo apt-get install -y --no-install-recommends nginx'"
+  fi
+}
+
+# A test CA, the receiver's certificate for 127.0.0.1, a client certificate it
+# trusts, and a "rogue" client certificate from another CA that it must refuse.
+make_tls() {
+  local d="$W/tls"
+  rm -rf "$d"; mkdir -p "$d"
+  local o="openssl"
+  $o req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=flowgate test CA"     -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+  $o req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=rogue CA"     -keyout "$d/rogue-ca.key" -out "$d/rogue-ca.pem" 2>/dev/null
+  $o req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$d/server.ext"
+  $o x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 30 \
+    -extfile "$d/server.ext" -out "$d/server.pem" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' >"$d/client.ext"
+  for who in client rogue; do
+    local ca=ca; [ "$who" = rogue ] && ca=rogue-ca
+    $o req -newkey rsa:2048 -nodes -subj "/CN=flowgate $who" -keyout "$d/$who.key" -out "$d/$who.csr" 2>/dev/null
+    $o x509 -req -in "$d/$who.csr" -CA "$d/$ca.pem" -CAkey "$d/$ca.key" -CAcreateserial -days 30 \
+      -extfile "$d/client.ext" -out "$d/$who.pem" 2>/dev/null
+  done
+}
+
+start_nginx() {
+  local port; port=$(free_port)
+  local n="$W/nginx"
+  rm -rf "$n"; mkdir -p "$n/www/inbound" "$n/logs" "$n/tmp"
+  make_tls
+  local user=""
+  if is_root; then user="user root root;"; fi
+  cat >"$n/nginx.conf" <<CONF
+$user
+worker_processes 1;
+pid $n/nginx.pid;
+error_log $n/logs/error.log info;
+events { worker_connections 64; }
+http {
+  access_log $n/logs/access.log;
+  client_body_temp_path $n/tmp/body;
+  proxy_temp_path $n/tmp/proxy;
+  fastcgi_temp_path $n/tmp/fastcgi;
+  uwsgi_temp_path $n/tmp/uwsgi;
+  scgi_temp_path $n/tmp/scgi;
+  server {
+    listen 127.0.0.1:$port ssl;
+    ssl_certificate $W/tls/server.pem;
+    ssl_certificate_key $W/tls/server.key;
+    ssl_client_certificate $W/tls/ca.pem;
+    ssl_verify_client on;
+    client_max_body_size 0;
+    root $n/www;
+    location /inbound/ {
+      dav_methods PUT;
+      create_full_put_path on;
+      dav_access user:rw group:r all:r;
+    }
+  }
+}
+CONF
+  local bin; bin=$(command -v nginx || echo /usr/sbin/nginx)
+  "$bin" -p "$n" -c "$n/nginx.conf" -e "$n/logs/error.log" || die "nginx did not start; see $n/logs/error.log"
+  wait_port "$port" nginx
+  cat >>"$ENV_FILE" <<ENV
+export FLOWGATE_TEST_HTTPS_URL=https://127.0.0.1:$port/inbound/
+export FLOWGATE_TEST_HTTPS_ROOT=$n/www/inbound
+export FLOWGATE_TEST_TLS_DIR=$W/tls
+ENV
+  say "HTTPS receiver (nginx, client certificates required) on https://127.0.0.1:$port/inbound/"
 }
 
 wait_port() {
@@ -124,6 +205,7 @@ ENV
 }
 
 stop() {
+  if [ -f "$W/nginx/nginx.pid" ]; then kill "$(cat "$W/nginx/nginx.pid")" 2>/dev/null || true; rm -f "$W/nginx/nginx.pid"; fi
   if [ -f "$W/smtp.pid" ]; then kill "$(cat "$W/smtp.pid")" 2>/dev/null || true; rm -f "$W/smtp.pid"; fi
   if [ -f "$W/s3s.pid" ]; then kill "$(cat "$W/s3s.pid")" 2>/dev/null || true; rm -f "$W/s3s.pid"; fi
   if [ -f "$W/pg.pid" ]; then
@@ -141,10 +223,12 @@ case "${1:-}" in
     ensure_postgres
     ensure_s3s
     ensure_venv
+    ensure_nginx
     : >"$ENV_FILE"
     start_postgres
     start_s3s
     start_smtp
+    start_nginx
     cat "$ENV_FILE"
     ;;
   env)

@@ -56,6 +56,8 @@ pub struct Plan {
     pub dead_letter: Option<Location>,
     pub notify: NotifyPlan,
     pub matrix: Option<crate::config::model::MatrixSpec>,
+    pub routing: Option<RoutingPlan>,
+    pub recipients: BTreeMap<String, RecipientPlan>,
     /// Names of the file's `[env.NAME]` overlays.
     pub environments: Vec<String>,
 }
@@ -88,15 +90,111 @@ pub struct PlannedStep {
     pub needs: Vec<String>,
     pub retry: RetryPolicy,
     pub timeout: Option<Duration>,
+    /// Run only when this expression is true.
+    pub when: Option<String>,
     pub kind: StepKind,
 }
 
 #[derive(Debug, Clone)]
 pub enum StepKind {
     Copy(CopyPlan),
+    Deliver(DeliverPlan),
     Extract(ExtractPlan),
     Load(LoadPlan),
     Transform(TransformPlan),
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliverPlan {
+    pub from: Location,
+    /// Template naming a `[recipients]` entry.
+    pub recipient: String,
+    pub attempts: u32,
+    pub backoff: Backoff,
+    pub concurrency: usize,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Where a delivered object's relative path goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathIn {
+    Url,
+    Header(String),
+}
+
+/// PEM given inline or as a file (read when a run needs it).
+#[derive(Debug, Clone)]
+pub enum Pem {
+    Inline(Vec<u8>),
+    File(PathBuf),
+}
+
+impl Pem {
+    fn parse(text: &str, dir: &Path) -> Pem {
+        if text.trim_start().starts_with("-----BEGIN") {
+            Pem::Inline(text.as_bytes().to_vec())
+        } else {
+            Pem::File(dir.join(text))
+        }
+    }
+
+    pub fn read(&self) -> Result<Vec<u8>, String> {
+        match self {
+            Pem::Inline(b) => Ok(b.clone()),
+            Pem::File(p) => std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display())),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RecipientPlan {
+    pub name: String,
+    pub url: url::Url,
+    /// The URL without credentials or query, for messages.
+    pub url_display: String,
+    pub method: reqwest::Method,
+    pub path_in: PathIn,
+    pub client_cert: Option<Pem>,
+    pub client_key: Option<Pem>,
+    pub ca: Option<Pem>,
+    pub timeout: Duration,
+    pub allow_http: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutingPlan {
+    pub key: String,
+    pub match_column: String,
+    pub id_column: String,
+    pub rows: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl RoutingPlan {
+    /// Rows for `key`: those whose match column is `key` or its nearest parent
+    /// folder that has rows.
+    pub fn lookup(&self, key: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let mut k = key.trim_matches('/').to_string();
+        loop {
+            let found: Vec<_> = self
+                .rows
+                .iter()
+                .filter(|r| {
+                    r.get(&self.match_column)
+                        .and_then(|v| v.as_str())
+                        .is_some_and(|v| v.trim_matches('/') == k)
+                })
+                .cloned()
+                .collect();
+            if !found.is_empty() {
+                return found;
+            }
+            match k.rfind('/') {
+                Some(i) => k.truncate(i),
+                None if !k.is_empty() => k.clear(),
+                None => return Vec::new(),
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +218,7 @@ impl StepKind {
     pub fn name(&self) -> &'static str {
         match self {
             StepKind::Copy(_) => "copy",
+            StepKind::Deliver(_) => "deliver",
             StepKind::Extract(_) => "extract",
             StepKind::Load(_) => "load",
             StepKind::Transform(_) => "transform",
@@ -480,7 +579,8 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
         let kinds = usize::from(s.copy.is_some())
             + usize::from(s.extract.is_some())
             + usize::from(s.load.is_some())
-            + usize::from(s.transform.is_some());
+            + usize::from(s.transform.is_some())
+            + usize::from(s.deliver.is_some());
         let kind = match (&s.copy, &s.extract) {
             _ if kinds > 1 => {
                 d.push(
@@ -512,6 +612,40 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
                 }
                 ok.then_some(())?;
                 Some(StepKind::Transform(TransformPlan { models: t.models.clone(), inputs: inputs?, to: to? }))
+            }),
+            (None, None) if s.deliver.is_some() => s.deliver.as_ref().and_then(|dl| {
+                let from_store = dl.from.split_once(':').map(|(s, _)| s).unwrap_or(&dl.from);
+                let ok = kind_is(&mut d, loaded, &format!("{at}.deliver.from"), from_store, false, &what);
+                let from = location(&mut d, &format!("{at}.deliver.from"), &dl.from, Access::ReadWrite, &what);
+                if let Err(e) = crate::template::check(&dl.recipient) {
+                    d.push(spans.value(&format!("{at}.deliver.recipient")), format!("bad template: {e}"), None);
+                } else if !dl.recipient.contains("{{") && !f.recipients.contains_key(&dl.recipient) {
+                    let names: Vec<&str> = f.recipients.keys().map(String::as_str).collect();
+                    d.push(
+                        spans.value(&format!("{at}.deliver.recipient")),
+                        format!("unknown recipient `{}`", dl.recipient),
+                        Some(match nearest(&dl.recipient, names.iter().copied()) {
+                            Some(n) => format!("did you mean `{n}`?"),
+                            None => "declare it under [recipients.NAME] with a url".into(),
+                        }),
+                    );
+                }
+                let backoff = match dl.backoff.as_deref().map(Backoff::parse).transpose() {
+                    Ok(b) => b.unwrap_or(Backoff { min: Duration::from_secs(1), max: Duration::from_secs(30) }),
+                    Err(e) => {
+                        d.push(spans.value(&format!("{at}.deliver.backoff")), e, None);
+                        Backoff { min: Duration::from_secs(1), max: Duration::from_secs(30) }
+                    }
+                };
+                ok.then_some(())?;
+                Some(StepKind::Deliver(DeliverPlan {
+                    from: from?,
+                    recipient: dl.recipient.clone(),
+                    attempts: dl.attempts.unwrap_or(5).max(1),
+                    backoff,
+                    concurrency: dl.concurrency.unwrap_or(4).clamp(1, 64),
+                    headers: dl.headers.clone(),
+                }))
             }),
             (None, None) if s.load.is_some() => s.load.clone().and_then(|l| {
                 let into_at = format!("{at}.load.into");
@@ -589,12 +723,22 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
                 None
             }
         };
+        if let Some(w) = &s.when
+            && let Err(e) = crate::template::check_expression(w)
+        {
+            d.push(
+                spans.value(&format!("{at}.when")),
+                format!("`when` is not an expression: {e}"),
+                Some("for example: when = \"route.transfer_type == 'S3'\"".into()),
+            );
+        }
         if let Some(kind) = kind {
             planned.push(PlannedStep {
                 id: s.id.clone(),
                 needs: s.needs.clone(),
                 retry,
                 timeout,
+                when: s.when.clone(),
                 kind,
             });
         }
@@ -659,6 +803,138 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
             }
         },
     };
+    // Recipients.
+    let mut recipients = BTreeMap::new();
+    for (name, r) in &f.recipients {
+        let at = format!("recipients.{name}");
+        crate::secret::register_url_password(&r.url);
+        let url = match url::Url::parse(&r.url) {
+            Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && r.allow_http) => Some(u),
+            Ok(u) => {
+                d.push(
+                    spans.value(&format!("{at}.url")),
+                    format!("recipient `{name}`: `{}` URLs are not allowed", u.scheme()),
+                    Some(
+                        "deliveries go over https:// (allow_http = true is for local stubs)".into(),
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                d.push(
+                    spans.value(&format!("{at}.url")),
+                    format!("recipient `{name}`: not a URL: {e}"),
+                    None,
+                );
+                None
+            }
+        };
+        let method = match r.method.as_deref().map(str::to_ascii_uppercase).as_deref() {
+            None | Some("PUT") => reqwest::Method::PUT,
+            Some("POST") => reqwest::Method::POST,
+            Some(other) => {
+                d.push(
+                    spans.value(&format!("{at}.method")),
+                    format!("method must be PUT or POST, not `{other}`"),
+                    None,
+                );
+                reqwest::Method::PUT
+            }
+        };
+        let path_in = match r.path.as_deref() {
+            None | Some("url") => PathIn::Url,
+            Some(h) if h.starts_with("header:") && h.len() > 7 => {
+                PathIn::Header(h[7..].to_string())
+            }
+            Some(other) => {
+                d.push(
+                    spans.value(&format!("{at}.path")),
+                    format!("path must be `url` or `header:NAME`, not `{other}`"),
+                    None,
+                );
+                PathIn::Url
+            }
+        };
+        if r.client_cert.is_some() != r.client_key.is_some() {
+            d.push(
+                spans.key(&at),
+                format!("recipient `{name}` has a client certificate without its key, or a key without its certificate"),
+                Some("set both client_cert and client_key".into()),
+            );
+        }
+        let timeout = match r.timeout.as_deref().map(parse_duration).transpose() {
+            Ok(t) => t.unwrap_or(Duration::from_secs(600)),
+            Err(e) => {
+                d.push(spans.value(&format!("{at}.timeout")), e, None);
+                Duration::from_secs(600)
+            }
+        };
+        if let Some(url) = url {
+            let mut shown = url.clone();
+            let _ = shown.set_password(None);
+            let _ = shown.set_username("");
+            shown.set_query(None);
+            recipients.insert(
+                name.clone(),
+                RecipientPlan {
+                    name: name.clone(),
+                    url,
+                    url_display: shown.to_string(),
+                    method,
+                    path_in,
+                    client_cert: r.client_cert.as_deref().map(|t| Pem::parse(t, &dir)),
+                    client_key: r.client_key.as_deref().map(|t| Pem::parse(t, &dir)),
+                    ca: r.ca.as_deref().map(|t| Pem::parse(t, &dir)),
+                    timeout,
+                    allow_http: r.allow_http,
+                },
+            );
+        }
+    }
+
+    // Routing.
+    let routing = f.routing.as_ref().map(|r| {
+        let key = r.key.clone().unwrap_or_else(|| "{{ trigger.prefix }}".into());
+        if let Err(e) = crate::template::check(&key) {
+            d.push(spans.value("routing.key"), format!("bad template: {e}"), None);
+        }
+        let match_column = r.match_column.clone().unwrap_or_else(|| "source_prefix".into());
+        let id_column = r.id_column.clone().unwrap_or_else(|| "pipeline_name".into());
+        let mut seen = std::collections::HashSet::new();
+        for (i, row) in r.rows.iter().enumerate() {
+            for col in [&match_column, &id_column] {
+                if !row.get(col).is_some_and(|v| v.is_string()) {
+                    d.push(
+                        spans.key(&format!("routing.rows[{i}]")),
+                        format!("routing row {} has no text `{col}`", i + 1),
+                        None,
+                    );
+                }
+            }
+            let id = (row.get(&match_column).map(|v| v.to_string()), row.get(&id_column).map(|v| v.to_string()));
+            if !seen.insert(id) {
+                d.push(
+                    spans.key(&format!("routing.rows[{i}]")),
+                    format!("routing row {} repeats the ({match_column}, {id_column}) of an earlier row", i + 1),
+                    Some("a second transfer for one prefix needs its own name, e.g. `pipeline_name#sft`".into()),
+                );
+            }
+        }
+        RoutingPlan {
+            key,
+            match_column,
+            id_column,
+            rows: r.rows.iter().map(|row| row.clone().into_iter().collect()).collect(),
+        }
+    });
+    if f.matrix.is_some() && routing.is_some() {
+        d.push(
+            spans.key("routing"),
+            "a pipeline has either a matrix or routing, not both",
+            None,
+        );
+    }
+
     if let Some(m) = &f.matrix
         && m.values.is_empty()
     {
@@ -704,6 +980,8 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
             email: f.notify.email.clone(),
         },
         matrix: f.matrix.clone(),
+        routing,
+        recipients,
         environments: f.env.keys().cloned().collect(),
     })
 }

@@ -121,14 +121,7 @@ impl DeadLetter {
     }
 }
 
-fn join(prefix: &str, rest: &str) -> String {
-    let p = prefix.trim_matches('/');
-    if p.is_empty() {
-        rest.to_string()
-    } else {
-        format!("{p}/{rest}")
-    }
-}
+use crate::store::join_key as join;
 
 /// Keep a quarantined key inside the quarantine: drop `..`, `.` and empty segments.
 fn sanitize(relative: &str) -> String {

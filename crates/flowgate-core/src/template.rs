@@ -56,6 +56,22 @@ pub fn render(source: &str, ctx: &serde_json::Value) -> Result<String, String> {
         .map_err(|e| format!("template `{source}`: {}", describe(&e)))
 }
 
+/// Check an expression (a step's `when`) compiles.
+pub fn check_expression(source: &str) -> Result<(), String> {
+    env()
+        .compile_expression(source)
+        .map(|_| ())
+        .map_err(|e| describe(&e))
+}
+
+/// Evaluate an expression for its truth.
+pub fn truthy(source: &str, ctx: &serde_json::Value) -> Result<bool, String> {
+    let expr = env().compile_expression(source).map_err(|e| describe(&e))?;
+    expr.eval(Value::from_serialize(ctx))
+        .map(|v| v.is_true())
+        .map_err(|e| format!("`{source}`: {}", describe(&e)))
+}
+
 fn describe(e: &minijinja::Error) -> String {
     match e.detail() {
         Some(detail) => format!("{}: {detail}", e.kind()),

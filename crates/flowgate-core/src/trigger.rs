@@ -41,6 +41,7 @@ pub async fn arrivals(plan: &Plan, stores: &Stores) -> Result<Vec<Submission>, S
             }),
             params: Default::default(),
             matrix: Default::default(),
+            route: None,
         });
     }
     Ok(out)
@@ -55,6 +56,7 @@ pub fn tick(at: DateTime<Utc>) -> Submission {
         trigger: json!({"kind": "schedule", "tick": stamp}),
         params: Default::default(),
         matrix: Default::default(),
+        route: None,
     }
 }
 
@@ -68,7 +70,7 @@ pub async fn poll_once(
     let mut outcomes = Vec::new();
     let mut subs = Vec::new();
     if plan.arrival.is_some() {
-        match Stores::open(plan) {
+        match Stores::open(plan, &serde_json::Value::Null) {
             Ok(stores) => match arrivals(plan, &stores).await {
                 Ok(found) => subs.extend(found),
                 Err(e) => {
@@ -89,6 +91,7 @@ pub async fn poll_once(
             trigger: json!({"kind": "watch", "key": w.key, "value": entry.value, "revision": entry.revision}),
             params: Default::default(),
             matrix: Default::default(),
+            route: None,
         });
     }
     for sub in subs {

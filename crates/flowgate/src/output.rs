@@ -178,6 +178,13 @@ pub fn summary(run: &RunRecord) {
         println!("  error: {}", redact(e));
     }
     for s in &run.steps {
+        if s.status == "skipped" {
+            println!("  {:<14} skipped", s.step);
+            for n in &s.notes {
+                println!("  {:<14} note: {}", "", redact(n));
+            }
+            continue;
+        }
         let moved = if s.rows_in > 0 || s.rows_out > 0 {
             format!(
                 "{} rows read, {} written to {} object(s) ({})",
@@ -188,7 +195,7 @@ pub fn summary(run: &RunRecord) {
             )
         } else {
             format!(
-                "{} copied ({}), {} unchanged",
+                "{} object(s) written ({}), {} unchanged",
                 s.objects_out,
                 human_bytes(s.bytes_out),
                 s.objects_skipped

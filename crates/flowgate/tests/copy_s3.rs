@@ -37,7 +37,7 @@ fn manual_copy_from_files_to_s3_then_nothing_to_do() {
     let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
     assert_eq!(out.code, 0, "{}", out.all());
     assert!(out.stdout.contains("succeeded"), "{}", out.stdout);
-    assert!(out.stdout.contains("6 copied"), "{}", out.stdout);
+    assert!(out.stdout.contains("6 object(s) written"), "{}", out.stdout);
 
     let mut landed = tree(&bucket_dir(&bucket).join("landing"));
     let manifest = landed
@@ -55,7 +55,7 @@ fn manual_copy_from_files_to_s3_then_nothing_to_do() {
     // Again: everything is unchanged, and flowgate says so.
     let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
     assert_eq!(out.code, 0, "{}", out.all());
-    assert!(out.stdout.contains("0 copied"), "{}", out.stdout);
+    assert!(out.stdout.contains("0 object(s) written"), "{}", out.stdout);
     assert!(
         out.stdout
             .contains("nothing to copy: all 6 objects were copied before and are unchanged"),
@@ -91,7 +91,7 @@ fn arrival_by_poll_runs_each_flag_once() {
 
     let out = run(flowgate(dir.path()).args(["poll", "pipelines/p.toml"]));
     assert_eq!(out.code, 0, "{}", out.all());
-    assert!(out.stdout.contains("2 copied"), "{}", out.stdout);
+    assert!(out.stdout.contains("2 object(s) written"), "{}", out.stdout);
     let got = tree(&dir.path().join("pipelines/in/exports/a"));
     assert_eq!(
         got.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),

@@ -16,7 +16,7 @@ fn demo_runs_on_embedded_defaults_without_services() {
     assert_eq!(out.code, 0, "{}", out.all());
     assert!(out.stdout.contains("nothing new to run"), "{}", out.stdout);
     assert!(
-        out.stdout.contains("1 copied") && out.stdout.contains("6 unchanged"),
+        out.stdout.contains("1 object(s) written") && out.stdout.contains("6 unchanged"),
         "{}",
         out.stdout
     );

@@ -39,6 +39,14 @@ pub struct PipelineFile {
     /// Parameter sets; each set is its own run.
     #[serde(default)]
     pub matrix: Option<MatrixSpec>,
+    /// Routing rows looked up for each trigger event; each matching row is its own
+    /// run, with the row as `{{ route.* }}`.
+    #[serde(default)]
+    pub routing: Option<RoutingSpec>,
+    /// HTTPS endpoints that `deliver` steps send to, by name (overridden per
+    /// environment: `[env.prod.recipients.acme]`).
+    #[serde(default)]
+    pub recipients: BTreeMap<String, RecipientSpec>,
     /// Environment overlays (`[env.prod]`), selected with `--env` or `FLOWGATE_ENV`;
     /// each overlay has the same shape as the file and is merged over it.
     #[serde(default)]
@@ -199,6 +207,86 @@ pub struct StepSpec {
     /// Run SQL models over landed data.
     #[serde(default)]
     pub transform: Option<TransformSpec>,
+    /// Send objects to a recipient over HTTPS.
+    #[serde(default)]
+    pub deliver: Option<DeliverSpec>,
+    /// Run the step only when this expression is true, e.g.
+    /// `"route.transfer_type == 'SFT'"`; otherwise it (and what needs it) is skipped.
+    #[serde(default)]
+    pub when: Option<String>,
+}
+
+/// Send each object under a prefix to a recipient over HTTPS, removing it after a 2xx.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverSpec {
+    /// Objects to send, as `store:prefix` (template), e.g. an outbox folder.
+    pub from: String,
+    /// Name of a `[recipients]` entry (template), e.g. `"{{ route.recipient_name }}"`.
+    pub recipient: String,
+    /// Attempts per object before it is quarantined (default 5).
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// Backoff between attempts, `min..max` (default `1s..30s`).
+    #[serde(default)]
+    pub backoff: Option<String>,
+    /// Objects sent at once (default 4).
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// Extra request headers (values may be secrets).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// An HTTPS endpoint with its client certificate.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientSpec {
+    /// Base URL, e.g. `https://receiver.example.com/inbound/`.
+    pub url: String,
+    /// `PUT` (default) or `POST`.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Where the object's relative path goes: `url` (appended to the URL, default)
+    /// or `header:NAME` (e.g. `header:X-Relative-Path`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Client certificate chain: PEM text (e.g. `${secret:ACME_CERT}`) or a file path.
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    /// Client private key: PEM text (e.g. `${secret:ACME_KEY}`) or a file path.
+    #[serde(default)]
+    pub client_key: Option<String>,
+    /// CA bundle trusted for the receiver's certificate (PEM text or file path);
+    /// when set, it is the only trust.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Time limit of one request (default `10m`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Allow `http://` (tests and local stubs only; default false).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+/// Routing rows: what to do with the data an event points at.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSpec {
+    /// What is looked up (template; default `"{{ trigger.prefix }}"`). Rows whose
+    /// match column is this value or one of its parent folders match; the longest wins.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Column compared with the key (default `source_prefix`).
+    #[serde(default)]
+    pub match_column: Option<String>,
+    /// Column that names a row; each row is one transfer, deduplicated by it
+    /// (default `pipeline_name`).
+    #[serde(default)]
+    pub id_column: Option<String>,
+    /// Inline rows.
+    #[serde(default)]
+    pub rows: Vec<BTreeMap<String, serde_json::Value>>,
 }
 
 /// SQL models (DataFusion) over landed data.

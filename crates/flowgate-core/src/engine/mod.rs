@@ -58,6 +58,9 @@ pub struct Submission {
     /// One combination of the pipeline's matrix (empty without a matrix); set by
     /// [`Engine::submit_all`].
     pub matrix: BTreeMap<String, String>,
+    /// The routing row this run carries out (`{{ route.* }}`), set by
+    /// [`Engine::submit_all`] for pipelines with routing.
+    pub route: Option<Value>,
 }
 
 impl Submission {
@@ -71,6 +74,7 @@ impl Submission {
             trigger: json!({"kind": "manual", "via": via}),
             params,
             matrix: BTreeMap::new(),
+            route: None,
         }
     }
 }
@@ -115,26 +119,51 @@ pub struct StepOutput {
 /// The stores of one run, opened once.
 pub struct Stores {
     map: HashMap<String, StoreHandle>,
+    /// Stores whose URL template could not be rendered for this run, with why.
+    unavailable: HashMap<String, String>,
     dir: std::path::PathBuf,
     quarantine: Option<Location>,
     dead_letter: Option<Location>,
 }
 
 impl Stores {
-    pub fn open(plan: &Plan) -> Result<Stores, StepError> {
+    /// Open the plan's object stores; a URL may be a template of the run
+    /// (`s3://{{ route.destination_bucket }}`).
+    pub fn open(plan: &Plan, template: &Value) -> Result<Stores, StepError> {
         let mut map = HashMap::new();
+        let mut unavailable = HashMap::new();
         // SQL stores are opened by the steps that use them.
         for (name, spec) in plan
             .stores
             .iter()
             .filter(|(_, s)| !crate::sql::is_sql_url(&s.url))
         {
+            let rendered;
+            let spec = if spec.url.contains("{{") {
+                match crate::template::render(&spec.url, template) {
+                    Ok(url) => {
+                        rendered = StoreSpec {
+                            url,
+                            ..spec.clone()
+                        };
+                        &rendered
+                    }
+                    // Only a step that uses this store fails.
+                    Err(e) => {
+                        unavailable.insert(name.clone(), format!("the URL of store `{name}`: {e}"));
+                        continue;
+                    }
+                }
+            } else {
+                spec
+            };
             let h = StoreHandle::open(name, spec, &plan.dir)
                 .map_err(|e| StepError::new(ErrorClass::USER, e.to_string()))?;
             map.insert(name.clone(), h);
         }
         Ok(Stores {
             map,
+            unavailable,
             dir: plan.dir.clone(),
             quarantine: plan.quarantine.clone(),
             dead_letter: plan.dead_letter.clone(),
@@ -142,6 +171,9 @@ impl Stores {
     }
 
     pub fn get(&self, name: &str) -> Result<&StoreHandle, StepError> {
+        if let Some(why) = self.unavailable.get(name) {
+            return Err(StepError::user(why.clone()));
+        }
         self.map
             .get(name)
             .ok_or_else(|| StepError::internal(format!("store `{name}` was not opened")))
@@ -299,6 +331,9 @@ impl Engine {
         plan: &Plan,
         sub: Submission,
     ) -> Result<Vec<Outcome>, EngineError> {
+        if let Some(routing) = &plan.routing {
+            return self.submit_routed(plan, routing, sub).await;
+        }
         let Some(m) = &plan.matrix else {
             return Ok(vec![self.submit(plan, sub).await?]);
         };
@@ -345,10 +380,46 @@ impl Engine {
         results.into_iter().collect()
     }
 
+    /// One run per routing row that matches the event, deduplicated per row. An
+    /// event with no row is still recorded and run: the run dead-letters the event
+    /// with the reason and fails, so it is never dropped silently.
+    async fn submit_routed(
+        &self,
+        plan: &Plan,
+        routing: &crate::plan::RoutingPlan,
+        sub: Submission,
+    ) -> Result<Vec<Outcome>, EngineError> {
+        let ctx = json!({ "trigger": sub.trigger, "params": sub.params, "vars": plan.vars, "env": plan.env });
+        let key = crate::template::render(&routing.key, &ctx).map_err(EngineError::Params)?;
+        let rows = routing.lookup(&key);
+        if rows.is_empty() {
+            tracing::warn!(pipeline = %plan.name, key = %key, "no routing row matches the event");
+            return Ok(vec![self.submit(plan, sub).await?]);
+        }
+        let mut outcomes = Vec::new();
+        for row in rows {
+            let id = row
+                .get(&routing.id_column)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let one = Submission {
+                dedupe_key: format!("{}#route={id}", sub.dedupe_key),
+                route: Some(Value::Object(row)),
+                ..sub.clone()
+            };
+            outcomes.push(self.submit(plan, one).await?);
+        }
+        Ok(outcomes)
+    }
+
     /// Record an event and run it, unless it was handled before.
     pub async fn submit(&self, plan: &Plan, sub: Submission) -> Result<Outcome, EngineError> {
         let params = resolve_params(plan, &sub.params).map_err(EngineError::Params)?;
-        let payload = json!({ "trigger": sub.trigger, "params": params, "matrix": sub.matrix, "env": plan.env });
+        let mut payload = json!({ "trigger": sub.trigger, "params": params, "matrix": sub.matrix, "env": plan.env });
+        if let Some(route) = &sub.route {
+            payload["route"] = route.clone();
+        }
         let recorded = self
             .state
             .record_event(NewEvent {
@@ -473,7 +544,7 @@ impl Engine {
             .get("matrix")
             .cloned()
             .unwrap_or_else(|| json!({}));
-        let recorded_params = match (&params, &matrix) {
+        let mut recorded_params = match (&params, &matrix) {
             (Value::Object(p), Value::Object(m)) if !m.is_empty() => {
                 let mut all = p.clone();
                 all.insert("matrix".into(), matrix.clone());
@@ -481,6 +552,10 @@ impl Engine {
             }
             _ => params.clone(),
         };
+        if let (Value::Object(p), Some(route)) = (&mut recorded_params, event.payload.get("route"))
+        {
+            p.insert("route".into(), route.clone());
+        }
         let mut run = RunRecord {
             id: run_id.clone(),
             pipeline: plan.name.clone(),
@@ -538,10 +613,17 @@ impl Engine {
             "params": params,
             "vars": plan.vars,
             "matrix": matrix,
+            "route": event.payload.get("route").cloned().unwrap_or(Value::Null),
         });
 
-        let stores = Stores::open(plan);
+        let stores = match (&plan.routing, event.payload.get("route")) {
+            (Some(routing), None) => Err(self
+                .unrouted(plan, &run_id, &event, routing, &template)
+                .await),
+            _ => Stores::open(plan, &template),
+        };
         let mut failed: HashSet<String> = HashSet::new();
+        let mut skipped: HashSet<String> = HashSet::new();
         match &stores {
             Err(e) => {
                 run.error = Some(e.message.clone());
@@ -552,12 +634,42 @@ impl Engine {
                     if run_cancel.is_cancelled() {
                         break;
                     }
+                    let when = step
+                        .when
+                        .as_deref()
+                        .map(|w| (w, crate::template::truthy(w, &template)));
                     let report = if let Some(n) = step.needs.iter().find(|n| failed.contains(*n)) {
                         failed.insert(step.id.clone());
                         StepReport {
                             step: step.id.clone(),
                             status: "skipped".into(),
                             notes: vec![format!("not run: step `{n}` did not succeed")],
+                            ..Default::default()
+                        }
+                    } else if let Some(n) = step.needs.iter().find(|n| skipped.contains(*n)) {
+                        skipped.insert(step.id.clone());
+                        StepReport {
+                            step: step.id.clone(),
+                            status: "skipped".into(),
+                            notes: vec![format!("not run: step `{n}` was skipped")],
+                            ..Default::default()
+                        }
+                    } else if let Some((w, Ok(false))) = when {
+                        skipped.insert(step.id.clone());
+                        StepReport {
+                            step: step.id.clone(),
+                            status: "skipped".into(),
+                            notes: vec![format!("not run: `when = \"{w}\"` is false")],
+                            ..Default::default()
+                        }
+                    } else if let Some((w, Err(msg))) = when {
+                        failed.insert(step.id.clone());
+                        run.error
+                            .get_or_insert_with(|| format!("step `{}`: when {msg}", step.id));
+                        StepReport {
+                            step: step.id.clone(),
+                            status: "failed".into(),
+                            error: Some(format!("`when = \"{w}\"` could not be evaluated: {msg}")),
                             ..Default::default()
                         }
                     } else {
@@ -713,6 +825,39 @@ impl Engine {
         Ok(Some(age))
     }
 
+    /// An event no routing row matches: dead-letter it with the reason, and fail
+    /// the run (which notifies). Returns the run's error.
+    async fn unrouted(
+        &self,
+        plan: &Plan,
+        run_id: &str,
+        event: &TriggerEvent,
+        routing: &crate::plan::RoutingPlan,
+        template: &Value,
+    ) -> StepError {
+        let key = crate::template::render(&routing.key, template).unwrap_or_default();
+        let reason = format!(
+            "no routing row has {} `{key}` (or one of its parent folders)",
+            routing.match_column
+        );
+        let record = crate::quarantine::DeadRecord {
+            record: event.payload.get("trigger").cloned().unwrap_or(Value::Null),
+            reason: reason.clone(),
+            position: json!({"event": event.dedupe_key}),
+        };
+        let at = match Stores::open(plan, template).and_then(|s| s.dead_letter(template)) {
+            Ok(dl) => dl.write(&plan.name, run_id, "routing", 0, &[record]).await,
+            Err(e) => Err(e),
+        };
+        match at {
+            Ok(at) => StepError::user(format!("{reason}; the event was dead-lettered to {at}")),
+            Err(e) => StepError::user(format!(
+                "{reason}; dead-lettering the event failed too: {}",
+                e.message
+            )),
+        }
+    }
+
     async fn notify(&self, plan: &Plan, run: &RunRecord) {
         let event = match run.status {
             RunStatus::Failed => Some(NotifyEvent::Failure),
@@ -758,6 +903,7 @@ async fn run_step(ctx: &StepContext<'_>) -> StepReport {
             Box<dyn std::future::Future<Output = Result<StepOutput, StepError>> + Send + '_>,
         > = match &step.kind {
             StepKind::Copy(c) => Box::pin(crate::steps::copy::run(ctx, c)),
+            StepKind::Deliver(dl) => Box::pin(crate::steps::deliver::run(ctx, dl)),
             StepKind::Extract(e) => Box::pin(crate::steps::extract::run(ctx, e)),
             StepKind::Load(l) => Box::pin(crate::steps::load::run(ctx, l)),
             #[cfg(feature = "transform")]

@@ -20,7 +20,7 @@ use crate::engine::{StepContext, StepOutput};
 use crate::error::{ErrorClass, StepError};
 use crate::plan::CopyPlan;
 use crate::state::StepReport;
-use crate::store::StoreHandle;
+use crate::store::{StoreHandle, join_key as join};
 
 struct Item {
     meta: ObjectMeta,
@@ -38,14 +38,6 @@ enum Done {
 fn render_prefix(ctx: &StepContext<'_>, template: &str) -> Result<String, StepError> {
     let p = crate::template::render(template, ctx.template).map_err(StepError::user)?;
     Ok(p.trim_matches('/').to_string())
-}
-
-fn join(prefix: &str, rel: &str) -> String {
-    if prefix.is_empty() {
-        rel.to_string()
-    } else {
-        format!("{prefix}/{rel}")
-    }
 }
 
 pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, StepError> {

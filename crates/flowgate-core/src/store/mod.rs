@@ -305,6 +305,16 @@ impl StoreHandle {
     }
 }
 
+/// `prefix/rest`, or `rest` when the prefix is empty (slashes around the prefix dropped).
+pub fn join_key(prefix: &str, rest: &str) -> String {
+    let p = prefix.trim_matches('/');
+    if p.is_empty() {
+        rest.to_string()
+    } else {
+        format!("{p}/{rest}")
+    }
+}
+
 /// What identifies one version of an object: its etag (with its size), or its
 /// size and modification time where the store gives no etag.
 pub fn version_of(meta: &object_store::ObjectMeta) -> String {

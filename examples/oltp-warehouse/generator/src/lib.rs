@@ -45,7 +45,7 @@ impl Db {
     /// `n` from 1 to `count`, as the source of an INSERT … SELECT.
     fn series(&self, count: u64) -> String {
         match self {
-            Db::Postgres(_) => format!("generate_series(1, {count}) AS g(n)"),
+            Db::Postgres(_) => format!("generate_series(1::bigint, {count}) AS g(n)"),
             Db::Sqlite(_) => format!(
                 "(WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {count}) SELECT n FROM s) AS g"
             ),

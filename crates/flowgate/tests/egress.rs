@@ -1,0 +1,287 @@
+//! data-egress: a flag file arrives, its prefix is looked up in routing rows, and
+//! each row is one transfer: a copy to a destination store (S3 route) or a staged
+//! outbox delivered over HTTPS with a client certificate (SFT route) to a real
+//! nginx that demands one.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+
+struct Receiver {
+    /// Base URL of this test's own folder on the receiver.
+    url: String,
+    /// Where the receiver stores what it is sent for this test.
+    root: PathBuf,
+    tls: PathBuf,
+}
+
+fn receiver_folder() -> Receiver {
+    let id = uuid_like();
+    let base = service_var("FLOWGATE_TEST_HTTPS_URL");
+    Receiver {
+        url: format!("{}{id}/", base),
+        root: PathBuf::from(service_var("FLOWGATE_TEST_HTTPS_ROOT")).join(&id),
+        tls: PathBuf::from(service_var("FLOWGATE_TEST_TLS_DIR")),
+    }
+}
+
+fn uuid_like() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("t{t:x}{}", std::process::id())
+}
+
+/// A dataset under `exports/sales/run1/` and its flag.
+fn produce(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let files = vec![
+        ("a.csv".to_string(), bytes(1, 70_000)),
+        ("sub/b.bin".to_string(), bytes(2, 1_500_000)),
+        ("name with space.txt".to_string(), b"hello\n".to_vec()),
+    ];
+    for (k, v) in &files {
+        write(&dir.join("source/exports/sales/run1").join(k), v);
+    }
+    write(
+        &dir.join("source/exports/sales/run1/pipeline_success.flag"),
+        b"",
+    );
+    files
+}
+
+fn pipeline(dir: &Path, r: &Receiver, cert: &str, webhook: &str) {
+    let tls = r.tls.display();
+    write(
+        &dir.join("egress.toml"),
+        format!(
+            r#"name = "egress"
+
+[trigger]
+arrival = {{ store = "source", pattern = "**/pipeline_success.flag", poll = "1s" }}
+
+[stores]
+source = {{ url = "file://./source" }}
+dest   = {{ url = "file://./buckets/{{{{ route.destination_bucket }}}}", access = "write" }}
+outbox = {{ url = "file://./outbox", access = "read-write" }}
+
+[routing]
+rows = [
+  {{ source_prefix = "exports/sales", pipeline_name = "sales", transfer_type = "S3", destination_bucket = "partner-a", destination_prefix = "in/sales", decrypt = false, recipient_name = "", source_bucket = "producer" }},
+  {{ source_prefix = "exports/sales", pipeline_name = "sales#sft", transfer_type = "SFT", destination_bucket = "", destination_prefix = "", decrypt = false, recipient_name = "receiver", source_bucket = "producer" }},
+]
+
+[recipients.receiver]
+url = "{url}"
+client_cert = "{tls}/{cert}.pem"
+client_key = "{tls}/{cert}.key"
+ca = "{tls}/ca.pem"
+
+[[steps]]
+id = "to-bucket"
+when = "route.transfer_type == 'S3'"
+copy = {{ from = "source:{{{{ trigger.prefix }}}}", to = "dest:{{{{ route.destination_prefix }}}}/run1", exclude = ["pipeline_success.flag"] }}
+
+[[steps]]
+id = "stage"
+when = "route.transfer_type == 'SFT'"
+copy = {{ from = "source:{{{{ trigger.prefix }}}}", to = "outbox:{{{{ route.recipient_name }}}}/run1", exclude = ["pipeline_success.flag"], manifest = "" }}
+
+[[steps]]
+id = "deliver"
+needs = ["stage"]
+deliver = {{ from = "outbox:{{{{ route.recipient_name }}}}", recipient = "{{{{ route.recipient_name }}}}", attempts = 3, backoff = "20ms..50ms" }}
+
+[notify]
+webhook = "{webhook}"
+"#,
+            url = r.url
+        )
+        .as_bytes(),
+    );
+}
+
+fn put_count(r: &Receiver) -> usize {
+    let log = PathBuf::from(service_var("FLOWGATE_TEST_HTTPS_ROOT")).join("../../logs/access.log");
+    let name = r.root.file_name().unwrap().to_string_lossy().to_string();
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&format!("PUT /inbound/{name}/")) && l.contains("\" 20"))
+        .count()
+}
+
+#[test]
+fn one_prefix_goes_to_a_bucket_and_over_mutual_tls_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = receiver_folder();
+    let files = produce(dir.path());
+    let (port, _bodies) = receiver();
+    pipeline(
+        dir.path(),
+        &r,
+        "client",
+        &format!("http://127.0.0.1:{port}/hook"),
+    );
+
+    let out = run(flowgate(dir.path()).args(["poll", "egress.toml", "--json"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+
+    // The S3 route: every file under the destination prefix, byte-identical, and
+    // a manifest written last.
+    for (k, v) in &files {
+        let got = std::fs::read(dir.path().join("buckets/partner-a/in/sales/run1").join(k))
+            .unwrap_or_else(|e| panic!("{k} not copied: {e}\n{}", out.all()));
+        assert!(&got == v, "{k} differs");
+    }
+    assert!(
+        dir.path()
+            .join("buckets/partner-a/in/sales/run1/_manifest.json")
+            .is_file()
+    );
+    assert!(
+        !dir.path()
+            .join("buckets/partner-a/in/sales/run1/pipeline_success.flag")
+            .exists(),
+        "the flag is not data"
+    );
+
+    // The SFT route: each file arrived at the receiver, byte-identical, under its
+    // relative path; the outbox is empty.
+    for (k, v) in &files {
+        let got = std::fs::read(r.root.join("run1").join(k))
+            .unwrap_or_else(|e| panic!("{k} not delivered: {e}\n{}", out.all()));
+        assert!(&got == v, "{k} differs at the receiver");
+    }
+    let left: Vec<_> = walk(&dir.path().join("outbox"));
+    assert!(left.is_empty(), "outbox not emptied: {left:?}");
+    assert_eq!(put_count(&r), files.len(), "one PUT per file");
+
+    // The same flag seen again (another poll): no second transfer.
+    let out = run(flowgate(dir.path()).args(["poll", "egress.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(put_count(&r), files.len(), "nothing sent twice");
+    let runs = run(flowgate(dir.path()).args(["runs", "--json"]));
+    let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
+    assert_eq!(
+        runs.as_array().unwrap().len(),
+        2,
+        "one run per routing row: {runs}"
+    );
+}
+
+#[test]
+fn an_untrusted_client_certificate_is_retried_then_quarantined_with_the_tls_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = receiver_folder();
+    let files = produce(dir.path());
+    let (port, bodies) = receiver();
+    pipeline(
+        dir.path(),
+        &r,
+        "rogue",
+        &format!("http://127.0.0.1:{port}/hook"),
+    );
+
+    let out = run(flowgate(dir.path()).args(["poll", "egress.toml"]));
+    assert_eq!(out.code, 3, "partial: {}", out.all());
+    assert!(!r.root.exists(), "nothing may arrive at the receiver");
+    assert_eq!(put_count(&r), 0);
+
+    // Each file quarantined with a report that names the TLS failure.
+    let q = dir.path().join("outbox/failed");
+    for (k, v) in &files {
+        let kept = std::fs::read(q.join("run1").join(k)).unwrap_or_else(|e| panic!("{k}: {e}"));
+        assert!(&kept == v);
+        let report =
+            std::fs::read_to_string(q.join("run1").join(format!("{k}.error.json"))).unwrap();
+        let lower = report.to_lowercase();
+        assert!(
+            lower.contains("after 3 attempt")
+                && (lower.contains("certificate")
+                    || lower.contains("alert")
+                    || lower.contains("tls")),
+            "{report}"
+        );
+    }
+    let outbox_left: Vec<_> = walk(&dir.path().join("outbox/receiver"));
+    assert!(outbox_left.is_empty(), "{outbox_left:?}");
+
+    // The run says nothing was delivered, and someone was told.
+    let runs = run(flowgate(dir.path()).args(["runs", "--json"]));
+    let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
+    let sft = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["status"] == "partial")
+        .unwrap_or_else(|| panic!("{runs}"));
+    let deliver = sft["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "deliver")
+        .unwrap();
+    assert_eq!(deliver["objects_out"], 0, "{deliver}");
+    assert_eq!(deliver["quarantined"], files.len(), "{deliver}");
+    let notices = bodies.lock().unwrap().clone();
+    assert!(
+        notices.iter().any(|n| n.contains("quarantined")),
+        "{notices:?}"
+    );
+}
+
+#[test]
+fn an_event_without_a_routing_row_is_dead_lettered_and_notified() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = receiver_folder();
+    let (port, bodies) = receiver();
+    pipeline(
+        dir.path(),
+        &r,
+        "client",
+        &format!("http://127.0.0.1:{port}/hook"),
+    );
+    write(&dir.path().join("source/exports/unknown/x.csv"), b"1\n");
+    write(
+        &dir.path()
+            .join("source/exports/unknown/pipeline_success.flag"),
+        b"",
+    );
+    let out = run(flowgate(dir.path()).args(["poll", "egress.toml"]));
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.all()
+            .contains("no routing row has source_prefix `exports/unknown`"),
+        "{}",
+        out.all()
+    );
+    let dead: Vec<_> = walk(&dir.path().join(".flowgate/dead-letter"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let line = std::fs::read_to_string(&dead[0]).unwrap();
+    assert!(
+        line.contains("exports/unknown") && line.contains("no routing row"),
+        "{line}"
+    );
+    let notices = bodies.lock().unwrap().clone();
+    assert!(
+        notices.iter().any(|n| n.contains("no routing row")),
+        "{notices:?}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
