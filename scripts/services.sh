@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Real services on loopback for flowgate's tests: PostgreSQL, s3s-fs (S3), an
-# SMTP server (aiosmtpd, storing what it receives in a Maildir) and nginx as an
+# SMTP server (aiosmtpd, storing what it receives in a Maildir), moto (SQS,
+# DynamoDB, S3 event notifications) and nginx as an
 # HTTPS receiver that demands client certificates (WebDAV PUT stores the files).
 #
 #   scripts/services.sh start     install what is missing (as root), start, print URLs
@@ -56,9 +57,9 @@ ensure_venv() {
       fi
     fi
   fi
-  "$VENV/bin/python" -c 'import aiosmtpd' 2>/dev/null && return 0
-  say "installing aiosmtpd into $VENV"
-  "$VENV/bin/pip" install -q aiosmtpd >&2
+  "$VENV/bin/python" -c 'import aiosmtpd, moto, boto3' 2>/dev/null && return 0
+  say "installing aiosmtpd, moto[server] and boto3 into $VENV"
+  "$VENV/bin/pip" install -q aiosmtpd "moto[server]>=5,<6" boto3 >&2
 }
 
 ensure_nginx() {
@@ -92,6 +93,19 @@ make_tls() {
     $o x509 -req -in "$d/$who.csr" -CA "$d/$ca.pem" -CAkey "$d/$ca.key" -CAcreateserial -days 30 \
       -extfile "$d/client.ext" -out "$d/$who.pem" 2>/dev/null
   done
+}
+
+# moto: SQS, DynamoDB and S3 buckets that send event notifications to SQS.
+start_moto() {
+  local port; port=$(free_port)
+  nohup "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$W/moto.log" 2>&1 &
+  echo $! >"$W/moto.pid"
+  wait_port "$port" moto_server
+  cat >>"$ENV_FILE" <<ENV
+export FLOWGATE_TEST_MOTO_ENDPOINT=http://127.0.0.1:$port
+export FLOWGATE_TEST_PYTHON=$VENV/bin/python
+ENV
+  say "moto (SQS, DynamoDB, S3 with notifications) on http://127.0.0.1:$port"
 }
 
 start_nginx() {
@@ -206,6 +220,7 @@ ENV
 
 stop() {
   if [ -f "$W/nginx/nginx.pid" ]; then kill "$(cat "$W/nginx/nginx.pid")" 2>/dev/null || true; rm -f "$W/nginx/nginx.pid"; fi
+  if [ -f "$W/moto.pid" ]; then kill "$(cat "$W/moto.pid")" 2>/dev/null || true; rm -f "$W/moto.pid"; fi
   if [ -f "$W/smtp.pid" ]; then kill "$(cat "$W/smtp.pid")" 2>/dev/null || true; rm -f "$W/smtp.pid"; fi
   if [ -f "$W/s3s.pid" ]; then kill "$(cat "$W/s3s.pid")" 2>/dev/null || true; rm -f "$W/s3s.pid"; fi
   if [ -f "$W/pg.pid" ]; then
@@ -228,6 +243,7 @@ case "${1:-}" in
     start_postgres
     start_s3s
     start_smtp
+    start_moto
     start_nginx
     cat "$ENV_FILE"
     ;;

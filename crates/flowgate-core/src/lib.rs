@@ -8,6 +8,9 @@ pub mod formats;
 pub mod notify;
 pub mod plan;
 pub mod quarantine;
+#[cfg(feature = "aws")]
+pub mod queue;
+pub mod routing;
 pub mod secret;
 pub mod sql;
 pub mod state;

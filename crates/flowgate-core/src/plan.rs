@@ -72,6 +72,12 @@ pub struct ArrivalPlan {
     pub store: String,
     pub pattern: String,
     pub matcher: globset::GlobMatcher,
+    /// SQS queue URL of S3 event notifications (else: listing).
+    pub queue: Option<String>,
+    pub visibility: Duration,
+    /// The arrival store's bucket and key prefix, to read event keys against.
+    pub bucket: Option<String>,
+    pub root: String,
     pub poll: Duration,
 }
 
@@ -102,6 +108,22 @@ pub enum StepKind {
     Extract(ExtractPlan),
     Load(LoadPlan),
     Transform(TransformPlan),
+}
+
+impl ArrivalPlan {
+    /// An event's object key relative to the arrival store, or `None` when the
+    /// object is in another bucket or outside the store's prefix.
+    pub fn relative_key(&self, bucket: &str, key: &str) -> Option<String> {
+        if self.bucket.as_deref().is_some_and(|b| b != bucket) {
+            return None;
+        }
+        if self.root.is_empty() {
+            return Some(key.to_string());
+        }
+        key.strip_prefix(&self.root)?
+            .strip_prefix('/')
+            .map(str::to_string)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -166,35 +188,26 @@ pub struct RoutingPlan {
     pub key: String,
     pub match_column: String,
     pub id_column: String,
-    pub rows: Vec<serde_json::Map<String, serde_json::Value>>,
+    pub source: RoutingSource,
 }
 
-impl RoutingPlan {
-    /// Rows for `key`: those whose match column is `key` or its nearest parent
-    /// folder that has rows.
-    pub fn lookup(&self, key: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
-        let mut k = key.trim_matches('/').to_string();
-        loop {
-            let found: Vec<_> = self
-                .rows
-                .iter()
-                .filter(|r| {
-                    r.get(&self.match_column)
-                        .and_then(|v| v.as_str())
-                        .is_some_and(|v| v.trim_matches('/') == k)
-                })
-                .cloned()
-                .collect();
-            if !found.is_empty() {
-                return found;
-            }
-            match k.rfind('/') {
-                Some(i) => k.truncate(i),
-                None if !k.is_empty() => k.clear(),
-                None => return Vec::new(),
-            }
-        }
-    }
+/// Where routing rows are read.
+#[derive(Debug, Clone)]
+pub enum RoutingSource {
+    Inline(Vec<serde_json::Map<String, serde_json::Value>>),
+    Sql {
+        source: crate::sql::SqlSource,
+        table: String,
+    },
+    #[cfg(feature = "aws")]
+    Dynamo(DynamoPlan),
+}
+
+#[derive(Debug, Clone)]
+pub struct DynamoPlan {
+    pub table: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -251,6 +264,7 @@ pub struct CopyPlan {
     pub verify: Verify,
     pub concurrency: usize,
     pub part_size: usize,
+    pub decrypt: Option<crate::config::model::DecryptSpec>,
 }
 
 /// Load and validate a pipeline file.
@@ -464,7 +478,37 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
                 None
             }
         };
+        let visibility = match a.visibility.as_deref().map(parse_duration).transpose() {
+            Ok(v) => v.unwrap_or(Duration::from_secs(300)).clamp(Duration::from_secs(30), Duration::from_secs(43_200)),
+            Err(e) => {
+                d.push(spans.value("trigger.arrival.visibility"), e, None);
+                Duration::from_secs(300)
+            }
+        };
+        if let Some(q) = &a.queue {
+            if url::Url::parse(q).is_err() {
+                d.push(
+                    spans.value("trigger.arrival.queue"),
+                    format!("queue `{q}` is not a URL"),
+                    Some("give the queue's URL, e.g. https://sqs.eu-west-2.amazonaws.com/123456789012/egress".into()),
+                );
+            }
+            if !cfg!(feature = "aws") {
+                d.push(spans.value("trigger.arrival.queue"), "this flowgate was built without SQS support (cargo feature `aws`)", None);
+            }
+        }
+        let (bucket, root) = match f.stores.get(&a.store).and_then(|s| url::Url::parse(&s.url).ok()) {
+            Some(u) if u.scheme() == "s3" => (
+                u.host_str().map(str::to_string),
+                u.path().trim_matches('/').to_string(),
+            ),
+            _ => (None, String::new()),
+        };
         (ok && matcher.is_some()).then(|| ArrivalPlan {
+            queue: a.queue.clone().filter(|q| !q.trim().is_empty()),
+            visibility,
+            bucket,
+            root,
             store: a.store.clone(),
             pattern: a.pattern.clone(),
             matcher: matcher.unwrap_or_else(|| {
@@ -920,11 +964,56 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
                 );
             }
         }
+        let kinds = usize::from(!r.rows.is_empty()) + usize::from(r.table.is_some()) + usize::from(r.dynamodb.is_some());
+        if kinds != 1 {
+            d.push(
+                spans.key("routing"),
+                "routing needs exactly one of: rows = [...], table = \"store:table\", dynamodb = { table = \"…\" }",
+                None,
+            );
+        }
+        let source = if let Some(t) = &r.table {
+            let (store, table) = t.split_once(':').unwrap_or(("", t.as_str()));
+            match f.stores.get(store) {
+                Some(s) if crate::sql::is_sql_url(&s.url) => match crate::sql::SqlSource::open(&s.url, &dir) {
+                    Ok(source) => RoutingSource::Sql { source, table: table.to_string() },
+                    Err(e) => {
+                        d.push(spans.value("routing.table"), e, None);
+                        RoutingSource::Inline(Vec::new())
+                    }
+                },
+                _ => {
+                    d.push(
+                        spans.value("routing.table"),
+                        format!("`{t}` does not name a SQL store and table"),
+                        Some("write \"store:table\" with a postgres:// or sqlite:// store".into()),
+                    );
+                    RoutingSource::Inline(Vec::new())
+                }
+            }
+        } else if let Some(dy) = &r.dynamodb {
+            #[cfg(feature = "aws")]
+            {
+                RoutingSource::Dynamo(DynamoPlan {
+                    table: dy.table.clone(),
+                    endpoint: dy.endpoint.clone().filter(|e| !e.trim().is_empty()),
+                    region: dy.region.clone().filter(|e| !e.trim().is_empty()),
+                })
+            }
+            #[cfg(not(feature = "aws"))]
+            {
+                let _ = dy;
+                d.push(spans.key("routing.dynamodb"), "this flowgate was built without DynamoDB support (cargo feature `aws`)", None);
+                RoutingSource::Inline(Vec::new())
+            }
+        } else {
+            RoutingSource::Inline(r.rows.iter().map(|row| row.clone().into_iter().collect()).collect())
+        };
         RoutingPlan {
             key,
             match_column,
             id_column,
-            rows: r.rows.iter().map(|row| row.clone().into_iter().collect()).collect(),
+            source,
         }
     });
     if f.matrix.is_some() && routing.is_some() {
@@ -1163,6 +1252,30 @@ fn copy_plan(
             10 << 20
         }
     };
+    if let Some(dec) = &c.decrypt {
+        crate::secret::register(&dec.age_identity);
+        if let Err(e) = crate::steps::copy::age_identity(&dec.age_identity) {
+            d.push(
+                loaded
+                    .spans
+                    .value(&format!("{at}.copy.decrypt.age_identity")),
+                e,
+                Some(
+                    "give an age identity (AGE-SECRET-KEY-1…) through a secret: \"${secret:NAME}\""
+                        .into(),
+                ),
+            );
+        }
+        if let Some(w) = &dec.when
+            && let Err(e) = crate::template::check_expression(w)
+        {
+            d.push(
+                loaded.spans.value(&format!("{at}.copy.decrypt.when")),
+                format!("not an expression: {e}"),
+                None,
+            );
+        }
+    }
     if part_size < 5 << 20 {
         d.push(
             loaded.spans.value(&format!("{at}.copy.part_size")),
@@ -1183,6 +1296,7 @@ fn copy_plan(
         verify: c.verify.unwrap_or(Verify::Sha256),
         concurrency: c.concurrency.unwrap_or(8).clamp(1, 256),
         part_size: usize::try_from(part_size).unwrap_or(10 << 20),
+        decrypt: c.decrypt.clone(),
     })
 }
 

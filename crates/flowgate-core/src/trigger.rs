@@ -69,7 +69,26 @@ pub async fn poll_once(
 ) -> Result<Vec<Outcome>, EngineError> {
     let mut outcomes = Vec::new();
     let mut subs = Vec::new();
-    if plan.arrival.is_some() {
+    #[cfg(feature = "aws")]
+    if let Some(a) = &plan.arrival
+        && let Some(q) = &a.queue
+    {
+        match crate::queue::client_for(q).await {
+            Ok(client) => {
+                let wait = a.poll.min(Duration::from_secs(20));
+                match crate::queue::poll_queue(engine, plan, a, q, &client, wait).await {
+                    Ok(o) => outcomes.extend(o),
+                    Err(e) => {
+                        tracing::warn!(pipeline = %plan.name, error = %e, "receiving from the queue failed; will try again")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(pipeline = %plan.name, error = %e.message, "cannot reach the queue")
+            }
+        }
+    }
+    if plan.arrival.as_ref().is_some_and(|a| a.queue.is_none()) {
         match Stores::open(plan, &serde_json::Value::Null) {
             Ok(stores) => match arrivals(plan, &stores).await {
                 Ok(found) => subs.extend(found),

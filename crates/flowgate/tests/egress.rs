@@ -77,26 +77,12 @@ url = "{url}"
 client_cert = "{tls}/{cert}.pem"
 client_key = "{tls}/{cert}.key"
 ca = "{tls}/ca.pem"
-
-[[steps]]
-id = "to-bucket"
-when = "route.transfer_type == 'S3'"
-copy = {{ from = "source:{{{{ trigger.prefix }}}}", to = "dest:{{{{ route.destination_prefix }}}}/run1", exclude = ["pipeline_success.flag"] }}
-
-[[steps]]
-id = "stage"
-when = "route.transfer_type == 'SFT'"
-copy = {{ from = "source:{{{{ trigger.prefix }}}}", to = "outbox:{{{{ route.recipient_name }}}}/run1", exclude = ["pipeline_success.flag"], manifest = "" }}
-
-[[steps]]
-id = "deliver"
-needs = ["stage"]
-deliver = {{ from = "outbox:{{{{ route.recipient_name }}}}", recipient = "{{{{ route.recipient_name }}}}", attempts = 3, backoff = "20ms..50ms" }}
-
+{steps}
 [notify]
 webhook = "{webhook}"
 "#,
-            url = r.url
+            url = r.url,
+            steps = egress_steps("run1", r#", attempts = 3, backoff = "20ms..50ms""#),
         )
         .as_bytes(),
     );
@@ -284,4 +270,83 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+fn encrypt(to: &age::x25519::Recipient, plain: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let enc = age::Encryptor::with_recipients(std::iter::once(to as &dyn age::Recipient))
+        .expect("a recipient");
+    let mut out = Vec::new();
+    let mut w = enc.wrap_output(&mut out).unwrap();
+    w.write_all(plain).unwrap();
+    w.finish().unwrap();
+    out
+}
+
+#[test]
+fn age_files_are_decrypted_while_copying_and_a_file_that_is_not_is_quarantined() {
+    use age::secrecy::ExposeSecret;
+    let dir = tempfile::tempdir().unwrap();
+    let ours = age::x25519::Identity::generate();
+    let theirs = age::x25519::Identity::generate();
+    let plain = bytes(7, 3_000_000);
+    let run_dir = dir.path().join("source/exports/secret/run1");
+    write(
+        &run_dir.join("big.bin.age"),
+        &encrypt(&ours.to_public(), &plain),
+    );
+    write(
+        &run_dir.join("small.txt.age"),
+        &encrypt(&ours.to_public(), b"small\n"),
+    );
+    write(
+        &run_dir.join("wrong.bin.age"),
+        &encrypt(&theirs.to_public(), b"not for us"),
+    );
+    write(&run_dir.join("pipeline_success.flag"), b"");
+    write(
+        &dir.path().join("p.toml"),
+        br#"name = "decrypt"
+[trigger]
+arrival = { store = "source", pattern = "**/pipeline_success.flag" }
+[stores]
+source = { url = "file://./source" }
+dest = { url = "file://./dest", access = "write" }
+[routing]
+rows = [ { source_prefix = "exports/secret", pipeline_name = "secret", decrypt = true } ]
+[[steps]]
+id = "copy"
+copy = { from = "source:{{ trigger.prefix }}", to = "dest:run1", exclude = ["pipeline_success.flag"], decrypt = { age_identity = "${secret:EGRESS_AGE_KEY}", when = "route.decrypt" } }
+"#,
+    );
+    let key = ours.to_string();
+    let out = run(flowgate(dir.path())
+        .args(["poll", "p.toml"])
+        .env("EGRESS_AGE_KEY", key.expose_secret()));
+    // The transfer fails, with the reason, because one file could not be decrypted…
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.all().contains("`wrong.bin.age` could not be decrypted"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        !out.all().contains(key.expose_secret()),
+        "the identity never appears in output"
+    );
+    // …the others arrive decrypted, without `.age`…
+    assert!(std::fs::read(dir.path().join("dest/run1/big.bin")).unwrap() == plain);
+    assert_eq!(
+        std::fs::read(dir.path().join("dest/run1/small.txt")).unwrap(),
+        b"small\n"
+    );
+    assert!(!dir.path().join("dest/run1/wrong.bin").exists());
+    // …and the bad one is quarantined, as it was, with the reason.
+    let q = walk(&dir.path().join(".flowgate/quarantine"));
+    let report = q
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with("wrong.bin.age.error.json"))
+        .unwrap_or_else(|| panic!("{q:?}"));
+    let report = std::fs::read_to_string(report).unwrap();
+    assert!(report.contains("cannot decrypt"), "{report}");
 }

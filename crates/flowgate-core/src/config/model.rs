@@ -110,6 +110,15 @@ pub struct ArrivalSpec {
     /// How often to list, e.g. `"10s"`. Default 30s.
     #[serde(default)]
     pub poll: Option<String>,
+    /// Take S3 event notifications from this SQS queue URL instead of listing
+    /// (`https://sqs.eu-west-2.amazonaws.com/123456789012/egress`; any other host
+    /// is used as the endpoint). Messages are deleted only once handled.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// How long a received message stays hidden from other workers; extended
+    /// while its runs go on (default `5m`).
+    #[serde(default)]
+    pub visibility: Option<String>,
 }
 
 /// Who may do what with a store.
@@ -287,6 +296,25 @@ pub struct RoutingSpec {
     /// Inline rows.
     #[serde(default)]
     pub rows: Vec<BTreeMap<String, serde_json::Value>>,
+    /// Rows from a SQL table, as `store:table` (the store a postgres:// or sqlite:// one).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Rows from a DynamoDB table whose partition key is the match column.
+    #[serde(default)]
+    pub dynamodb: Option<DynamoSpec>,
+}
+
+/// A DynamoDB table (credentials from the usual AWS chain).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DynamoSpec {
+    pub table: String,
+    /// Endpoint for DynamoDB-compatible servers (default: AWS).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Region (default `AWS_REGION`, else us-east-1).
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 /// SQL models (DataFusion) over landed data.
@@ -418,6 +446,20 @@ pub struct CopySpec {
     /// Part size of multipart uploads, e.g. `"16MiB"` (default 10 MiB); also bounds memory.
     #[serde(default)]
     pub part_size: Option<String>,
+    /// Decrypt age-encrypted objects while copying them.
+    #[serde(default)]
+    pub decrypt: Option<DecryptSpec>,
+}
+
+/// age decryption of copied objects (a trailing `.age` is dropped from their keys).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecryptSpec {
+    /// The age identity (`AGE-SECRET-KEY-1…`), from a secret: `"${secret:EGRESS_AGE_KEY}"`.
+    pub age_identity: String,
+    /// Decrypt only when this expression is true, e.g. `"route.decrypt"` (default: always).
+    #[serde(default)]
+    pub when: Option<String>,
 }
 
 /// How a copied object is verified.

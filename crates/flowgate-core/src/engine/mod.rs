@@ -32,6 +32,8 @@ pub enum EngineError {
     State(#[from] StateError),
     #[error("{0}")]
     Params(String),
+    #[error("{0}")]
+    Step(StepError),
 }
 
 /// Progress of long work, shown by the CLI as bars when it runs in a terminal.
@@ -114,6 +116,18 @@ pub struct StepContext<'a> {
 #[derive(Debug, Default, Clone)]
 pub struct StepOutput {
     pub report: StepReport,
+    /// The step failed after setting its bad input aside: the report's counts
+    /// (quarantined above all) stand, and the step is not retried.
+    pub failure: Option<StepError>,
+}
+
+impl From<StepReport> for StepOutput {
+    fn from(report: StepReport) -> Self {
+        StepOutput {
+            report,
+            failure: None,
+        }
+    }
 }
 
 /// The stores of one run, opened once.
@@ -391,7 +405,7 @@ impl Engine {
     ) -> Result<Vec<Outcome>, EngineError> {
         let ctx = json!({ "trigger": sub.trigger, "params": sub.params, "vars": plan.vars, "env": plan.env });
         let key = crate::template::render(&routing.key, &ctx).map_err(EngineError::Params)?;
-        let rows = routing.lookup(&key);
+        let rows = routing.lookup(&key).await.map_err(EngineError::Step)?;
         if rows.is_empty() {
             tracing::warn!(pipeline = %plan.name, key = %key, "no routing row matches the event");
             return Ok(vec![self.submit(plan, sub).await?]);
@@ -617,9 +631,21 @@ impl Engine {
         });
 
         let stores = match (&plan.routing, event.payload.get("route")) {
-            (Some(routing), None) => Err(self
-                .unrouted(plan, &run_id, &event, routing, &template)
-                .await),
+            (Some(routing), None) => {
+                let e = self
+                    .unrouted(plan, &run_id, &event, routing, &template)
+                    .await;
+                // The event is set aside (a dead letter), not lost: the report
+                // says so, and the event is not run again by itself.
+                run.steps.push(StepReport {
+                    step: "routing".into(),
+                    status: "failed".into(),
+                    quarantined: u64::from(e.class.domain == crate::error::ErrorDomain::User),
+                    error: Some(e.message.clone()),
+                    ..Default::default()
+                });
+                Err(e)
+            }
             _ => Stores::open(plan, &template),
         };
         let mut failed: HashSet<String> = HashSet::new();
@@ -724,6 +750,7 @@ impl Engine {
         self.state.save_run(&run).await?;
         let event_status = match run.status {
             RunStatus::Succeeded | RunStatus::Partial => EventStatus::Done,
+            _ if run.set_aside() => EventStatus::Done,
             // A stopped trigger event is resumed by the next worker; a stopped manual
             // run stays stopped until someone asks again (the same --key resumes it).
             RunStatus::Interrupted if event.kind != "manual" => EventStatus::Pending,
@@ -858,6 +885,22 @@ impl Engine {
         }
     }
 
+    /// Tell people that something was dead-lettered outside any run (a malformed
+    /// queue message).
+    pub async fn notify_dead_letter(&self, plan: &Plan, what: &str) {
+        let notice = Notice {
+            event: NotifyEvent::Failure,
+            title: format!("flowgate: pipeline `{}` dead-lettered an event", plan.name),
+            text: crate::secret::redact(&format!(
+                "flowgate: pipeline `{}` dead-lettered an event\n{what}",
+                plan.name
+            )),
+        };
+        for problem in send(&plan.notify, &notice).await {
+            tracing::warn!(pipeline = %plan.name, problem = %problem, "notification not delivered");
+        }
+    }
+
     async fn notify(&self, plan: &Plan, run: &RunRecord) {
         let event = match run.status {
             RunStatus::Failed => Some(NotifyEvent::Failure),
@@ -890,6 +933,15 @@ impl Engine {
             }
         }
     }
+}
+
+fn describe_failure(e: &StepError) -> String {
+    format!(
+        "{} ({} error{})",
+        e.message,
+        e.class.domain,
+        if e.class.retriable { ", retriable" } else { "" }
+    )
 }
 
 /// One step with its retry policy and timeout.
@@ -928,6 +980,11 @@ async fn run_step(ctx: &StepContext<'_>) -> StepReport {
                 out.report.step = step.id.clone();
                 out.report.attempts = attempt;
                 out.report.duration_ms = started.elapsed().as_millis() as u64;
+                if let Some(e) = out.failure {
+                    out.report.status = "failed".into();
+                    out.report.error = Some(describe_failure(&e));
+                    return out.report;
+                }
                 out.report.status = if out.report.quarantined > 0 {
                     "partial".into()
                 } else {
@@ -949,12 +1006,7 @@ async fn run_step(ctx: &StepContext<'_>) -> StepReport {
                         },
                         attempts: attempt,
                         duration_ms: started.elapsed().as_millis() as u64,
-                        error: Some(format!(
-                            "{} ({} error{})",
-                            e.message,
-                            e.class.domain,
-                            if e.class.retriable { ", retriable" } else { "" }
-                        )),
+                        error: Some(describe_failure(&e)),
                         ..Default::default()
                     };
                 }

@@ -177,6 +177,66 @@ impl SqlSource {
         Ok(client)
     }
 
+    /// Rows of `table` whose `column` equals `value`, as JSON objects (routing
+    /// tables). `table` may be `schema.table`.
+    pub async fn select_where(
+        &self,
+        table: &str,
+        column: &str,
+        value: &str,
+    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, StepError> {
+        let qualified: Vec<String> = table.split('.').map(quote_ident).collect();
+        let qualified = qualified.join(".");
+        match self {
+            SqlSource::Postgres { .. } => {
+                let c = self.pg().await?;
+                let sql = format!(
+                    "SELECT row_to_json(t)::text FROM {qualified} t WHERE {}::text = $1",
+                    quote_ident(column)
+                );
+                let rows = c.query(&sql, &[&value]).await.map_err(pg_error)?;
+                rows.iter()
+                    .map(|r| {
+                        let text: String = r.get(0);
+                        serde_json::from_str(&text).map_err(|e| StepError::internal(e.to_string()))
+                    })
+                    .collect()
+            }
+            SqlSource::Sqlite { path } => {
+                let (path, value) = (path.clone(), value.to_string());
+                let sql = format!(
+                    "SELECT * FROM {qualified} WHERE CAST({} AS TEXT) = ?1",
+                    quote_ident(column)
+                );
+                sqlite_read::blocking(move || {
+                    let c = sqlite_read::open(&path)?;
+                    let mut st = c.prepare(&sql).map_err(sqlite_read::sq)?;
+                    let names: Vec<String> =
+                        st.column_names().iter().map(|s| s.to_string()).collect();
+                    let mut rows = st.query([&value]).map_err(sqlite_read::sq)?;
+                    let mut out = Vec::new();
+                    while let Some(r) = rows.next().map_err(sqlite_read::sq)? {
+                        let mut m = serde_json::Map::new();
+                        for (i, n) in names.iter().enumerate() {
+                            use rusqlite::types::ValueRef;
+                            let v = match r.get_ref(i).map_err(sqlite_read::sq)? {
+                                ValueRef::Null => serde_json::Value::Null,
+                                ValueRef::Integer(x) => x.into(),
+                                ValueRef::Real(x) => x.into(),
+                                ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
+                                ValueRef::Blob(b) => hex::encode(b).into(),
+                            };
+                            m.insert(n.clone(), v);
+                        }
+                        out.push(m);
+                    }
+                    Ok(out)
+                })
+                .await
+            }
+        }
+    }
+
     /// Tables of a schema (PostgreSQL) or of the database (SQLite), sorted.
     pub async fn tables(&self, schema_name: &str) -> Result<Vec<String>, StepError> {
         match self {

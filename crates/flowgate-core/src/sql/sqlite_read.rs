@@ -12,7 +12,7 @@ use super::arrow_build::{BatchBuilder, ColumnBuilder};
 use super::{CURSOR_TEXT, ColumnInfo, IN_WINDOW, KEY_TEXT, TableInfo, Window, quote_ident};
 use crate::error::StepError;
 
-fn open(path: &PathBuf) -> Result<Connection, StepError> {
+pub(crate) fn open(path: &PathBuf) -> Result<Connection, StepError> {
     if !path.exists() {
         return Err(StepError::user(format!(
             "SQLite database {} does not exist",

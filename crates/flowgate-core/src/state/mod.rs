@@ -135,6 +135,20 @@ pub struct StepReport {
     pub newest_change: Option<DateTime<Utc>>,
 }
 
+impl RunRecord {
+    /// A failed run whose every failed step set its bad input aside (quarantine or
+    /// dead letter): running the same event again cannot help, a person must.
+    pub fn set_aside(&self) -> bool {
+        self.status == RunStatus::Failed
+            && self
+                .steps
+                .iter()
+                .filter(|s| s.status == "failed")
+                .all(|s| s.quarantined > 0)
+            && self.steps.iter().any(|s| s.status == "failed")
+    }
+}
+
 /// KV key under which the newest source change visible in a pipeline's sinks is kept.
 pub fn freshness_key(pipeline: &str) -> String {
     format!("flowgate/freshness/{pipeline}")

@@ -29,15 +29,36 @@ struct Item {
 
 /// What happened to one object.
 enum Done {
-    Copied { bytes: u64, sha256: String },
-    Unchanged { sha256: String },
-    Quarantined { report: String },
+    Copied {
+        bytes: u64,
+        sha256: String,
+    },
+    Unchanged {
+        sha256: String,
+    },
+    Quarantined {
+        report: String,
+    },
+    /// Quarantined because it could not be decrypted: fails the step.
+    Undecryptable {
+        report: String,
+    },
     Vanished,
 }
+
+/// How the reason of an object that could not be decrypted begins.
+const UNDECRYPTABLE: &str = "cannot decrypt";
 
 fn render_prefix(ctx: &StepContext<'_>, template: &str) -> Result<String, StepError> {
     let p = crate::template::render(template, ctx.template).map_err(StepError::user)?;
     Ok(p.trim_matches('/').to_string())
+}
+
+/// Parse an age identity; the error never repeats the key.
+pub fn age_identity(text: &str) -> Result<age::x25519::Identity, String> {
+    use std::str::FromStr;
+    age::x25519::Identity::from_str(text.trim())
+        .map_err(|_| "decrypt.age_identity is not an age identity (AGE-SECRET-KEY-1…)".to_string())
 }
 
 pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, StepError> {
@@ -49,6 +70,22 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
         .writer(&what)
         .map_err(|e| StepError::user(e.to_string()))?
         .clone();
+    let identity = match &plan.decrypt {
+        Some(d) => {
+            let on = match &d.when {
+                Some(w) => crate::template::truthy(w, ctx.template)
+                    .map_err(|e| StepError::user(format!("decrypt.when {e}")))?,
+                None => true,
+            };
+            if on {
+                Some(age_identity(&d.age_identity).map_err(StepError::user)?)
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
+    let identity = identity.as_ref();
     let from_prefix = render_prefix(ctx, &plan.from.prefix)?;
     let to_prefix = render_prefix(ctx, &plan.to.prefix)?;
     let base = src
@@ -123,7 +160,12 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
                     return (i, Err(StepError::external("interrupted before this object was copied")));
                 }
                 let fp = crate::store::version_of(&item.meta);
-                let dest_key = join(to_prefix, &item.relative);
+                // A decrypted object drops its `.age`.
+                let dest_rel = match identity {
+                    Some(_) => item.relative.strip_suffix(".age").unwrap_or(&item.relative),
+                    None => &item.relative,
+                };
+                let dest_key = join(to_prefix, dest_rel);
                 let dest = match dst.path(&dest_key) {
                     Ok(p) => p,
                     Err(e) => {
@@ -141,7 +183,7 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
                     ctx.progress.advance(item.meta.size);
                     return (i, Ok(Done::Unchanged { sha256: sha }));
                 }
-                let res = copy_one(src, &writer, item, &dest, plan.part_size, ctx.progress).await;
+                let res = copy_one(src, &writer, item, &dest, plan.part_size, identity, ctx.progress).await;
                 let res = match res {
                     Ok((bytes, sha256)) => verify(&writer, &dest, plan.verify, bytes, &sha256).await.map(|_| (bytes, sha256)),
                     Err(e) => Err(e),
@@ -155,7 +197,15 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
                         (i, Ok(Done::Copied { bytes, sha256 }))
                     }
                     Err(e) if e.message.contains("vanished") => (i, Ok(Done::Vanished)),
-                    Err(e) if !e.class.retriable => (i, quarantine_one(ctx, src, quarantine, from_prefix, item, e).await),
+                    Err(e) if !e.class.retriable => {
+                        let undecryptable = e.message.starts_with(UNDECRYPTABLE);
+                        match quarantine_one(ctx, src, quarantine, from_prefix, item, e).await {
+                            // A file that cannot be decrypted fails the transfer
+                            // (after it is quarantined with the reason).
+                            Ok(Done::Quarantined { report }) if undecryptable => (i, Ok(Done::Undecryptable { report })),
+                            other => (i, other),
+                        }
+                    }
                     Err(e) => (i, Err(e.context(format!("copying {}", src.display(&join(from_prefix, &item.relative)))))),
                 }
             }
@@ -171,6 +221,7 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
     };
     let mut manifest_objects = Vec::new();
     let mut first_error: Option<StepError> = None;
+    let mut undecryptable: Option<StepError> = None;
     let mut sorted = results;
     sorted.sort_by_key(|(i, _)| *i);
     for (i, r) in sorted {
@@ -194,6 +245,15 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
                     .notes
                     .push(format!("quarantined `{}`: see {at}", item.relative));
             }
+            Ok(Done::Undecryptable { report: at }) => {
+                report.quarantined += 1;
+                if undecryptable.is_none() {
+                    undecryptable = Some(StepError::user(format!(
+                        "`{}` could not be decrypted with the configured age identity; it was quarantined (see {at})",
+                        item.relative
+                    )));
+                }
+            }
             Ok(Done::Vanished) => report.notes.push(format!(
                 "`{}` disappeared from the source before it was copied",
                 item.relative
@@ -207,6 +267,12 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
     }
     if let Some(e) = first_error {
         return Err(e);
+    }
+    if let Some(e) = undecryptable {
+        return Ok(StepOutput {
+            report,
+            failure: Some(e),
+        });
     }
     if report.objects_out == 0 && report.objects_skipped > 0 && report.quarantined == 0 {
         report.notes.push(format!(
@@ -241,7 +307,7 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
             .await
             .map_err(|e| StepError::from(e).context("writing the manifest"))?;
     }
-    Ok(StepOutput { report })
+    Ok(StepOutput::from(report))
 }
 
 async fn quarantine_one(
@@ -266,14 +332,16 @@ async fn quarantine_one(
     Ok(Done::Quarantined { report })
 }
 
-/// Stream one object; returns its size and SHA-256. Memory stays within about
-/// `part_size` times the upload concurrency.
+/// Stream one object (decrypting it with `identity`); returns the size and
+/// SHA-256 of what was written. Memory stays within about `part_size` times the
+/// upload concurrency.
 async fn copy_one(
     src: &StoreHandle,
     writer: &Arc<dyn object_store::ObjectStore>,
     item: &Item,
     dest: &object_store::path::Path,
     part_size: usize,
+    identity: Option<&age::x25519::Identity>,
     progress: &dyn crate::engine::Progress,
 ) -> Result<(u64, String), StepError> {
     let got = match src.reader().get(&item.meta.location).await {
@@ -281,7 +349,14 @@ async fn copy_one(
         Err(object_store::Error::NotFound { .. }) => return Err(StepError::external("vanished")),
         Err(e) => return Err(e.into()),
     };
-    let mut stream = got.into_stream();
+    let mut stream: futures::stream::BoxStream<'static, Result<bytes::Bytes, StepError>> =
+        match identity {
+            None => got
+                .into_stream()
+                .map(|c| c.map_err(StepError::from))
+                .boxed(),
+            Some(id) => decrypting(got.into_stream(), id).await?,
+        };
     let mut out =
         BufWriter::with_capacity(writer.clone(), dest.clone(), part_size).with_max_concurrency(4);
     let mut hasher = Sha256::new();
@@ -304,13 +379,45 @@ async fn copy_one(
         return Err(e);
     }
     out.shutdown().await.map_err(io_error)?;
-    if bytes != item.meta.size {
+    if identity.is_none() && bytes != item.meta.size {
         return Err(StepError::external(format!(
             "read {bytes} bytes but the source listed {} (the object changed while it was copied)",
             item.meta.size
         )));
     }
     Ok((bytes, hex::encode(hasher.finalize())))
+}
+
+/// The plaintext of an age-encrypted stream, in chunks. A wrong identity or a
+/// damaged file is a user error (quarantined); a failed read stays retriable.
+async fn decrypting(
+    input: futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>,
+    identity: &age::x25519::Identity,
+) -> Result<futures::stream::BoxStream<'static, Result<bytes::Bytes, StepError>>, StepError> {
+    use futures::AsyncReadExt;
+    let reader = input.map_err(std::io::Error::other).into_async_read();
+    let decryptor = age::Decryptor::new_async(reader)
+        .await
+        .map_err(|e| StepError::user(format!("{UNDECRYPTABLE}: not an age file: {e}")))?;
+    let plain = decryptor
+        .decrypt_async(std::iter::once(identity as &dyn age::Identity))
+        .map_err(|e| StepError::user(format!("{UNDECRYPTABLE}: {e}")))?;
+    Ok(futures::stream::try_unfold(plain, |mut r| async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        let n = r.read(&mut buf).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                StepError::user(format!("{UNDECRYPTABLE}: the file is damaged: {e}"))
+            } else {
+                io_error(e)
+            }
+        })?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        Ok(Some((bytes::Bytes::from(buf), r)))
+    })
+    .boxed())
 }
 
 fn io_error(e: std::io::Error) -> StepError {

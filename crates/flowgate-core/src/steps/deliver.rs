@@ -249,7 +249,7 @@ pub async fn run(ctx: &StepContext<'_>, plan: &DeliverPlan) -> Result<StepOutput
             recipient.url_display
         ));
     }
-    Ok(StepOutput { report })
+    Ok(StepOutput::from(report))
 }
 
 async fn remove(

@@ -82,7 +82,7 @@ pub async fn run(ctx: &StepContext<'_>, plan: &ExtractPlan) -> Result<StepOutput
             (a, b) => a.or(b),
         };
     }
-    Ok(StepOutput { report })
+    Ok(StepOutput::from(report))
 }
 
 async fn extract_table(

@@ -54,7 +54,7 @@ pub async fn run(ctx: &StepContext<'_>, plan: &LoadPlan) -> Result<StepOutput, S
             .await
             .map_err(|e| e.context(format!("loading into `{}`", t.table)))?;
     }
-    Ok(StepOutput { report })
+    Ok(StepOutput::from(report))
 }
 
 struct Job<'a> {

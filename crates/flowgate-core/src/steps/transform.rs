@@ -163,5 +163,5 @@ pub async fn run(ctx: &StepContext<'_>, plan: &TransformPlan) -> Result<StepOutp
             .ledger_put(&scope, &rel, &version, &json!({}))
             .await?;
     }
-    Ok(StepOutput { report })
+    Ok(StepOutput::from(report))
 }

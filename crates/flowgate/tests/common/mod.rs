@@ -230,3 +230,27 @@ pub fn receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     });
     (port, bodies)
 }
+
+/// The steps of a data-egress pipeline: copy to the routed bucket (S3 rows), or
+/// stage in the outbox and deliver over HTTPS (SFT rows). `under` is the folder
+/// under each destination; `deliver` adds options to the deliver step.
+pub fn egress_steps(under: &str, deliver: &str) -> String {
+    format!(
+        r#"
+[[steps]]
+id = "to-bucket"
+when = "route.transfer_type == 'S3'"
+copy = {{ from = "source:{{{{ trigger.prefix }}}}", to = "dest:{{{{ route.destination_prefix }}}}/{under}", exclude = ["pipeline_success.flag"] }}
+
+[[steps]]
+id = "stage"
+when = "route.transfer_type == 'SFT'"
+copy = {{ from = "source:{{{{ trigger.prefix }}}}", to = "outbox:{{{{ route.recipient_name }}}}/{under}", exclude = ["pipeline_success.flag"], manifest = "" }}
+
+[[steps]]
+id = "deliver"
+needs = ["stage"]
+deliver = {{ from = "outbox:{{{{ route.recipient_name }}}}", recipient = "{{{{ route.recipient_name }}}}"{deliver} }}
+"#
+    )
+}
