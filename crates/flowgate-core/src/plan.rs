@@ -479,7 +479,7 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
             }
         };
         let visibility = match a.visibility.as_deref().map(parse_duration).transpose() {
-            Ok(v) => v.unwrap_or(Duration::from_secs(300)).clamp(Duration::from_secs(30), Duration::from_secs(43_200)),
+            Ok(v) => v.unwrap_or(Duration::from_secs(300)).clamp(Duration::from_secs(1), Duration::from_secs(43_200)),
             Err(e) => {
                 d.push(spans.value("trigger.arrival.visibility"), e, None);
                 Duration::from_secs(300)

@@ -195,3 +195,203 @@ ca = "{tls}/ca.pem"
         "{dead}"
     );
 }
+
+/// Routing rows from DynamoDB (moto), flags found by listing a local folder.
+#[test]
+fn routing_rows_come_from_dynamodb() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto_endpoint = service_var("FLOWGATE_TEST_MOTO_ENDPOINT");
+    let table = format!(
+        "routes-{}",
+        dir.path().file_name().unwrap().to_string_lossy()
+    );
+    moto(&format!(
+        "d=boto3.client('dynamodb', **kw)\nd.create_table(TableName='{table}', KeySchema=[{{'AttributeName':'source_prefix','KeyType':'HASH'}},{{'AttributeName':'pipeline_name','KeyType':'RANGE'}}], AttributeDefinitions=[{{'AttributeName':'source_prefix','AttributeType':'S'}},{{'AttributeName':'pipeline_name','AttributeType':'S'}}], BillingMode='PAY_PER_REQUEST')\n\
+         d.put_item(TableName='{table}', Item={{'source_prefix':{{'S':'exports/sales'}},'pipeline_name':{{'S':'sales'}},'transfer_type':{{'S':'S3'}},'destination_bucket':{{'S':'partner-a'}},'destination_prefix':{{'S':'in'}},'decrypt':{{'BOOL':False}},'recipient_name':{{'S':''}}}})\n\
+         d.put_item(TableName='{table}', Item={{'source_prefix':{{'S':'exports/other'}},'pipeline_name':{{'S':'other'}},'transfer_type':{{'S':'S3'}},'destination_bucket':{{'S':'partner-b'}},'destination_prefix':{{'S':'in'}}}})"
+    ));
+    write(
+        &dir.path().join("source/exports/sales/run1/a.csv"),
+        b"a,b\n1,2\n",
+    );
+    write(
+        &dir.path()
+            .join("source/exports/sales/run1/pipeline_success.flag"),
+        b"",
+    );
+    write(
+        &dir.path().join("p.toml"),
+        format!(
+            r#"name = "dyn"
+[trigger]
+arrival = {{ store = "source", pattern = "**/pipeline_success.flag" }}
+[stores]
+source = {{ url = "file://./source" }}
+dest = {{ url = "file://./buckets/{{{{ route.destination_bucket }}}}", access = "write" }}
+outbox = {{ url = "file://./outbox", access = "read-write" }}
+[routing]
+dynamodb = {{ table = "{table}", endpoint = "{moto_endpoint}" }}
+[recipients.receiver]
+url = "https://127.0.0.1:9/"
+{steps}"#,
+            steps = egress_steps("run1", "")
+        )
+        .as_bytes(),
+    );
+    let out = run(flowgate(dir.path()).args(["poll", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(
+        std::fs::read(dir.path().join("buckets/partner-a/in/run1/a.csv")).unwrap(),
+        b"a,b\n1,2\n"
+    );
+    assert!(!dir.path().join("buckets/partner-b").exists());
+}
+
+/// Routing rows from a SQL table (SQLite here; PostgreSQL reads the same way).
+#[test]
+fn routing_rows_come_from_a_sql_table() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = rusqlite::Connection::open(dir.path().join("routes.db")).unwrap();
+        c.execute_batch(
+            "CREATE TABLE egress_routing (source_prefix TEXT, pipeline_name TEXT, transfer_type TEXT, destination_bucket TEXT, destination_prefix TEXT, decrypt INTEGER, recipient_name TEXT, source_bucket TEXT, PRIMARY KEY (source_prefix, pipeline_name));
+             INSERT INTO egress_routing VALUES ('exports', 'all', 'S3', 'partner-c', 'drop', 0, '', 'producer');",
+        )
+        .unwrap();
+    }
+    write(
+        &dir.path().join("source/exports/sales/run7/x.bin"),
+        &bytes(9, 5000),
+    );
+    write(
+        &dir.path()
+            .join("source/exports/sales/run7/pipeline_success.flag"),
+        b"",
+    );
+    write(
+        &dir.path().join("p.toml"),
+        format!(
+            r#"name = "sqlroute"
+[trigger]
+arrival = {{ store = "source", pattern = "**/pipeline_success.flag" }}
+[stores]
+source = {{ url = "file://./source" }}
+routes = {{ url = "sqlite://routes.db" }}
+dest = {{ url = "file://./buckets/{{{{ route.destination_bucket }}}}", access = "write" }}
+outbox = {{ url = "file://./outbox", access = "read-write" }}
+[routing]
+table = "routes:egress_routing"
+[recipients.receiver]
+url = "https://127.0.0.1:9/"
+{steps}"#,
+            steps = egress_steps("run7", "")
+        )
+        .as_bytes(),
+    );
+    // `exports/sales/run7` has no row of its own: its nearest parent with rows,
+    // `exports`, routes it.
+    let out = run(flowgate(dir.path()).args(["poll", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(
+        std::fs::read(dir.path().join("buckets/partner-c/drop/run7/x.bin")).unwrap(),
+        bytes(9, 5000)
+    );
+}
+
+/// SIGKILL in the middle of a transfer taken from SQS: the message is not deleted;
+/// after a restart the destination is complete and byte-identical.
+#[test]
+fn sigkill_mid_transfer_keeps_the_message_and_a_restart_completes_the_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = bucket_with_queue();
+    let (dest_bucket, s3_endpoint) = fresh_s3_bucket();
+    let moto_endpoint = service_var("FLOWGATE_TEST_MOTO_ENDPOINT");
+    let files: Vec<(String, Vec<u8>)> = (0..24)
+        .map(|i| {
+            (
+                format!("exports/big/run1/part-{i:02}.bin"),
+                bytes(100 + i, 3_000_000),
+            )
+        })
+        .collect();
+    for (k, v) in &files {
+        upload(&s.bucket, k, v);
+    }
+    upload(&s.bucket, "exports/big/run1/pipeline_success.flag", b"");
+    write(
+        &dir.path().join("egress.toml"),
+        format!(
+            r#"name = "egress-crash"
+[trigger]
+arrival = {{ store = "source", pattern = "**/pipeline_success.flag", queue = "{queue}", poll = "1s", visibility = "3s" }}
+[stores]
+source = {{ url = "s3://{src}", endpoint = "{moto_endpoint}" }}
+dest = {{ url = "s3://{{{{ route.destination_bucket }}}}", endpoint = "{s3_endpoint}", access = "write" }}
+outbox = {{ url = "file://./outbox", access = "read-write" }}
+[routing]
+rows = [ {{ source_prefix = "exports/big", pipeline_name = "big", transfer_type = "S3", destination_bucket = "{dest_bucket}", destination_prefix = "in" }} ]
+[recipients.receiver]
+url = "https://127.0.0.1:9/"
+{steps}"#,
+            queue = s.queue,
+            src = s.bucket,
+            steps = egress_steps("run1", "").replace(
+                "exclude = [\"pipeline_success.flag\"] }",
+                "exclude = [\"pipeline_success.flag\"], concurrency = 1 }"
+            ),
+        )
+        .as_bytes(),
+    );
+    let dest = PathBuf::from(service_var("FLOWGATE_TEST_S3_ROOT"))
+        .join(&dest_bucket)
+        .join("in/run1");
+    let count = |d: &std::path::Path| {
+        std::fs::read_dir(d)
+            .map(|r| {
+                r.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("part-"))
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    // Serve until some objects have been copied, then SIGKILL.
+    let mut child = flowgate(dir.path())
+        .args(["serve", ".", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while count(&dest) < 3 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "nothing was copied"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let copied = count(&dest);
+    assert!(copied < files.len(), "killed before the end ({copied})");
+    assert!(!dest.join("_manifest.json").exists());
+    assert_eq!(queue_depth(&s.queue), 1, "the message was not deleted");
+
+    // Restart: once the message is visible again, the copy completes.
+    let start = std::time::Instant::now();
+    while queue_depth(&s.queue) > 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(90),
+            "the message was never handled"
+        );
+        let out = run(flowgate(dir.path()).args(["poll", "egress.toml"]));
+        assert!(out.code == 0, "{}", out.all());
+    }
+    for (k, v) in &files {
+        let name = k.rsplit('/').next().unwrap();
+        let got = std::fs::read(dest.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(&got == v, "{name} differs");
+    }
+    assert!(dest.join("_manifest.json").is_file());
+}
