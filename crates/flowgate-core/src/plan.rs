@@ -1254,7 +1254,10 @@ fn copy_plan(
     };
     if let Some(dec) = &c.decrypt {
         crate::secret::register(&dec.age_identity);
-        if let Err(e) = crate::steps::copy::age_identity(&dec.age_identity) {
+        // Empty: checked when a run decrypts (rows may never ask for it).
+        if !dec.age_identity.trim().is_empty()
+            && let Err(e) = crate::steps::copy::age_identity(&dec.age_identity)
+        {
             d.push(
                 loaded
                     .spans

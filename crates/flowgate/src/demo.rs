@@ -10,6 +10,7 @@ use flowgate_core::plan::plan_file;
 use crate::cli::exit;
 
 const COPY_ARRIVAL: &str = include_str!("../../../examples/copy-arrival/pipeline.toml");
+const DATA_EGRESS: &str = include_str!("../../../examples/data-egress/pipeline.toml");
 
 macro_rules! example {
     ($($path:literal),* $(,)?) => { &[$(($path, include_str!(concat!("../../../examples/oltp-warehouse/", $path)))),*] };
@@ -97,6 +98,7 @@ pub async fn run(dir: &Path) -> Result<u8> {
     let outbox = example.join("data/outbox");
     let copied = walk(&outbox)?;
     let code = code.max(oltp_warehouse(dir).await?);
+    let code = code.max(data_egress(dir).await?);
 
     println!("\n== summary");
     println!("runs: {ran}; files in the outbox: {copied} (each dataset with its _manifest.json)");
@@ -171,6 +173,96 @@ async fn oltp_warehouse(dir: &Path) -> Result<u8> {
             r.get::<_, f64>(4)?
         );
     }
+    Ok(code)
+}
+
+/// data-egress on local folders, with an HTTPS receiver that demands a client
+/// certificate: one prefix goes to a bucket and over mutual TLS, an encrypted
+/// one is decrypted on the way.
+async fn data_egress(dir: &Path) -> Result<u8> {
+    use age::secrecy::ExposeSecret;
+    let example = dir.join("data-egress");
+    write(&example.join("pipeline.toml"), DATA_EGRESS.as_bytes())?;
+    println!(
+        "\n== data-egress: flags → routing rows → a partner bucket, and HTTPS with a client certificate"
+    );
+    let tls = crate::receiver::make_tls(&example.join("tls"))?;
+    let received = example.join("data/received");
+    let (addr, receiver) = crate::receiver::start(&tls, received.clone()).await?;
+    println!("a demo receiver on https://{addr}/inbound/ accepts only certificates of its own CA");
+    let identity = age::x25519::Identity::generate();
+    write(
+        &example.join(".env"),
+        format!(
+            "ACME_URL=https://{addr}/inbound/\nEGRESS_AGE_IDENTITY={}\n",
+            identity.to_string().expose_secret()
+        )
+        .as_bytes(),
+    )?;
+    // The producer: two datasets, each with its flag written last.
+    let source = example.join("data/source");
+    for i in 1..=3 {
+        let mut body = String::from("order_id,units,amount\n");
+        for r in 1..=500 {
+            body.push_str(&format!(
+                "{},{},{}.{:02}\n",
+                i * 100_000 + r,
+                r % 7 + 1,
+                r * 13 % 1000,
+                r % 100
+            ));
+        }
+        write(
+            &source.join(format!("exports/sales/2026-11-23/part-{i}.csv")),
+            body.as_bytes(),
+        )?;
+    }
+    write(
+        &source.join("exports/sales/2026-11-23/pipeline_success.flag"),
+        b"",
+    )?;
+    let secret = b"customer_id,iban\n1,GB00 0000 0000 0000\n";
+    let encrypted = {
+        use std::io::Write;
+        let recipient = identity.to_public();
+        let enc =
+            age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+                .map_err(|e| anyhow::anyhow!("age: {e}"))?;
+        let mut out = Vec::new();
+        let mut w = enc.wrap_output(&mut out)?;
+        w.write_all(secret)?;
+        w.finish()?;
+        out
+    };
+    write(
+        &source.join("exports/secure/2026-11-23/customers.csv.age"),
+        &encrypted,
+    )?;
+    write(
+        &source.join("exports/secure/2026-11-23/pipeline_success.flag"),
+        b"",
+    )?;
+    println!(
+        "a producer wrote exports/sales/2026-11-23 (3 files) and exports/secure/2026-11-23 (1 age-encrypted file), each with its flag"
+    );
+
+    let (plan, engine) = open_example(&example).await?;
+    let mut seen = Default::default();
+    let runs = flowgate_core::trigger::poll_once(&engine, &plan, &mut seen).await?;
+    let code = crate::output::outcomes(&runs, false);
+    receiver.abort();
+
+    let bucket = example.join("data/buckets/partner-bucket");
+    let in_bucket = walk(&bucket)?;
+    let at_receiver = walk(&received)?;
+    let outbox_left = walk(&example.join("data/outbox/acme"))?;
+    let decrypted = std::fs::read(bucket.join("incoming/exports/secure/2026-11-23/customers.csv"))
+        .map(|b| b == secret)
+        .unwrap_or(false);
+    println!(
+        "partner bucket: {in_bucket} files (with manifests); at the receiver: {at_receiver} files; left in the outbox: {outbox_left}; customers.csv decrypted: {}",
+        if decrypted { "yes" } else { "NO" }
+    );
     Ok(code)
 }
 

@@ -167,6 +167,19 @@ pub fn summary(run: &RunRecord) {
         }
         None => String::new(),
     };
+    // Routed runs say which routing row they carry out (its first text value
+    // names it: pipeline_name by default).
+    let matrix = match run.params.get("route").and_then(|r| r.as_object()) {
+        Some(r) => {
+            let name = r
+                .get("pipeline_name")
+                .or_else(|| r.values().find(|v| v.is_string()))
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
+            format!("{matrix} [route {name}]")
+        }
+        None => matrix,
+    };
     println!(
         "run {} of `{}`{matrix}: {} in {}",
         run.id,

@@ -36,6 +36,15 @@ fn demo_runs_on_embedded_defaults_without_services() {
         "{}",
         out.stdout
     );
+    // data-egress: both transfer types through the demo's own HTTPS receiver.
+    assert!(
+        out.stdout.contains(
+            "at the receiver: 3 files; left in the outbox: 0; customers.csv decrypted: yes"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("[route sales#sft]"), "{}", out.stdout);
     assert!(out.stdout.contains("Partner "), "{}", out.stdout);
     let m = std::fs::read(
         dir.path()

@@ -57,6 +57,9 @@ fn render_prefix(ctx: &StepContext<'_>, template: &str) -> Result<String, StepEr
 /// Parse an age identity; the error never repeats the key.
 pub fn age_identity(text: &str) -> Result<age::x25519::Identity, String> {
     use std::str::FromStr;
+    if text.trim().is_empty() {
+        return Err("decrypt.age_identity is empty: this transfer asks for decryption, so give the age identity (through a secret)".into());
+    }
     age::x25519::Identity::from_str(text.trim())
         .map_err(|_| "decrypt.age_identity is not an age identity (AGE-SECRET-KEY-1…)".to_string())
 }
