@@ -53,8 +53,10 @@ fn bucket_with_queue() -> Setup {
 fn upload(bucket: &str, key: &str, body: &[u8]) {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), body).unwrap();
+    // The key travels as hex: it may hold any character.
+    let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
     moto(&format!(
-        "s3.put_object(Bucket='{bucket}', Key={key:?}, Body=open({:?}, 'rb').read())",
+        "s3.put_object(Bucket='{bucket}', Key=bytes.fromhex('{hex}').decode(), Body=open({:?}, 'rb').read())",
         file.path().display().to_string()
     ));
 }
@@ -394,4 +396,92 @@ url = "https://127.0.0.1:9/"
         assert!(&got == v, "{name} differs");
     }
     assert!(dest.join("_manifest.json").is_file());
+}
+
+/// Keys that would leave the outbox (`..`, an empty segment as in an absolute
+/// path, a control character) are refused on an SFT route: the transfer fails
+/// with the reason and nothing is written outside the outbox.
+#[test]
+fn keys_that_would_escape_the_outbox_are_refused() {
+    for (case, bad_key) in [
+        ("dotdot", "exports/evil/run1/../../../escape.txt"),
+        ("absolute", "exports/evil/run1//etc/escape.txt"),
+        ("control", "exports/evil/run1/bell\u{7}.txt"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = bucket_with_queue();
+        let moto_endpoint = service_var("FLOWGATE_TEST_MOTO_ENDPOINT");
+        upload(&s.bucket, "exports/evil/run1/good.txt", b"fine");
+        upload(&s.bucket, bad_key, b"escaped");
+        upload(&s.bucket, "exports/evil/run1/pipeline_success.flag", b"");
+        write(
+            &dir.path().join("p.toml"),
+            format!(
+                r#"name = "evil"
+[trigger]
+arrival = {{ store = "source", pattern = "**/pipeline_success.flag", queue = "{queue}", poll = "1s", visibility = "1s" }}
+[stores]
+source = {{ url = "s3://{src}", endpoint = "{moto_endpoint}" }}
+dest = {{ url = "file://./unused/{{{{ route.destination_bucket }}}}", access = "write" }}
+outbox = {{ url = "file://./box/outbox", access = "read-write" }}
+[routing]
+rows = [ {{ source_prefix = "exports/evil", pipeline_name = "evil#sft", transfer_type = "SFT", recipient_name = "receiver" }} ]
+[recipients.receiver]
+url = "https://127.0.0.1:9/"
+{steps}"#,
+                src = s.bucket,
+                queue = s.queue,
+                steps = egress_steps("run1", ""),
+            )
+            .as_bytes(),
+        );
+        // The flag's event (after the others, which are not flags).
+        let mut out = run(flowgate(dir.path()).args(["poll", "p.toml"]));
+        for _ in 0..5 {
+            if out.code != 0 {
+                break;
+            }
+            out = run(flowgate(dir.path()).args(["poll", "p.toml"]));
+        }
+        assert_eq!(
+            out.code,
+            1,
+            "{case}: the transfer is refused\n{}",
+            out.all()
+        );
+        assert!(
+            queue_depth(&s.queue) > 0,
+            "{case}: a refused transfer keeps its message"
+        );
+        eprintln!("CASE {case}: {}", out.all());
+        let all = out.all().to_lowercase();
+        assert!(
+            all.contains("escape")
+                || all.contains("bell")
+                || all.contains("path")
+                || all.contains("key"),
+            "{case}: the reason names the key\n{}",
+            out.all()
+        );
+        // Nothing anywhere but under the outbox (and flowgate's own state).
+        let mut stray = Vec::new();
+        let mut stack = vec![dir.path().to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if !p.starts_with(dir.path().join("box/outbox"))
+                    && !p.starts_with(dir.path().join(".flowgate"))
+                    && p != dir.path().join("p.toml")
+                {
+                    stray.push(p);
+                }
+            }
+        }
+        assert!(
+            stray.is_empty(),
+            "{case}: written outside the outbox: {stray:?}"
+        );
+    }
 }
