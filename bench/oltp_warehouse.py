@@ -18,12 +18,10 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -32,6 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from common import machine, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -51,26 +51,6 @@ class Result:
     @property
     def complete(self):
         return self.rows == self.expected and self.distinct == self.expected
-
-
-def timed(cmd, env=None, cwd=None, log=None):
-    """Run a command; return (seconds, peak RSS in MB).
-
-    The peak comes from GNU time, which starts the tool from a small process:
-    measured from this Python process, a child's peak would include the memory it
-    inherited before exec."""
-    rss_file = DATA / ".rss"
-    start = time.monotonic()
-    out = open(log, "wb") if log else subprocess.DEVNULL
-    p = subprocess.run(["/usr/bin/time", "-q", "-f", "%M", "-o", str(rss_file), *cmd],
-                       env={**os.environ, **(env or {})}, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-    seconds = time.monotonic() - start
-    if log:
-        out.close()
-    if p.returncode != 0:
-        tail = Path(log).read_text(errors="replace")[-3000:] if log else ""
-        raise RuntimeError(f"{cmd[0]} exited with {p.returncode}\n{tail}")
-    return seconds, int(rss_file.read_text().split()[-1]) / 1024
 
 
 def count_parquet(paths):
@@ -416,19 +396,6 @@ def freshness_run(args):
 
 
 # --- report -------------------------------------------------------------------
-
-def machine():
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.node()}: {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, {platform.platform()}"
-
 
 def table(results, floors):
     lines = ["| task | tool | seconds | × floor | × flowgate | rows written | peak RSS MB | complete |",
