@@ -92,6 +92,13 @@ def count_table(url, table):
         return c.execute(f"SELECT count(*), count(DISTINCT {KEY}) FROM {table}").fetchone()
 
 
+def run_flowgate(args, out, pipeline):
+    """Write `pipeline` as out/p.toml and time one `flowgate run` of it (own state)."""
+    (out / "p.toml").write_text(pipeline)
+    return timed([args.flowgate, "--state", str(out / "state.db"), "run", str(out / "p.toml")],
+                 log=out / "log.txt")
+
+
 def fresh_dir(name):
     d = DATA / name
     shutil.rmtree(d, ignore_errors=True)
@@ -116,7 +123,7 @@ def seed(args, url, orders):
 
 def flowgate_extract(args, fmt):
     out = fresh_dir(f"extract-flowgate-{fmt}")
-    (out / "p.toml").write_text(f"""name = "bench-extract"
+    secs, rss = run_flowgate(args, out, f"""name = "bench-extract"
 [stores]
 src = {{ url = "{args.source_url}" }}
 out = {{ url = "file://{out}/files", access = "read-write" }}
@@ -124,8 +131,6 @@ out = {{ url = "file://{out}/files", access = "read-write" }}
 id = "extract"
 extract = {{ from = "src", tables = ["sales_order"], cursor = "last_updated", to = "out:{{{{ table }}}}/part.{fmt}" }}
 """)
-    secs, rss = timed([args.flowgate, "--state", str(out / "state.db"), "run", str(out / "p.toml")],
-                      log=out / "log.txt")
     found = files(out / "files", f".{fmt}")
     rows, distinct = count_parquet(found) if fmt == "parquet" else count_jsonl(found)
     return secs, rss, rows, distinct, found
@@ -306,7 +311,7 @@ def flowgate_convert(args, jsonl_dir):
     out = fresh_dir("convert-flowgate")
     (out / "models").mkdir()
     (out / "models" / "sales_order_parquet.sql").write_text("SELECT * FROM sales_order\n")
-    (out / "p.toml").write_text(f"""name = "bench-convert"
+    secs, rss = run_flowgate(args, out, f"""name = "bench-convert"
 [stores]
 landing = {{ url = "file://{jsonl_dir}" }}
 out = {{ url = "file://{out}/files", access = "read-write" }}
@@ -314,8 +319,6 @@ out = {{ url = "file://{out}/files", access = "read-write" }}
 id = "convert"
 transform = {{ models = "models", inputs = "landing:", to = "out:{{{{ model }}}}/part.parquet" }}
 """)
-    secs, rss = timed([args.flowgate, "--state", str(out / "state.db"), "run", str(out / "p.toml")],
-                      log=out / "log.txt")
     rows, distinct = count_parquet(files(out / "files", ".parquet"))
     return secs, rss, rows, distinct
 

@@ -128,3 +128,20 @@ impl From<crate::state::StateError> for StepError {
         StepError::new(ErrorClass::EXTERNAL_RETRIABLE, format!("state store: {e}"))
     }
 }
+
+/// An error with every cause in its chain (deduplicated), redacted: so a TLS
+/// alert is not hidden behind "error sending request", nor an AWS service error
+/// behind "dispatch failure".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    crate::secret::redact(&text)
+}

@@ -1,6 +1,8 @@
 //! flowgate's engine: the pipeline model and its validated plan, the state store,
 //! the run executor with its policies, triggers, and object stores.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -137,21 +137,12 @@ fn percent_decode(s: &str) -> Option<String> {
 pub async fn client_for(queue_url: &str) -> Result<Client, StepError> {
     let url = url::Url::parse(queue_url)
         .map_err(|e| StepError::user(format!("queue `{queue_url}` is not a URL: {e}")))?;
-    let host = url.host_str().unwrap_or_default().to_string();
-    let aws = host.ends_with(".amazonaws.com");
-    let region = if aws {
-        host.split('.').nth(1).map(str::to_string)
+    let host = url.host_str().unwrap_or_default();
+    let conf = if host.ends_with(".amazonaws.com") {
+        crate::aws::config(host.split('.').nth(1), None).await
     } else {
-        None
-    }
-    .or_else(|| std::env::var("AWS_REGION").ok())
-    .unwrap_or_else(|| "us-east-1".into());
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(region));
-    if !aws {
-        loader = loader.endpoint_url(url.origin().ascii_serialization());
-    }
-    let conf = loader.load().await;
+        crate::aws::config(None, Some(&url.origin().ascii_serialization())).await
+    };
     Ok(Client::new(&conf))
 }
 
@@ -159,14 +150,10 @@ fn sqs_error<E: std::error::Error + 'static>(
     what: &str,
     e: aws_sdk_sqs::error::SdkError<E>,
 ) -> StepError {
-    use std::error::Error;
-    let mut text = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        text.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    StepError::new(ErrorClass::EXTERNAL_RETRIABLE, format!("{what}: {text}"))
+    StepError::new(
+        ErrorClass::EXTERNAL_RETRIABLE,
+        format!("{what}: {}", crate::error::chain(&e)),
+    )
 }
 
 /// Receive one batch (long polling up to `wait`) and handle every message in it.

@@ -70,17 +70,8 @@ pub mod dynamo {
     use crate::plan::DynamoPlan;
 
     pub async fn client(d: &DynamoPlan) -> aws_sdk_dynamodb::Client {
-        let region = d
-            .region
-            .clone()
-            .or_else(|| std::env::var("AWS_REGION").ok())
-            .unwrap_or_else(|| "us-east-1".into());
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(region));
-        if let Some(e) = &d.endpoint {
-            loader = loader.endpoint_url(e);
-        }
-        aws_sdk_dynamodb::Client::new(&loader.load().await)
+        let conf = crate::aws::config(d.region.as_deref(), d.endpoint.as_deref()).await;
+        aws_sdk_dynamodb::Client::new(&conf)
     }
 
     /// Every item whose partition key `column` is `value` (all pages).
@@ -99,14 +90,7 @@ pub mod dynamo {
                 .send()
                 .await
                 .map_err(|e| {
-                    use std::error::Error;
-                    let mut text = e.to_string();
-                    let mut src = e.source();
-                    while let Some(s) = src {
-                        text.push_str(&format!(": {s}"));
-                        src = s.source();
-                    }
-                    StepError::new(ErrorClass::EXTERNAL_RETRIABLE, text)
+                    StepError::new(ErrorClass::EXTERNAL_RETRIABLE, crate::error::chain(&e))
                 })?;
             for item in got.items() {
                 out.push(

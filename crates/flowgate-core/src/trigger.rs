@@ -1,5 +1,7 @@
-//! Triggers turn the outside world into ledger events: arrival (listing a store),
-//! schedule (cron or interval ticks), watch (a key of the built-in KV).
+//! Triggers turn the outside world into ledger events: arrival (listing a store,
+//! or S3 event notifications from an SQS queue: see `queue`), schedule (cron or
+//! interval ticks), watch (a key of the built-in KV). Every pass also runs the
+//! freshness watchdog.
 
 use std::collections::HashSet;
 use std::time::Duration;

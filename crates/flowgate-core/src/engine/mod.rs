@@ -632,7 +632,7 @@ impl Engine {
 
         let stores = match (&plan.routing, event.payload.get("route")) {
             (Some(routing), None) => {
-                let e = self
+                let (e, dead_lettered) = self
                     .unrouted(plan, &run_id, &event, routing, &template)
                     .await;
                 // The event is set aside (a dead letter), not lost: the report
@@ -640,7 +640,7 @@ impl Engine {
                 run.steps.push(StepReport {
                     step: "routing".into(),
                     status: "failed".into(),
-                    quarantined: u64::from(e.class.domain == crate::error::ErrorDomain::User),
+                    quarantined: u64::from(dead_lettered),
                     error: Some(e.message.clone()),
                     ..Default::default()
                 });
@@ -816,6 +816,16 @@ impl Engine {
             return Ok(None);
         };
         let age = (Utc::now() - newest).to_std().unwrap_or_default();
+        let stale = age > threshold;
+        let alert_key = crate::state::stale_key(&plan.name);
+        let was_stale = |state: Option<crate::state::KvEntry>| {
+            state.is_some_and(|e| e.value.starts_with("stale"))
+        };
+        // The common case, nothing changed, costs two reads; only a change takes
+        // the lease (and is checked again under it).
+        if was_stale(self.state.kv_get(&alert_key).await?) == stale {
+            return Ok(Some(age));
+        }
         let lease = format!("freshness-alert/{}", plan.name);
         if !self
             .state
@@ -824,14 +834,7 @@ impl Engine {
         {
             return Ok(Some(age));
         }
-        let alert_key = crate::state::stale_key(&plan.name);
-        let was_stale = self
-            .state
-            .kv_get(&alert_key)
-            .await?
-            .is_some_and(|e| e.value.starts_with("stale"));
-        let stale = age > threshold;
-        if stale != was_stale {
+        if stale != was_stale(self.state.kv_get(&alert_key).await?) {
             let value = if stale {
                 format!("stale since {}", Utc::now().to_rfc3339())
             } else {
@@ -853,7 +856,9 @@ impl Engine {
     }
 
     /// An event no routing row matches: dead-letter it with the reason, and fail
-    /// the run (which notifies). Returns the run's error.
+    /// the run (which notifies). Returns the run's error, and whether the event
+    /// was dead-lettered (when writing the dead letter failed too, the event is
+    /// not set aside: it stays failed and is tried again).
     async fn unrouted(
         &self,
         plan: &Plan,
@@ -861,7 +866,7 @@ impl Engine {
         event: &TriggerEvent,
         routing: &crate::plan::RoutingPlan,
         template: &Value,
-    ) -> StepError {
+    ) -> (StepError, bool) {
         let key = crate::template::render(&routing.key, template).unwrap_or_default();
         let reason = format!(
             "no routing row has {} `{key}` (or one of its parent folders)",
@@ -877,11 +882,17 @@ impl Engine {
             Err(e) => Err(e),
         };
         match at {
-            Ok(at) => StepError::user(format!("{reason}; the event was dead-lettered to {at}")),
-            Err(e) => StepError::user(format!(
-                "{reason}; dead-lettering the event failed too: {}",
-                e.message
-            )),
+            Ok(at) => (
+                StepError::user(format!("{reason}; the event was dead-lettered to {at}")),
+                true,
+            ),
+            Err(e) => (
+                StepError::external(format!(
+                    "{reason}; dead-lettering the event failed too: {}",
+                    e.message
+                )),
+                false,
+            ),
         }
     }
 

@@ -14,7 +14,7 @@ use object_store::{ObjectMeta, ObjectStoreExt};
 use serde_json::json;
 
 use crate::engine::{StepContext, StepOutput};
-use crate::error::{ErrorClass, ErrorDomain, StepError};
+use crate::error::{ErrorClass, ErrorDomain, StepError, chain};
 use crate::plan::{DeliverPlan, PathIn, RecipientPlan};
 use crate::state::StepReport;
 use crate::store::{StoreHandle, join_key as join};
@@ -31,28 +31,20 @@ pub fn client_for(r: &RecipientPlan) -> Result<reqwest::Client, StepError> {
         pem.read()
             .map_err(|e| StepError::user(format!("recipient `{}`: {what}: {e}", r.name)))
     };
+    let unusable = |what: &str, e: reqwest::Error| {
+        StepError::user(format!("recipient `{}`: {what}: {}", r.name, chain(&e)))
+    };
     if let (Some(cert), Some(key)) = (&r.client_cert, &r.client_key) {
         let mut pem = read("client certificate", cert)?;
         pem.push(b'\n');
         pem.extend_from_slice(&read("client key", key)?);
-        let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
-            StepError::user(format!(
-                "recipient `{}`: the client certificate or key is not usable PEM: {}",
-                r.name,
-                chain(&e)
-            ))
-        })?;
+        let id = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| unusable("the client certificate or key is not usable PEM", e))?;
         b = b.identity(id);
     }
     if let Some(ca) = &r.ca {
-        let certs =
-            reqwest::Certificate::from_pem_bundle(&read("CA bundle", ca)?).map_err(|e| {
-                StepError::user(format!(
-                    "recipient `{}`: the CA bundle is not PEM certificates: {}",
-                    r.name,
-                    chain(&e)
-                ))
-            })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&read("CA bundle", ca)?)
+            .map_err(|e| unusable("the CA bundle is not PEM certificates", e))?;
         b = b.tls_built_in_root_certs(false);
         for c in certs {
             b = b.add_root_certificate(c);
@@ -60,21 +52,6 @@ pub fn client_for(r: &RecipientPlan) -> Result<reqwest::Client, StepError> {
     }
     b.build()
         .map_err(|e| StepError::user(format!("recipient `{}`: {}", r.name, chain(&e))))
-}
-
-/// An error with every cause, so a TLS alert is not hidden behind "error sending request".
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    crate::secret::redact(&text)
 }
 
 /// The URL an object goes to: the recipient's URL, plus its relative path when the
