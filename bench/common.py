@@ -20,8 +20,10 @@ def timed(cmd, env=None, cwd=None, log=None):
     rss_file = DATA / f".rss-{os.getpid()}"
     start = time.monotonic()
     out = open(log, "wb") if log else subprocess.DEVNULL
+    # `env` adds to this environment; a None value removes a variable.
+    full = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     p = subprocess.run(["/usr/bin/time", "-q", "-f", "%M", "-o", str(rss_file), *cmd],
-                       env={**os.environ, **(env or {})}, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+                       env=full, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     seconds = time.monotonic() - start
     if log:
         out.close()

@@ -68,7 +68,10 @@ def main():
         "one": digest_tree(s3_root / "eg-src" / "one"),
     }
     env = {"AWS_ACCESS_KEY_ID": args.access_key, "AWS_SECRET_ACCESS_KEY": args.secret_key,
-           "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+           "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+           # A CA bundle in the environment makes rclone 1.60 fail before it starts
+           # (LoadCustomCABundleError); the endpoint here is plain HTTP anyway.
+           "AWS_CA_BUNDLE": None}
     rclone_conf = DATA / "rclone.conf"
     rclone_conf.write_text(
         f"[s3s]\ntype = s3\nprovider = Other\naccess_key_id = {args.access_key}\n"

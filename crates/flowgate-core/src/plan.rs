@@ -252,6 +252,8 @@ pub struct ExtractPlan {
     pub to: Location,
     pub format: Option<crate::formats::Format>,
     pub batch_rows: usize,
+    /// Connections a large snapshot read is split over.
+    pub parallel: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -1227,6 +1229,14 @@ fn extract_plan(
         },
         format: e.format,
         batch_rows: e.batch_rows.unwrap_or(65_536).max(1),
+        parallel: e
+            .parallel
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get().min(4))
+                    .unwrap_or(1)
+            })
+            .max(1),
     })
 }
 

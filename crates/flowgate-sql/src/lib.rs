@@ -17,6 +17,9 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::ObjectStore;
 
+/// Records of a JSON lines object read to infer its schema (first pass).
+const JSON_INFER_RECORDS: usize = 100_000;
+
 /// Errors of a transform.
 #[derive(Debug, thiserror::Error)]
 pub enum TransformError {
@@ -125,16 +128,39 @@ impl Session {
             .map(|p| ListingTableUrl::parse(format!("{}{}", store_url(store), p)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| terr(e.to_string()))?;
-        let (format, ext): (Arc<dyn FileFormat>, &str) = match kind {
-            FileKind::JsonLines => (Arc::new(JsonFormat::default()), ""),
-            FileKind::Parquet => (Arc::new(ParquetFormat::default()), ""),
+        let infer = async |format: Arc<dyn FileFormat>| {
+            ListingTableConfig::new_with_multi_paths(urls.clone())
+                .with_listing_options(ListingOptions::new(format).with_file_extension(""))
+                .infer_schema(&self.ctx.state())
+                .await
+                .map_err(|e| terr(e.to_string()))
         };
-        let options = ListingOptions::new(format).with_file_extension(ext);
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .infer_schema(&self.ctx.state())
-            .await
-            .map_err(|e| terr(e.to_string()))?;
+        let config = match kind {
+            FileKind::Parquet => infer(Arc::new(ParquetFormat::default())).await?,
+            FileKind::JsonLines => {
+                // JSON lines carry no schema: it is inferred from the first
+                // records. A column that is null in all of them (an optional field
+                // set only in later rows) would be typed Null and fail on its first
+                // value, so then the whole object is read to infer it.
+                let sampled = infer(Arc::new(
+                    JsonFormat::default().with_schema_infer_max_rec(JSON_INFER_RECORDS),
+                ))
+                .await?;
+                let all_null = sampled.file_schema.as_ref().is_some_and(|s| {
+                    s.fields()
+                        .iter()
+                        .any(|f| f.data_type() == &arrow::datatypes::DataType::Null)
+                });
+                if all_null {
+                    infer(Arc::new(
+                        JsonFormat::default().with_schema_infer_max_rec(usize::MAX),
+                    ))
+                    .await?
+                } else {
+                    sampled
+                }
+            }
+        };
         let listing = ListingTable::try_new(config).map_err(|e| terr(e.to_string()))?;
         let schema = datafusion::datasource::TableProvider::schema(&listing);
         self.ctx
@@ -174,5 +200,62 @@ impl Session {
             .await
             .map_err(|e| merr(e.to_string()))?;
         df.execute_stream().await.map_err(|e| merr(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+    use object_store::{ObjectStoreExt, PutPayload, memory::InMemory, path::Path as ObjPath};
+
+    /// An optional column that is null in every early row and set later is read
+    /// with its values, not typed Null from the sample and refused on its first value.
+    #[tokio::test]
+    async fn a_json_column_null_in_every_sampled_row_is_typed_from_its_later_values() {
+        let store = Arc::new(InMemory::new());
+        let mut lines = String::new();
+        for i in 0..JSON_INFER_RECORDS + 10 {
+            lines.push_str(&format!("{{\"id\": {i}, \"purchase_order_id\": null}}\n"));
+        }
+        lines.push_str("{\"id\": -1, \"purchase_order_id\": 42}\n");
+        store
+            .put(&ObjPath::from("t/a.jsonl"), PutPayload::from(lines))
+            .await
+            .unwrap();
+        let session = Session::new();
+        session.register_store("landing", store).unwrap();
+        session
+            .register_files(
+                "t",
+                "landing",
+                &["t/a.jsonl".to_string()],
+                FileKind::JsonLines,
+            )
+            .await
+            .unwrap();
+        let model = Model {
+            name: "m".into(),
+            sql: "SELECT CAST(purchase_order_id AS BIGINT) AS p FROM t WHERE purchase_order_id IS NOT NULL".into(),
+        };
+        let batches: Vec<_> = session
+            .run(&model)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let values: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(values, [42]);
     }
 }

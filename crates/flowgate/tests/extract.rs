@@ -59,12 +59,13 @@ fn snapshot_then_only_changes_by_keyset_watermark() {
     assert_eq!(out.code, 0, "{}", out.all());
     let runs = landed(dir.path());
     assert_eq!(runs.len(), 1, "first run: a full snapshot in one object");
-    assert_eq!(ids(&runs[0]), [1, 2, 3], "ordered by (last_updated, key)");
-    assert_eq!(runs[0][2]["unit_price"], serde_json::json!(1234567.89));
-    assert_eq!(runs[0][2]["note"], "ünïcode \"quoted\"");
-    assert_eq!(runs[0][0]["agreed_delivery_date"], "2026-01-05");
-    assert_eq!(runs[0][0]["last_updated"], "2026-01-01T10:00:00.000001");
-    assert!(runs[0][1]["note"].is_null());
+    let first = by_id(&runs[0]);
+    assert_eq!(first.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(first[&3]["unit_price"], serde_json::json!(1234567.89));
+    assert_eq!(first[&3]["note"], "ünïcode \"quoted\"");
+    assert_eq!(first[&1]["agreed_delivery_date"], "2026-01-05");
+    assert_eq!(first[&1]["last_updated"], "2026-01-01T10:00:00.000001");
+    assert!(first[&2]["note"].is_null());
 
     // Nothing changed: no object.
     let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
@@ -83,12 +84,65 @@ fn snapshot_then_only_changes_by_keyset_watermark() {
     assert_eq!(out.code, 0, "{}", out.all());
     let runs = landed(dir.path());
     assert_eq!(runs.len(), 2);
+    let second = by_id(&runs[1]);
     assert_eq!(
-        ids(&runs[1]),
-        [4, 1],
+        second.keys().copied().collect::<Vec<_>>(),
+        [1, 4],
         "exactly the new row and the updated one"
     );
-    assert_eq!(runs[1][1]["units_sold"], 11);
+    assert_eq!(second[&1]["units_sold"], 11);
+}
+
+/// Rows by `sales_order_id` (a run's object has no particular order); each id once.
+fn by_id(rows: &[serde_json::Value]) -> std::collections::BTreeMap<i64, &serde_json::Value> {
+    let mut out = std::collections::BTreeMap::new();
+    for (id, row) in ids(rows).into_iter().zip(rows) {
+        assert!(out.insert(id, row).is_none(), "sales_order_id {id} twice");
+    }
+    out
+}
+
+#[test]
+fn a_large_snapshot_is_read_over_several_connections_in_one_snapshot() {
+    let pg = Pg::new();
+    pg.exec(TABLE);
+    // About 600 pages: enough for four ranges of pages.
+    pg.exec(
+        "INSERT INTO sales_order SELECT g, g % 97, (g % 1000) / 10.0, NULL, now(),
+                timestamp '2026-01-01' + (g % 5000) * interval '1 second', repeat('x', g % 40)
+         FROM generate_series(1, 50000) g",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    pipeline(dir.path(), &pg.url, ", parallel = 4", "jsonl");
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout.contains("50000 rows →") && out.stdout.contains("(read over 4 connections)"),
+        "{}",
+        out.stdout
+    );
+    let runs = landed(dir.path());
+    let snapshot = by_id(&runs[0]);
+    assert_eq!(snapshot.len(), 50_000);
+    assert_eq!(snapshot.keys().next(), Some(&1));
+    assert_eq!(snapshot.keys().last(), Some(&50_000));
+    let id: i64 = 4339;
+    assert_eq!(snapshot[&id]["note"], "x".repeat(id as usize % 40));
+
+    // The position is the newest (cursor, key) of the whole table, whichever
+    // connection read it: the next run sees only what changed after it.
+    pg.exec("UPDATE sales_order SET units_sold = -1, last_updated = '2026-02-01' WHERE sales_order_id IN (7, 49999)");
+    pg.exec("INSERT INTO sales_order VALUES (50001, 1, 1.00, NULL, now(), '2026-01-01 01:23:19', 'same cursor as the newest, larger key')");
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let runs = landed(dir.path());
+    assert_eq!(runs.len(), 2, "{}", out.stdout);
+    let changes = by_id(&runs[1]);
+    assert_eq!(
+        changes.keys().copied().collect::<Vec<_>>(),
+        [7, 49999, 50001]
+    );
+    assert_eq!(changes[&7]["units_sold"], -1);
 }
 
 #[test]

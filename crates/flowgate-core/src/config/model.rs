@@ -377,8 +377,8 @@ pub struct ExtractSpec {
     /// PostgreSQL schema (default `public`).
     #[serde(default)]
     pub schema: Option<String>,
-    /// Cursor column of the watermark, e.g. `"last_updated"`; rows are read in
-    /// (cursor, key) order and the position is kept at full precision.
+    /// Cursor column of the watermark, e.g. `"last_updated"`; the position is the
+    /// largest (cursor, key), kept at full precision.
     pub cursor: String,
     /// Key columns (default: the table's primary key).
     #[serde(default)]
@@ -396,6 +396,11 @@ pub struct ExtractSpec {
     /// Rows per batch (default 65536).
     #[serde(default)]
     pub batch_rows: Option<usize>,
+    /// PostgreSQL: connections a large first read (a snapshot) is split over, each
+    /// reading a range of the table's pages in the same database snapshot
+    /// (default: the number of CPUs, at most 4; 1 reads over one connection).
+    #[serde(default)]
+    pub parallel: Option<usize>,
 }
 
 /// How one table of a multi-table load is loaded.

@@ -87,18 +87,38 @@ pub struct TableInfo {
     pub primary_key: Vec<String>,
 }
 
+/// A keyset position: a row's cursor and key as the database prints them, at
+/// full precision.
+pub type Position = (String, Vec<String>);
+
+/// What a read found besides its rows.
+#[derive(Debug, Clone, Default)]
+pub struct ReadEnd {
+    /// The table's newest position; `None` when it has no row with a cursor.
+    pub top: Option<Position>,
+    /// Connections the rows were read over.
+    pub streams: usize,
+}
+
 /// Which rows of a table to read.
 #[derive(Debug, Clone)]
 pub struct Window {
     pub cursor: String,
     pub key: Vec<String>,
-    /// The upper bound: the table's largest cursor when the extract began (text).
-    pub hi: String,
-    /// Rows after this keyset position (cursor text, key texts)…
-    pub after: Option<(String, Vec<String>)>,
+    /// Rows after this keyset position…
+    pub after: Option<Position>,
     /// …or, with a look-back, every row whose cursor is at least this far before
     /// the last watermark.
     pub lookback: Option<Duration>,
+}
+
+impl Window {
+    /// Rows whose cursor and key come as text too (the helper columns are NULL
+    /// otherwise): with a look-back, rows near the newest change are remembered,
+    /// and after the first run every row read may be one already extracted.
+    fn texts_for_every_row(&self) -> bool {
+        self.lookback.is_some() && self.after.is_some()
+    }
 }
 
 pub(crate) fn quote_ident(name: &str) -> String {
@@ -308,95 +328,142 @@ impl SqlSource {
         }
     }
 
-    /// The table's largest cursor value as text, or `None` when the table is empty.
-    pub async fn max_cursor(
-        &self,
-        schema_name: &str,
-        table: &TableInfo,
-        cursor: &str,
-    ) -> Result<Option<String>, StepError> {
-        match self {
-            SqlSource::Postgres { .. } => {
-                let c = self.pg().await?;
-                let sql = format!(
-                    "SELECT max({})::text FROM {}.{}",
-                    quote_ident(cursor),
-                    quote_ident(schema_name),
-                    quote_ident(&table.name)
-                );
-                let row = c.query_one(&sql, &[]).await.map_err(pg_error)?;
-                Ok(row.get(0))
-            }
-            SqlSource::Sqlite { path } => {
-                sqlite_read::max_cursor(path.clone(), table.name.clone(), cursor.to_string()).await
-            }
-        }
-    }
-
     /// The Arrow schema of what [`SqlSource::read`] sends: the table's columns,
-    /// then the cursor as text, each key column as text, and the in-window flag.
+    /// then, with a look-back, the cursor as text, each key column as text (NULL
+    /// where not needed, see [`Window`]) and the in-window flag.
     pub fn read_schema(table: &TableInfo, window: &Window) -> SchemaRef {
         let mut fields: Vec<(String, DataType)> = table
             .columns
             .iter()
             .map(|c| (c.name.clone(), c.arrow.clone()))
             .collect();
-        fields.push((CURSOR_TEXT.into(), DataType::Utf8));
-        for i in 0..window.key.len() {
-            fields.push((format!("{KEY_TEXT}{i}"), DataType::Utf8));
+        if window.lookback.is_some() {
+            fields.push((CURSOR_TEXT.into(), DataType::Utf8));
+            for i in 0..window.key.len() {
+                fields.push((format!("{KEY_TEXT}{i}"), DataType::Utf8));
+            }
+            fields.push((IN_WINDOW.into(), DataType::Boolean));
         }
-        fields.push((IN_WINDOW.into(), DataType::Boolean));
         schema(fields)
     }
 
-    /// Stream the window's rows, ordered by (cursor, key), in batches of `batch_rows`.
+    /// Stream the window's rows in batches of `batch_rows`, in no particular
+    /// order, and return the table's newest position (largest (cursor, key)) as of
+    /// the same snapshot; no position when the table has no row with a cursor
+    /// (then nothing is sent). A large first read from PostgreSQL is split over up to
+    /// `parallel` connections, each reading a range of the table's pages in the
+    /// same snapshot.
     pub async fn read(
         &self,
         schema_name: &str,
         table: &TableInfo,
         window: &Window,
         batch_rows: usize,
+        parallel: usize,
         tx: mpsc::Sender<Result<RecordBatch, StepError>>,
-    ) -> Result<(), StepError> {
+    ) -> Result<ReadEnd, StepError> {
         let out_schema = Self::read_schema(table, window);
         match self {
-            SqlSource::Postgres { .. } => {
-                let client = self.pg().await?;
-                let sql = pg_query(schema_name, table, window)?;
-                let stream = client.copy_out(&sql).await.map_err(pg_error)?;
-                futures::pin_mut!(stream);
+            SqlSource::Postgres { url, .. } => {
+                let mut client = self.pg().await?;
+                // One snapshot for the newest position and the rows: every row the
+                // position covers is in the stream.
+                let txn = snapshot_transaction(&mut client).await?;
+                let top_sql = pg_top_query(schema_name, table, window)?;
+                let top = async || -> Result<Option<Position>, StepError> {
+                    let row = txn.query_opt(&top_sql, &[]).await.map_err(pg_error)?;
+                    Ok(row.map(|r| (r.get(0), (1..=window.key.len()).map(|i| r.get(i)).collect())))
+                };
+                // A look-back marks rows near the newest cursor, so it needs it first.
+                let hi = match window.lookback {
+                    Some(_) => match top().await? {
+                        Some(t) => Some(t),
+                        None => return Ok(ReadEnd::default()),
+                    },
+                    None => None,
+                };
+                let ranges = match (&window.after, parallel) {
+                    (None, n) if n > 1 => page_ranges(&txn, schema_name, table, n).await?,
+                    _ => vec![PageRange::ALL],
+                };
                 let mut wire: Vec<PgWire> = table
                     .columns
                     .iter()
                     .map(|c| c.wire.unwrap_or(PgWire::Text))
                     .collect();
-                wire.push(PgWire::Text);
-                wire.extend(window.key.iter().map(|_| PgWire::Text));
-                wire.push(PgWire::Bool);
-                let mut decoder = CopyDecoder::new(wire);
-                let mut builder = BatchBuilder::new(out_schema);
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(pg_error)?;
-                    decoder
-                        .feed(&chunk, &mut builder, batch_rows)
-                        .map_err(|e| StepError::internal(e.to_string()))?;
-                    while builder.rows >= batch_rows {
-                        let batch = builder.finish().map_err(ext)?;
-                        if tx.send(Ok(batch)).await.is_err() {
-                            return Ok(());
-                        }
-                        decoder
-                            .feed(&[], &mut builder, batch_rows)
-                            .map_err(|e| StepError::internal(e.to_string()))?;
+                if window.lookback.is_some() {
+                    wire.push(PgWire::Text);
+                    wire.extend(window.key.iter().map(|_| PgWire::Text));
+                    wire.push(PgWire::Bool);
+                }
+                let hi_text = hi.as_ref().map(|h| h.0.as_str());
+                let sqls = ranges
+                    .iter()
+                    .map(|r| pg_query(schema_name, table, window, hi_text, *r))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if let [sql] = &sqls[..] {
+                    let top = match hi {
+                        Some(t) => t,
+                        None => match top().await? {
+                            Some(t) => t,
+                            None => return Ok(ReadEnd::default()),
+                        },
+                    };
+                    copy_into(&txn, sql, wire, out_schema, batch_rows, &tx).await?;
+                    txn.commit().await.map_err(pg_error)?;
+                    return Ok(ReadEnd {
+                        top: Some(top),
+                        streams: 1,
+                    });
+                }
+                let snapshot: String = txn
+                    .query_one("SELECT pg_export_snapshot()", &[])
+                    .await
+                    .map_err(pg_error)?
+                    .get(0);
+                // Each range decodes on its own task; the set stops them all if
+                // this read is dropped.
+                let mut streams = tokio::task::JoinSet::new();
+                let n = sqls.len();
+                for sql in sqls {
+                    let (url, snapshot, wire, schema, tx) = (
+                        url.clone(),
+                        snapshot.clone(),
+                        wire.clone(),
+                        out_schema.clone(),
+                        tx.clone(),
+                    );
+                    streams.spawn(async move {
+                        let mut c = Self::pg_connect(&url).await?;
+                        let t = snapshot_transaction(&mut c).await?;
+                        t.batch_execute(&format!(
+                            "SET TRANSACTION SNAPSHOT {}",
+                            quote_literal(&snapshot)
+                        ))
+                        .await
+                        .map_err(pg_error)?;
+                        copy_into(&t, &sql, wire, schema, batch_rows, &tx).await?;
+                        t.commit().await.map_err(pg_error)
+                    });
+                }
+                drop(tx);
+                let all_copied = async {
+                    while let Some(done) = streams.join_next().await {
+                        done.map_err(|e| StepError::internal(format!("reader task: {e}")))??;
                     }
-                }
-                if builder.rows > 0 {
-                    let _ = tx.send(Ok(builder.finish().map_err(ext)?)).await;
-                }
-                Ok(())
+                    Ok::<(), StepError>(())
+                };
+                let (top, copied) = match hi {
+                    Some(t) => (Ok(Some(t)), all_copied.await),
+                    None => tokio::join!(top(), all_copied),
+                };
+                copied?;
+                let top = top?;
+                txn.commit().await.map_err(pg_error)?;
+                Ok(ReadEnd { top, streams: n })
             }
             SqlSource::Sqlite { path } => {
-                sqlite_read::read(
+                let top = sqlite_read::read(
                     path.clone(),
                     table.clone(),
                     window.clone(),
@@ -404,10 +471,112 @@ impl SqlSource {
                     batch_rows,
                     tx,
                 )
-                .await
+                .await?;
+                Ok(ReadEnd { top, streams: 1 })
             }
         }
     }
+}
+
+/// A read-only transaction that sees one snapshot throughout.
+async fn snapshot_transaction(
+    c: &mut tokio_postgres::Client,
+) -> Result<tokio_postgres::Transaction<'_>, StepError> {
+    c.build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg_error)
+}
+
+/// Part of a table by physical position (`ctid`): pages `[start, end)`.
+#[derive(Debug, Clone, Copy)]
+struct PageRange {
+    start: Option<u64>,
+    end: Option<u64>,
+}
+
+impl PageRange {
+    const ALL: PageRange = PageRange {
+        start: None,
+        end: None,
+    };
+
+    fn condition(&self) -> Option<String> {
+        let mut c = Vec::new();
+        if let Some(s) = self.start {
+            c.push(format!("ctid >= '({s},0)'::tid"));
+        }
+        if let Some(e) = self.end {
+            c.push(format!("ctid < '({e},0)'::tid"));
+        }
+        (!c.is_empty()).then(|| c.join(" AND "))
+    }
+}
+
+/// Below this many pages (8 KiB each) per connection a table is read over one.
+const MIN_PAGES_PER_STREAM: u64 = 64;
+
+/// Up to `n` ranges covering the whole table (open-ended at both ends), each at
+/// least [`MIN_PAGES_PER_STREAM`] pages.
+async fn page_ranges(
+    txn: &tokio_postgres::Transaction<'_>,
+    schema_name: &str,
+    table: &TableInfo,
+    n: usize,
+) -> Result<Vec<PageRange>, StepError> {
+    let qualified = format!("{}.{}", quote_ident(schema_name), quote_ident(&table.name));
+    let row = txn
+        .query_one(
+            "SELECT (pg_relation_size($1::text::regclass) / current_setting('block_size')::bigint)::bigint",
+            &[&qualified],
+        )
+        .await
+        .map_err(pg_error)?;
+    let pages = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+    let n = (n as u64).min(pages / MIN_PAGES_PER_STREAM).max(1);
+    let per = pages.div_ceil(n);
+    Ok((0..n)
+        .map(|i| PageRange {
+            start: (i > 0).then_some(i * per),
+            end: (i + 1 < n).then_some((i + 1) * per),
+        })
+        .collect())
+}
+
+/// Run one COPY … TO STDOUT (binary) and send its rows as batches.
+async fn copy_into(
+    txn: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+    wire: Vec<PgWire>,
+    schema: SchemaRef,
+    batch_rows: usize,
+    tx: &mpsc::Sender<Result<RecordBatch, StepError>>,
+) -> Result<(), StepError> {
+    let stream = txn.copy_out(sql).await.map_err(pg_error)?;
+    futures::pin_mut!(stream);
+    let mut decoder = CopyDecoder::new(wire);
+    let mut builder = BatchBuilder::new(schema);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(pg_error)?;
+        decoder
+            .feed(&chunk, &mut builder, batch_rows)
+            .map_err(|e| StepError::internal(e.to_string()))?;
+        while builder.rows >= batch_rows {
+            let batch = builder.finish().map_err(ext)?;
+            if tx.send(Ok(batch)).await.is_err() {
+                return Ok(()); // the consumer stopped; it says why
+            }
+            decoder
+                .feed(&[], &mut builder, batch_rows)
+                .map_err(|e| StepError::internal(e.to_string()))?;
+        }
+    }
+    if builder.rows > 0 {
+        let _ = tx.send(Ok(builder.finish().map_err(ext)?)).await;
+    }
+    Ok(())
 }
 
 fn pg_type_of<'a>(table: &'a TableInfo, column: &str) -> Result<&'a str, StepError> {
@@ -419,8 +588,37 @@ fn pg_type_of<'a>(table: &'a TableInfo, column: &str) -> Result<&'a str, StepErr
         .ok_or_else(|| StepError::user(format!("table `{}` has no column `{column}`", table.name)))
 }
 
-/// The COPY statement for a window.
-fn pg_query(schema_name: &str, table: &TableInfo, w: &Window) -> Result<String, StepError> {
+/// The table's newest row: (cursor, key…) as text. (The ORDER BY names the
+/// table's columns through its alias: a bare name would sort by the text output
+/// column of the same name, where '9' comes after '10'.)
+fn pg_top_query(schema_name: &str, table: &TableInfo, w: &Window) -> Result<String, StepError> {
+    pg_type_of(table, &w.cursor)?;
+    let cursor = quote_ident(&w.cursor);
+    let mut select = vec![format!("t.{cursor}::text")];
+    let mut order = vec![format!("t.{cursor} DESC")];
+    for k in &w.key {
+        select.push(format!("t.{}::text", quote_ident(k)));
+        order.push(format!("t.{} DESC", quote_ident(k)));
+    }
+    Ok(format!(
+        "SELECT {} FROM {}.{} AS t WHERE t.{cursor} IS NOT NULL ORDER BY {} LIMIT 1",
+        select.join(", "),
+        quote_ident(schema_name),
+        quote_ident(&table.name),
+        order.join(", ")
+    ))
+}
+
+/// The COPY statement for a window, over one range of pages. No ORDER BY: the
+/// newest position comes from [`pg_top_query`] in the same snapshot. `hi`, the
+/// newest cursor, is needed with a look-back (and only then).
+fn pg_query(
+    schema_name: &str,
+    table: &TableInfo,
+    w: &Window,
+    hi: Option<&str>,
+    pages: PageRange,
+) -> Result<String, StepError> {
     let mut select: Vec<String> = table
         .columns
         .iter()
@@ -434,12 +632,32 @@ fn pg_query(schema_name: &str, table: &TableInfo, w: &Window) -> Result<String, 
         .collect();
     let cursor = quote_ident(&w.cursor);
     let ctype = pg_type_of(table, &w.cursor)?;
-    let hi = format!("{}::{ctype}", quote_literal(&w.hi));
-    select.push(format!("{cursor}::text AS {CURSOR_TEXT}"));
-    for (i, k) in w.key.iter().enumerate() {
-        select.push(format!("{}::text AS {KEY_TEXT}{i}", quote_ident(k)));
+    // Rows without a cursor have no position; they are never extracted.
+    let mut conditions = vec![format!("{cursor} IS NOT NULL")];
+    conditions.extend(pages.condition());
+    if let Some(l) = w.lookback {
+        let hi =
+            hi.ok_or_else(|| StepError::internal("look-back read without its newest cursor"))?;
+        let hi = format!("{}::{ctype}", quote_literal(hi));
+        // Rows this close to the newest change are remembered, so the next
+        // look-back can tell a row it already extracted from one committed late.
+        let in_window = format!(
+            "({cursor} >= ({hi} - interval '{} microseconds'))",
+            l.as_micros()
+        );
+        // Text of cursor and key only where a fingerprint needs it: the casts
+        // cost as much as the rest of the row.
+        let text = |expr: String| match w.texts_for_every_row() {
+            true => format!("{expr}::text"),
+            false => format!("CASE WHEN {in_window} THEN {expr}::text END"),
+        };
+        select.push(format!("{} AS {CURSOR_TEXT}", text(cursor.clone())));
+        for (i, k) in w.key.iter().enumerate() {
+            select.push(format!("{} AS {KEY_TEXT}{i}", text(quote_ident(k))));
+        }
+        select.push(format!("{in_window} AS {IN_WINDOW}"));
+        conditions.push(format!("{cursor} <= {hi}"));
     }
-    let mut conditions = vec![format!("{cursor} <= {hi}")];
     match (&w.after, w.lookback) {
         (Some((c, _)), Some(l)) => {
             let lower = format!(
@@ -460,23 +678,11 @@ fn pg_query(schema_name: &str, table: &TableInfo, w: &Window) -> Result<String, 
         }
         (None, _) => {}
     }
-    // Rows this close to the newest change are remembered, so the next look-back
-    // can tell a row it already extracted from one committed late.
-    select.push(match w.lookback {
-        Some(l) => format!(
-            "({cursor} >= ({hi} - interval '{} microseconds')) AS {IN_WINDOW}",
-            l.as_micros()
-        ),
-        None => format!("false AS {IN_WINDOW}"),
-    });
-    let mut order = vec![cursor];
-    order.extend(w.key.iter().map(|k| quote_ident(k)));
     Ok(format!(
-        "COPY (SELECT {} FROM {}.{} WHERE {} ORDER BY {}) TO STDOUT (FORMAT binary)",
+        "COPY (SELECT {} FROM {}.{} WHERE {}) TO STDOUT (FORMAT binary)",
         select.join(", "),
         quote_ident(schema_name),
         quote_ident(&table.name),
         conditions.join(" AND "),
-        order.join(", ")
     ))
 }

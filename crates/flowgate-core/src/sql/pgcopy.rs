@@ -127,48 +127,23 @@ impl CopyDecoder {
             self.buf.advance(19 + ext);
             self.header_done = true;
         }
+        // Decode in place; the buffer moves on once, past every decoded row.
+        let mut at = 0;
         while out.rows < max_rows && !self.finished {
-            let Some(len) = self.complete_row() else {
+            let Some(len) = complete_row(&self.buf[at..]) else {
                 break;
             };
             if len == 2 {
-                self.buf.advance(2);
+                at += 2;
                 self.finished = true;
                 break;
             }
-            let row = self.buf.split_to(len);
-            self.decode_row(&row, out)?;
+            self.decode_row(&self.buf[at..at + len], out)?;
+            at += len;
             out.rows += 1;
         }
+        self.buf.advance(at);
         Ok(())
-    }
-
-    /// Rows are decoded whole: the length of the next complete row (or trailer), if
-    /// it has fully arrived.
-    fn complete_row(&self) -> Option<usize> {
-        let b = &self.buf[..];
-        if b.len() < 2 {
-            return None;
-        }
-        let fields = i16::from_be_bytes([b[0], b[1]]);
-        if fields == -1 {
-            return Some(2);
-        }
-        let mut at = 2;
-        for _ in 0..fields.max(0) {
-            if b.len() < at + 4 {
-                return None;
-            }
-            let n = i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-            at += 4;
-            if n > 0 {
-                at += n as usize;
-            }
-            if b.len() < at {
-                return None;
-            }
-        }
-        Some(at)
     }
 
     fn decode_row(&self, row: &[u8], out: &mut BatchBuilder) -> Result<(), CopyError> {
@@ -195,6 +170,33 @@ impl CopyDecoder {
         }
         Ok(())
     }
+}
+
+/// Rows are decoded whole: the length of the next complete row (or trailer) at the
+/// start of `b`, if it has fully arrived.
+fn complete_row(b: &[u8]) -> Option<usize> {
+    if b.len() < 2 {
+        return None;
+    }
+    let fields = i16::from_be_bytes([b[0], b[1]]);
+    if fields == -1 {
+        return Some(2);
+    }
+    let mut at = 2;
+    for _ in 0..fields.max(0) {
+        if b.len() < at + 4 {
+            return None;
+        }
+        let n = i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        at += 4;
+        if n > 0 {
+            at += n as usize;
+        }
+        if b.len() < at {
+            return None;
+        }
+    }
+    Some(at)
 }
 
 fn be<const N: usize>(v: &[u8]) -> Result<[u8; N], String> {
@@ -252,14 +254,23 @@ fn decode_value(wire: PgWire, v: &[u8], col: &mut ColumnBuilder) -> Result<(), S
     Ok(())
 }
 
-struct Numeric {
+/// A binary numeric, its base-10000 digits read in place.
+struct Numeric<'a> {
     negative: bool,
     weight: i16,
     dscale: u16,
-    digits: Vec<u16>,
+    raw_digits: &'a [u8],
 }
 
-fn numeric(v: &[u8]) -> Result<Option<Numeric>, String> {
+impl Numeric<'_> {
+    fn digits(&self) -> impl Iterator<Item = u16> + '_ {
+        self.raw_digits
+            .chunks_exact(2)
+            .map(|d| u16::from_be_bytes([d[0], d[1]]))
+    }
+}
+
+fn numeric(v: &[u8]) -> Result<Option<Numeric<'_>>, String> {
     if v.len() < 8 {
         return Err("numeric too short".into());
     }
@@ -273,14 +284,11 @@ fn numeric(v: &[u8]) -> Result<Option<Numeric>, String> {
     if v.len() < 8 + 2 * ndigits {
         return Err("numeric digits truncated".into());
     }
-    let digits = (0..ndigits)
-        .map(|i| u16::from_be_bytes([v[8 + 2 * i], v[9 + 2 * i]]))
-        .collect();
     Ok(Some(Numeric {
         negative: sign == 0x4000,
         weight,
         dscale,
-        digits,
+        raw_digits: &v[8..8 + 2 * ndigits],
     }))
 }
 
@@ -290,16 +298,16 @@ fn numeric_i128(v: &[u8], scale: i8) -> Result<Option<i128>, String> {
         return Ok(None);
     };
     let mut acc: i128 = 0;
-    for (i, d) in n.digits.iter().enumerate() {
+    for (i, d) in n.digits().enumerate() {
         let exp = 4 * (i32::from(n.weight) - i as i32) + i32::from(scale);
         let term = if exp >= 0 {
-            i128::from(*d).checked_mul(
+            i128::from(d).checked_mul(
                 10i128
                     .checked_pow(exp as u32)
                     .ok_or("numeric out of range")?,
             )
         } else {
-            Some(i128::from(*d) / 10i128.pow((-exp).min(38) as u32))
+            Some(i128::from(d) / 10i128.pow((-exp).min(38) as u32))
         };
         acc = acc
             .checked_add(term.ok_or("numeric out of range")?)
@@ -313,10 +321,11 @@ fn numeric_text(v: &[u8]) -> Result<String, String> {
     let Some(n) = numeric(v)? else {
         return Ok("NaN".into());
     };
+    let digits: Vec<u16> = n.digits().collect();
     let mut int = String::new();
     let mut frac = String::new();
     for i in 0..=(n.weight.max(0) as i32) {
-        let d = n.digits.get(i as usize).copied().unwrap_or(0);
+        let d = digits.get(i as usize).copied().unwrap_or(0);
         if n.weight < 0 {
             break;
         }
@@ -333,8 +342,8 @@ fn numeric_text(v: &[u8]) -> Result<String, String> {
     for _ in 0..(-(i32::from(n.weight) + 1)).max(0) {
         frac.push_str("0000");
     }
-    for i in first_frac..n.digits.len() as i32 {
-        frac.push_str(&format!("{:04}", n.digits[i as usize]));
+    for i in first_frac..digits.len() as i32 {
+        frac.push_str(&format!("{:04}", digits[i as usize]));
     }
     let scale = n.dscale as usize;
     while frac.len() < scale {

@@ -9,7 +9,9 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::mpsc;
 
 use super::arrow_build::{BatchBuilder, ColumnBuilder};
-use super::{CURSOR_TEXT, ColumnInfo, IN_WINDOW, KEY_TEXT, TableInfo, Window, quote_ident};
+use super::{
+    CURSOR_TEXT, ColumnInfo, IN_WINDOW, KEY_TEXT, Position, TableInfo, Window, quote_ident,
+};
 use crate::error::StepError;
 
 pub(crate) fn open(path: &PathBuf) -> Result<Connection, StepError> {
@@ -115,23 +117,6 @@ pub async fn describe(path: PathBuf, table: String) -> Result<TableInfo, StepErr
     .await
 }
 
-pub async fn max_cursor(
-    path: PathBuf,
-    table: String,
-    cursor: String,
-) -> Result<Option<String>, StepError> {
-    blocking(move || {
-        let c = open(&path)?;
-        let sql = format!(
-            "SELECT CAST(max({}) AS TEXT) FROM {}",
-            quote_ident(&cursor),
-            quote_ident(&table)
-        );
-        c.query_row(&sql, [], |r| r.get(0)).map_err(sq)
-    })
-    .await
-}
-
 /// Move a text timestamp by `micros` (negative: earlier), keeping its format.
 pub fn shift_timestamp_text(text: &str, micros: i64) -> Option<String> {
     use chrono::{NaiveDateTime, TimeDelta};
@@ -159,6 +144,8 @@ pub fn shift_timestamp_text(text: &str, micros: i64) -> Option<String> {
     Some(out)
 }
 
+/// The window's rows and the table's newest position, from one read transaction
+/// (see [`super::SqlSource::read`]).
 pub async fn read(
     path: PathBuf,
     table: TableInfo,
@@ -166,20 +153,55 @@ pub async fn read(
     schema: SchemaRef,
     batch_rows: usize,
     tx: mpsc::Sender<Result<RecordBatch, StepError>>,
-) -> Result<(), StepError> {
+) -> Result<Option<Position>, StepError> {
     blocking(move || {
-        let c = open(&path)?;
+        let mut c = open(&path)?;
+        let c = c.transaction().map_err(sq)?;
         let cursor = quote_ident(&w.cursor);
+        // Sorted by the table's columns through its alias, not by the text outputs.
+        let mut top_select = vec![format!("CAST(t.{cursor} AS TEXT)")];
+        let mut top_order = vec![format!("t.{cursor} DESC")];
+        for k in &w.key {
+            top_select.push(format!("CAST(t.{} AS TEXT)", quote_ident(k)));
+            top_order.push(format!("t.{} DESC", quote_ident(k)));
+        }
+        let top_sql = format!(
+            "SELECT {} FROM {} AS t WHERE t.{cursor} IS NOT NULL ORDER BY {} LIMIT 1",
+            top_select.join(", "),
+            quote_ident(&table.name),
+            top_order.join(", ")
+        );
+        let top: Option<Position> = {
+            let mut st = c.prepare(&top_sql).map_err(sq)?;
+            let mut rows = st.query([]).map_err(sq)?;
+            match rows.next().map_err(sq)? {
+                Some(r) => Some((
+                    r.get(0).map_err(sq)?,
+                    (1..=w.key.len())
+                        .map(|i| r.get(i))
+                        .collect::<Result<_, _>>()
+                        .map_err(sq)?,
+                )),
+                None => None,
+            }
+        };
+        let Some(top) = top else {
+            return Ok(None);
+        };
+        let hi = top.0.clone();
         let mut select: Vec<String> = table
             .columns
             .iter()
             .map(|col| quote_ident(&col.name))
             .collect();
-        select.push(format!("CAST({cursor} AS TEXT) AS {CURSOR_TEXT}"));
-        for (i, k) in w.key.iter().enumerate() {
-            select.push(format!("CAST({} AS TEXT) AS {KEY_TEXT}{i}", quote_ident(k)));
+        // Helper columns (see `Window`) only with a look-back.
+        if w.lookback.is_some() {
+            select.push(format!("CAST({cursor} AS TEXT) AS {CURSOR_TEXT}"));
+            for (i, k) in w.key.iter().enumerate() {
+                select.push(format!("CAST({} AS TEXT) AS {KEY_TEXT}{i}", quote_ident(k)));
+            }
         }
-        let mut params: Vec<String> = vec![w.hi.clone()];
+        let mut params: Vec<String> = vec![hi.clone()];
         let mut conditions = vec![format!("{cursor} <= ?1")];
         let lookback_us = w.lookback.map(|l| l.as_micros() as i64);
         match (&w.after, lookback_us) {
@@ -206,27 +228,21 @@ pub async fn read(
             }
             (None, _) => {}
         }
-        match lookback_us {
-            Some(us) => {
-                let recent = shift_timestamp_text(&w.hi, -us).ok_or_else(|| {
-                    StepError::user(format!(
-                        "lookback needs a timestamp cursor; `{}` holds `{}`",
-                        w.cursor, w.hi
-                    ))
-                })?;
-                params.push(recent);
-                select.push(format!("({cursor} >= ?{}) AS {IN_WINDOW}", params.len()));
-            }
-            None => select.push(format!("0 AS {IN_WINDOW}")),
+        if let Some(us) = lookback_us {
+            let recent = shift_timestamp_text(&hi, -us).ok_or_else(|| {
+                StepError::user(format!(
+                    "lookback needs a timestamp cursor; `{}` holds `{hi}`",
+                    w.cursor
+                ))
+            })?;
+            params.push(recent);
+            select.push(format!("({cursor} >= ?{}) AS {IN_WINDOW}", params.len()));
         }
-        let mut order = vec![cursor];
-        order.extend(w.key.iter().map(|k| quote_ident(k)));
         let sql = format!(
-            "SELECT {} FROM {} WHERE {} ORDER BY {}",
+            "SELECT {} FROM {} WHERE {}",
             select.join(", "),
             quote_ident(&table.name),
             conditions.join(" AND "),
-            order.join(", ")
         );
         let mut st = c.prepare(&sql).map_err(sq)?;
         let mut rows = st
@@ -245,7 +261,7 @@ pub async fn read(
             if b.rows >= batch_rows {
                 let batch = b.finish().map_err(|e| StepError::internal(e.to_string()))?;
                 if tx.blocking_send(Ok(batch)).is_err() {
-                    return Ok(());
+                    return Ok(Some(top));
                 }
             }
         }
@@ -253,7 +269,7 @@ pub async fn read(
             let batch = b.finish().map_err(|e| StepError::internal(e.to_string()))?;
             let _ = tx.blocking_send(Ok(batch));
         }
-        Ok(())
+        Ok(Some(top))
     })
     .await
 }

@@ -121,11 +121,6 @@ async fn extract_table(
     };
     // A table with nothing new is current as of when it was read.
     let read_at = chrono::Utc::now();
-    let Some(hi) = src.max_cursor(&plan.schema, &info, &plan.cursor).await? else {
-        report.notes.push(format!("`{table}` is empty"));
-        report.newest_change = Some(read_at);
-        return Ok(report);
-    };
     let recent_old: HashSet<String> = old
         .as_ref()
         .map(|w| w.recent.iter().cloned().collect())
@@ -133,7 +128,6 @@ async fn extract_table(
     let window = Window {
         cursor: plan.cursor.clone(),
         key: key.clone(),
-        hi,
         after: old.as_ref().map(|w| (w.cursor.clone(), w.key.clone())),
         lookback: plan.lookback,
     };
@@ -152,22 +146,55 @@ async fn extract_table(
     let nkeys = key.len();
 
     let (tx, mut rx) = mpsc::channel::<Result<RecordBatch, StepError>>(4);
-    let reader = src.read(&plan.schema, &info, &window, plan.batch_rows, tx);
+    // The reader decodes on its own task while this one encodes.
+    let mut reader = {
+        let (src, schema, info, window) = (
+            src.clone(),
+            plan.schema.clone(),
+            info.clone(),
+            window.clone(),
+        );
+        let (batch_rows, parallel) = (plan.batch_rows, plan.parallel);
+        // In a set: dropped with this step (cancelled, timed out), it stops too.
+        let mut set = tokio::task::JoinSet::new();
+        set.spawn(async move {
+            src.read(&schema, &info, &window, batch_rows, parallel, tx)
+                .await
+        });
+        set
+    };
+    let lookback = plan.lookback.is_some();
     let consume = async {
         let mut writer = LazyWriter::new(store.clone(), path.clone(), format, PART_SIZE);
-        let mut last: Option<(String, Vec<String>)> = None;
         let mut recent_new: Vec<String> = Vec::new();
         let result: Result<(), StepError> = async {
             while let Some(batch) = rx.recv().await {
                 let batch = batch?;
                 report.rows_in += batch.num_rows() as u64;
+                // Only a look-back needs fingerprints, and only of rows that came
+                // with their cursor and key as text.
+                if !lookback {
+                    writer.write(&batch).await?;
+                    continue;
+                }
                 let cursor = batch.column(data_cols).as_string::<i32>();
                 let keys: Vec<_> = (0..nkeys)
                     .map(|i| batch.column(data_cols + 1 + i).as_string::<i32>())
                     .collect();
                 let in_window = batch.column(data_cols + 1 + nkeys).as_boolean();
+                let data = batch
+                    .project(&(0..data_cols).collect::<Vec<_>>())
+                    .map_err(|e| StepError::internal(e.to_string()))?;
+                if cursor.null_count() == cursor.len() {
+                    writer.write(&data).await?;
+                    continue;
+                }
                 let mut keep = Vec::with_capacity(batch.num_rows());
                 for row in 0..batch.num_rows() {
+                    if cursor.is_null(row) {
+                        keep.push(true);
+                        continue;
+                    }
                     let kv: Vec<&str> = keys.iter().map(|k| k.value(row)).collect();
                     let fp = fingerprint(cursor.value(row), &kv);
                     keep.push(!recent_old.contains(&fp));
@@ -175,16 +202,6 @@ async fn extract_table(
                         recent_new.push(fp);
                     }
                 }
-                if batch.num_rows() > 0 {
-                    let row = batch.num_rows() - 1;
-                    last = Some((
-                        cursor.value(row).to_string(),
-                        keys.iter().map(|k| k.value(row).to_string()).collect(),
-                    ));
-                }
-                let data = batch
-                    .project(&(0..data_cols).collect::<Vec<_>>())
-                    .map_err(|e| StepError::internal(e.to_string()))?;
                 let data = filter_record_batch(&data, &BooleanArray::from(keep))
                     .map_err(|e| StepError::internal(e.to_string()))?;
                 writer.write(&data).await?;
@@ -192,19 +209,39 @@ async fn extract_table(
             Ok(())
         }
         .await;
-        (result, writer, last, recent_new)
+        (result, writer, recent_new)
     };
-    let (read_result, (consume_result, writer, last, recent_new)) = tokio::join!(reader, consume);
-    if let Err(e) = read_result.and(consume_result) {
-        writer.abort().await;
-        return Err(e);
-    }
+    let (read_result, (consume_result, writer, recent_new)) =
+        tokio::join!(reader.join_next(), consume);
+    let read_result = match read_result {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => Err(StepError::internal(format!("reader task: {e}"))),
+        None => Err(StepError::internal("reader task missing")),
+    };
+    let end = match consume_result.and(read_result) {
+        Ok(end) => end,
+        Err(e) => {
+            writer.abort().await;
+            return Err(e);
+        }
+    };
+    let Some(top) = end.top else {
+        report.notes.push(format!("`{table}` is empty"));
+        report.newest_change = Some(read_at);
+        return Ok(report);
+    };
+    // Every row up to the table's newest position was read (same snapshot).
+    let last = (report.rows_in > 0).then_some(top);
     if let Some((rows, bytes)) = writer.finish().await? {
         report.rows_out = rows;
         report.bytes_out = bytes;
         report.objects_out = 1;
+        let over = match end.streams {
+            n if n > 1 => format!(" (read over {n} connections)"),
+            _ => String::new(),
+        };
         report.notes.push(format!(
-            "`{table}`: {} rows → {}",
+            "`{table}`: {} rows → {}{over}",
             report.rows_out,
             dst.display(&key_path)
         ));
