@@ -71,6 +71,83 @@ fn manual_copy_from_files_to_s3_then_nothing_to_do() {
     assert_eq!(runs[1]["steps"][0]["objects_out"], 6);
 }
 
+#[test]
+fn between_buckets_on_one_endpoint_the_server_copies_and_sizes_and_etags_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ((src, _), (dst, _)) = (fresh_s3_bucket(), fresh_s3_bucket());
+    let mut expected = Vec::new();
+    for (i, rel) in ["a.bin", "sub dir/b+c.bin", "sub dir/ünï.bin", "big.bin"]
+        .iter()
+        .enumerate()
+    {
+        let data = bytes(i as u64, if *rel == "big.bin" { 9 << 20 } else { 1000 + i });
+        write(&bucket_dir(&src).join("ds").join(rel), &data);
+        expected.push((rel.to_string(), data));
+    }
+    expected.sort();
+    let pipeline = format!(
+        "name = \"s3-to-s3\"\n[stores]\n{}{}[[steps]]\nid = \"copy\"\ncopy = {{ from = \"src:ds\", to = \"dst:out\", verify = \"size\", manifest = \"_manifest.json\" }}\n",
+        s3_store("src", &src, "", "read"),
+        s3_store("dst", &dst, "", "write")
+    );
+    write(&dir.path().join("p.toml"), pipeline.as_bytes());
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("4 object(s) copied server-side: the bytes did not pass through flowgate"),
+        "{}",
+        out.stdout
+    );
+    let mut landed = tree(&bucket_dir(&dst).join("out"));
+    let at = landed
+        .iter()
+        .position(|(k, _)| k == "_manifest.json")
+        .expect("manifest written");
+    let (_, m) = landed.remove(at);
+    assert_eq!(
+        landed, expected,
+        "byte-identical under the same relative keys"
+    );
+    let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
+    let objects = m["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 4);
+    assert!(
+        objects
+            .iter()
+            .all(|o| o["etag"].as_str().is_some_and(|t| !t.is_empty())),
+        "each object's ETag is in the manifest: {m}"
+    );
+
+    // With checksums asked for, both ends are read and hashed.
+    let pipeline = pipeline
+        .replace("verify = \"size\"", "verify = \"sha256\"")
+        .replace("dst:out", "dst:again");
+    write(&dir.path().join("p.toml"), pipeline.as_bytes());
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout.contains("4 object(s) copied server-side"),
+        "{}",
+        out.stdout
+    );
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(bucket_dir(&dst).join("again/_manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let big = m["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["key"] == "big.bin")
+        .unwrap();
+    use sha2::Digest;
+    assert_eq!(
+        big["sha256"],
+        hex::encode(sha2::Sha256::digest(bytes(3, 9 << 20)))
+    );
+}
+
 fn arrival_pipeline(dir: &std::path::Path, bucket: &str) {
     let pipeline = format!(
         "name = \"from-s3\"\n[trigger]\narrival = {{ store = \"remote\", pattern = \"**/_SUCCESS\", poll = \"1s\" }}\n[stores]\n{}local = {{ url = \"file://./in\", access = \"read-write\" }}\n[[steps]]\nid = \"download\"\ncopy = {{ from = \"remote:{{{{ trigger.prefix }}}}\", to = \"local:{{{{ trigger.prefix }}}}\", exclude = [\"_SUCCESS\"] }}\n",

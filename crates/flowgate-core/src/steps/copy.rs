@@ -29,12 +29,14 @@ struct Item {
 
 /// What happened to one object.
 enum Done {
+    /// `check`: what identifies the bytes at the destination, for the manifest
+    /// (`{"sha256": …}`, or `{"etag": …}` after a server-side copy verified by size).
     Copied {
         bytes: u64,
-        sha256: String,
+        check: Value,
     },
     Unchanged {
-        sha256: String,
+        check: Value,
     },
     Quarantined {
         report: String,
@@ -148,6 +150,15 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
         .begin(&ctx.step.id, items.len() as u64, total_bytes);
     let quarantine = ctx.stores.quarantine_for(src, ctx.template)?;
 
+    // Between buckets behind one endpoint the server copies (nothing to decrypt).
+    #[cfg(feature = "aws")]
+    let server_side = match identity {
+        None => ServerSideCopy::between(src, dst).await,
+        Some(_) => None,
+    };
+    #[cfg(not(feature = "aws"))]
+    let server_side: Option<ServerSideCopy> = None;
+    let server_side = server_side.as_ref();
     let items_ref = &items;
     let results: Vec<(usize, Result<Done, StepError>)> = futures::stream::iter(0..items.len())
         .map(|i| {
@@ -160,7 +171,12 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
             async move {
                 let item = &items_ref[i];
                 if ctx.cancel.is_cancelled() {
-                    return (i, Err(StepError::external("interrupted before this object was copied")));
+                    return (
+                        i,
+                        Err(StepError::external(
+                            "interrupted before this object was copied",
+                        )),
+                    );
                 }
                 let fp = crate::store::version_of(&item.meta);
                 // A decrypted object drops its `.age`.
@@ -172,8 +188,14 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
                 let dest = match dst.path(&dest_key) {
                     Ok(p) => p,
                     Err(e) => {
-                        let err = StepError::user(format!("`{}` cannot be a destination key: {e}", item.relative));
-                        return (i, quarantine_one(ctx, src, quarantine, from_prefix, item, err).await);
+                        let err = StepError::user(format!(
+                            "`{}` cannot be a destination key: {e}",
+                            item.relative
+                        ));
+                        return (
+                            i,
+                            quarantine_one(ctx, src, quarantine, from_prefix, item, err).await,
+                        );
                     }
                 };
                 // Unchanged since a verified copy: skip.
@@ -182,22 +204,39 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
                     && let Ok(head) = writer.head(&dest).await
                     && head.size == item.meta.size
                 {
-                    let sha = entry.detail.get("sha256").and_then(Value::as_str).unwrap_or_default().to_string();
                     ctx.progress.advance(item.meta.size);
-                    return (i, Ok(Done::Unchanged { sha256: sha }));
+                    return (
+                        i,
+                        Ok(Done::Unchanged {
+                            check: check_of(&entry.detail),
+                        }),
+                    );
                 }
-                let res = copy_one(src, &writer, item, &dest, plan.part_size, identity, ctx.progress).await;
-                let res = match res {
-                    Ok((bytes, sha256)) => verify(&writer, &dest, plan.verify, bytes, &sha256).await.map(|_| (bytes, sha256)),
-                    Err(e) => Err(e),
-                };
+                let res = transfer(
+                    src,
+                    dst,
+                    &writer,
+                    item,
+                    &dest,
+                    plan,
+                    identity,
+                    server_side,
+                    ctx.progress,
+                )
+                .await;
                 match res {
-                    Ok((bytes, sha256)) => {
-                        let detail = json!({"size": bytes, "sha256": sha256, "destination": dst.display(&dest_key)});
-                        if let Err(e) = ctx.state.ledger_put(scope, &item.relative, &fp, &detail).await {
+                    Ok((bytes, check)) => {
+                        let mut detail =
+                            json!({"size": bytes, "destination": dst.display(&dest_key)});
+                        merge(&mut detail, &check);
+                        if let Err(e) = ctx
+                            .state
+                            .ledger_put(scope, &item.relative, &fp, &detail)
+                            .await
+                        {
                             return (i, Err(e.into()));
                         }
-                        (i, Ok(Done::Copied { bytes, sha256 }))
+                        (i, Ok(Done::Copied { bytes, check }))
                     }
                     Err(e) if e.message.contains("vanished") => (i, Ok(Done::Vanished)),
                     Err(e) if !e.class.retriable => {
@@ -205,11 +244,19 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
                         match quarantine_one(ctx, src, quarantine, from_prefix, item, e).await {
                             // A file that cannot be decrypted fails the transfer
                             // (after it is quarantined with the reason).
-                            Ok(Done::Quarantined { report }) if undecryptable => (i, Ok(Done::Undecryptable { report })),
+                            Ok(Done::Quarantined { report }) if undecryptable => {
+                                (i, Ok(Done::Undecryptable { report }))
+                            }
                             other => (i, other),
                         }
                     }
-                    Err(e) => (i, Err(e.context(format!("copying {}", src.display(&join(from_prefix, &item.relative)))))),
+                    Err(e) => (
+                        i,
+                        Err(e.context(format!(
+                            "copying {}",
+                            src.display(&join(from_prefix, &item.relative))
+                        ))),
+                    ),
                 }
             }
         })
@@ -230,17 +277,19 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
     for (i, r) in sorted {
         let item = &items[i];
         match r {
-            Ok(Done::Copied { bytes, sha256 }) => {
+            Ok(Done::Copied { bytes, check }) => {
                 report.objects_out += 1;
                 report.bytes_in += bytes;
                 report.bytes_out += bytes;
-                manifest_objects
-                    .push(json!({"key": item.relative, "size": bytes, "sha256": sha256}));
+                let mut entry = json!({"key": item.relative, "size": bytes});
+                merge(&mut entry, &check);
+                manifest_objects.push(entry);
             }
-            Ok(Done::Unchanged { sha256 }) => {
+            Ok(Done::Unchanged { check }) => {
                 report.objects_skipped += 1;
-                manifest_objects
-                    .push(json!({"key": item.relative, "size": item.meta.size, "sha256": sha256}));
+                let mut entry = json!({"key": item.relative, "size": item.meta.size});
+                merge(&mut entry, &check);
+                manifest_objects.push(entry);
             }
             Ok(Done::Quarantined { report: at }) => {
                 report.quarantined += 1;
@@ -267,6 +316,15 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
                 }
             }
         }
+    }
+    #[cfg(feature = "aws")]
+    if let Some(n) = server_side
+        .map(|s| s.copied.load(std::sync::atomic::Ordering::Relaxed))
+        .filter(|n| *n > 0)
+    {
+        report.notes.push(format!(
+            "{n} object(s) copied server-side: the bytes did not pass through flowgate"
+        ));
     }
     if let Some(e) = first_error {
         return Err(e);
@@ -311,6 +369,160 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
             .map_err(|e| StepError::from(e).context("writing the manifest"))?;
     }
     Ok(StepOutput::from(report))
+}
+
+/// What identifies an object's bytes, from its ledger entry.
+fn check_of(detail: &Value) -> Value {
+    let mut check = serde_json::Map::new();
+    for k in ["sha256", "etag"] {
+        if let Some(v) = detail.get(k) {
+            check.insert(k.to_string(), v.clone());
+        }
+    }
+    Value::Object(check)
+}
+
+/// Add `extra`'s fields to `into` (both objects).
+fn merge(into: &mut Value, extra: &Value) {
+    if let (Some(into), Some(extra)) = (into.as_object_mut(), extra.as_object()) {
+        into.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+}
+
+/// A server-side copier, and whether the server still accepts its copies.
+#[cfg(feature = "aws")]
+struct ServerSideCopy {
+    copier: crate::store::server_side::ServerSide,
+    works: std::sync::atomic::AtomicBool,
+    /// Objects copied by the server.
+    copied: std::sync::atomic::AtomicU64,
+}
+
+#[cfg(feature = "aws")]
+impl ServerSideCopy {
+    async fn between(src: &StoreHandle, dst: &StoreHandle) -> Option<ServerSideCopy> {
+        Some(ServerSideCopy {
+            copier: crate::store::server_side::ServerSide::between(src, dst).await?,
+            works: std::sync::atomic::AtomicBool::new(true),
+            copied: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+}
+
+#[cfg(not(feature = "aws"))]
+struct ServerSideCopy;
+
+/// Copy one object and verify it: by the server when it can, else streamed
+/// through here. Returns the size and what identifies the bytes.
+#[allow(clippy::too_many_arguments, reason = "the step's context, spelled out")]
+async fn transfer(
+    src: &StoreHandle,
+    dst: &StoreHandle,
+    writer: &Arc<dyn object_store::ObjectStore>,
+    item: &Item,
+    dest: &object_store::path::Path,
+    plan: &CopyPlan,
+    identity: Option<&age::x25519::Identity>,
+    server_side: Option<&ServerSideCopy>,
+    progress: &dyn crate::engine::Progress,
+) -> Result<(u64, Value), StepError> {
+    #[cfg(feature = "aws")]
+    if let Some(ss) = server_side
+        && ss.works.load(std::sync::atomic::Ordering::Relaxed)
+        && let (Some(from), Some(to)) = (&src.s3, &dst.s3)
+    {
+        use crate::store::server_side::UNSUPPORTED;
+        let copied = ss
+            .copier
+            .copy(
+                from,
+                item.meta.location.as_ref(),
+                to,
+                dest.as_ref(),
+                item.meta.size,
+                plan.part_size as u64,
+                4,
+            )
+            .await;
+        match copied {
+            Ok(c) => {
+                progress.advance(item.meta.size);
+                ss.copied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let check =
+                    verify_server_side(src, writer, item, dest, plan.verify, c.etag).await?;
+                return Ok((item.meta.size, check));
+            }
+            Err(e) if e.message.starts_with(UNSUPPORTED) => {
+                tracing::info!(reason = %e.message, "copying through flowgate instead");
+                ss.works.store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    #[cfg(not(feature = "aws"))]
+    let _ = (dst, server_side);
+    let (bytes, sha256) =
+        copy_one(src, writer, item, dest, plan.part_size, identity, progress).await?;
+    verify(writer, dest, plan.verify, bytes, &sha256).await?;
+    Ok((bytes, json!({ "sha256": sha256 })))
+}
+
+/// Verify a server-side copy: its size (and ETag, when both ETags are plain
+/// MD5s), or, with `verify = "sha256"`, the SHA-256 of both ends, read in parallel.
+#[cfg(feature = "aws")]
+async fn verify_server_side(
+    src: &StoreHandle,
+    writer: &Arc<dyn object_store::ObjectStore>,
+    item: &Item,
+    dest: &object_store::path::Path,
+    how: Verify,
+    etag: Option<String>,
+) -> Result<Value, StepError> {
+    let head = writer.head(dest).await?;
+    if head.size != item.meta.size {
+        return Err(StepError::external(format!(
+            "{dest}: destination has {} bytes after a server-side copy, expected {}",
+            head.size, item.meta.size
+        )));
+    }
+    let plain = |t: &Option<String>| {
+        t.as_deref()
+            .filter(|t| !t.contains('-'))
+            .map(str::to_string)
+    };
+    let dest_etag = plain(&head.e_tag).or(plain(&etag));
+    if let (Some(a), Some(b)) = (plain(&item.meta.e_tag), &dest_etag)
+        && a.trim_matches('"') != b.trim_matches('"')
+    {
+        return Err(StepError::external(format!(
+            "{dest}: ETag {b} after a server-side copy of an object with ETag {a}"
+        )));
+    }
+    if how == Verify::Sha256 {
+        let (a, b) = tokio::try_join!(
+            sha256_of(src.reader(), &item.meta.location),
+            sha256_of(writer, dest)
+        )?;
+        if a != b {
+            return Err(StepError::external(format!(
+                "{dest}: checksum mismatch after a server-side copy (sha256 {b}, source {a})"
+            )));
+        }
+        return Ok(json!({ "sha256": a }));
+    }
+    Ok(json!({ "etag": head.e_tag.or(etag) }))
+}
+
+async fn sha256_of(
+    store: &Arc<dyn object_store::ObjectStore>,
+    path: &object_store::path::Path,
+) -> Result<String, StepError> {
+    let mut stream = store.get(path).await?.into_stream();
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = stream.next().await {
+        hasher.update(&chunk?);
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 async fn quarantine_one(
@@ -448,12 +660,7 @@ async fn verify(
         )));
     }
     if how == Verify::Sha256 {
-        let mut stream = store.get(dest).await?.into_stream();
-        let mut hasher = Sha256::new();
-        while let Some(chunk) = stream.next().await {
-            hasher.update(&chunk?);
-        }
-        let got = hex::encode(hasher.finalize());
+        let got = sha256_of(store, dest).await?;
         if got != sha256 {
             return Err(StepError::external(format!(
                 "{dest}: checksum mismatch after copy (sha256 {got}, expected {sha256})"

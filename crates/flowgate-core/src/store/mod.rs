@@ -12,6 +12,27 @@ use object_store::{ObjectStore, RetryConfig};
 
 use crate::config::model::{Access, StoreSpec};
 
+#[cfg(feature = "aws")]
+pub mod server_side;
+
+/// Where an S3 store lives: for the calls object_store does not make (a
+/// server-side copy across buckets).
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Info {
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub path_style: bool,
+    pub access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+}
+
+impl std::fmt::Debug for S3Info {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "S3Info({}, {:?})", self.bucket, self.endpoint)
+    }
+}
+
 /// Errors opening or using a store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -52,6 +73,8 @@ pub struct StoreHandle {
     inner: Arc<dyn ObjectStore>,
     /// Prefix inside the store that the URL points at (`s3://bucket/this/prefix`).
     root: Path,
+    /// Set for `s3://` stores.
+    pub s3: Option<S3Info>,
 }
 
 impl std::fmt::Debug for StoreHandle {
@@ -113,6 +136,7 @@ impl StoreHandle {
             .url
             .split_once("://")
             .ok_or_else(|| bad("no scheme".into()))?;
+        let mut s3 = None;
         let (inner, root, url): (Arc<dyn ObjectStore>, Path, String) = match scheme {
             "file" => {
                 let dir = if rest.starts_with('/') {
@@ -176,7 +200,8 @@ impl StoreHandle {
                     .clone()
                     .or_else(|| std::env::var("AWS_REGION").ok())
                     .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok());
-                b = b.with_region(region.unwrap_or_else(|| "us-east-1".into()));
+                let region = region.unwrap_or_else(|| "us-east-1".into());
+                b = b.with_region(&region);
                 if let Some(k) = &spec.access_key_id {
                     b = b.with_access_key_id(k);
                 }
@@ -205,6 +230,14 @@ impl StoreHandle {
                     ));
                 }
                 let store = b.build().map_err(open)?;
+                s3 = Some(S3Info {
+                    bucket: bucket.to_string(),
+                    path_style: spec.path_style.unwrap_or(endpoint.is_some()),
+                    endpoint,
+                    region,
+                    access_key_id: spec.access_key_id.clone(),
+                    secret_access_key: spec.secret_access_key.clone(),
+                });
                 (
                     Arc::new(store),
                     Path::parse(prefix).map_err(|e| bad(e.to_string()))?,
@@ -249,6 +282,7 @@ impl StoreHandle {
             access: spec.access,
             inner,
             root,
+            s3,
         })
     }
 
