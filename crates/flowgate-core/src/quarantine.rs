@@ -4,10 +4,14 @@
 
 use bytes::Bytes;
 use chrono::Utc;
+use futures::StreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
 
 use crate::error::StepError;
+
+/// Part size of a quarantined object's upload.
+const QUARANTINE_PART: usize = 8 * 1024 * 1024;
 use crate::store::StoreHandle;
 
 /// A quarantine: `store:prefix`, where failed inputs are copied with a report.
@@ -42,8 +46,9 @@ impl Quarantine {
             .map_err(|e| StepError::user(e.to_string()))?;
         match from.reader().get(&src).await {
             Ok(got) => {
-                let data = got.bytes().await?;
-                writer.put(&dst, PutPayload::from_bytes(data)).await?;
+                // Streamed: a quarantined object may be gigabytes.
+                let chunks = got.into_stream().map(|c| c.map_err(StepError::from));
+                crate::store::put_stream(writer, &dst, QUARANTINE_PART, chunks, |_| {}).await?;
             }
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),

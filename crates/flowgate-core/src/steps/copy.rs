@@ -9,15 +9,13 @@
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::buffered::BufWriter;
 use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use crate::config::model::Verify;
 use crate::engine::{StepContext, StepOutput};
-use crate::error::{ErrorClass, StepError};
+use crate::error::StepError;
 use crate::plan::CopyPlan;
 use crate::state::StepReport;
 use crate::store::{StoreHandle, join_key as join};
@@ -564,7 +562,7 @@ async fn copy_one(
         Err(object_store::Error::NotFound { .. }) => return Err(StepError::external("vanished")),
         Err(e) => return Err(e.into()),
     };
-    let mut stream: futures::stream::BoxStream<'static, Result<bytes::Bytes, StepError>> =
+    let stream: futures::stream::BoxStream<'static, Result<bytes::Bytes, StepError>> =
         match identity {
             None => got
                 .into_stream()
@@ -572,28 +570,12 @@ async fn copy_one(
                 .boxed(),
             Some(id) => decrypting(got.into_stream(), id).await?,
         };
-    let mut out =
-        BufWriter::with_capacity(writer.clone(), dest.clone(), part_size).with_max_concurrency(4);
     let mut hasher = Sha256::new();
-    let mut bytes = 0u64;
-    let written: Result<(), StepError> = async {
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            hasher.update(&chunk);
-            bytes += chunk.len() as u64;
-            progress.advance(chunk.len() as u64);
-            out.write_all(&chunk).await.map_err(io_error)?;
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(e) = written {
-        // Never leave a half-written multipart upload behind. (Only before
-        // shutdown: BufWriter refuses to abort once shutdown has begun.)
-        let _ = out.abort().await;
-        return Err(e);
-    }
-    out.shutdown().await.map_err(io_error)?;
+    let bytes = crate::store::put_stream(writer, dest, part_size, stream, |chunk| {
+        hasher.update(chunk);
+        progress.advance(chunk.len() as u64);
+    })
+    .await?;
     if identity.is_none() && bytes != item.meta.size {
         return Err(StepError::external(format!(
             "read {bytes} bytes but the source listed {} (the object changed while it was copied)",
@@ -623,7 +605,7 @@ async fn decrypting(
             if e.kind() == std::io::ErrorKind::InvalidData {
                 StepError::user(format!("{UNDECRYPTABLE}: the file is damaged: {e}"))
             } else {
-                io_error(e)
+                crate::store::io_error(e)
             }
         })?;
         if n == 0 {
@@ -633,16 +615,6 @@ async fn decrypting(
         Ok(Some((bytes::Bytes::from(buf), r)))
     })
     .boxed())
-}
-
-fn io_error(e: std::io::Error) -> StepError {
-    match e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<object_store::Error>())
-    {
-        Some(os) => StepError::new(crate::error::Classify::class(os), e.to_string()),
-        None => StepError::new(ErrorClass::EXTERNAL_RETRIABLE, e.to_string()),
-    }
 }
 
 async fn verify(

@@ -358,6 +358,59 @@ pub fn version_of(meta: &object_store::ObjectMeta) -> String {
     }
 }
 
+/// Stream `chunks` into `dest` as a multipart upload of `part_size` parts (at
+/// most four in flight), so memory stays near `4 × part_size` whatever the
+/// object's size; `each` sees every chunk before it is written. On a failure the
+/// upload is aborted: no half-written object, no parts left behind. Returns the
+/// bytes written.
+pub async fn put_stream<S>(
+    writer: &Arc<dyn ObjectStore>,
+    dest: &Path,
+    part_size: usize,
+    mut chunks: S,
+    mut each: impl FnMut(&bytes::Bytes),
+) -> Result<u64, crate::error::StepError>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, crate::error::StepError>> + Unpin,
+{
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut out =
+        object_store::buffered::BufWriter::with_capacity(writer.clone(), dest.clone(), part_size)
+            .with_max_concurrency(4);
+    let mut bytes = 0u64;
+    let written: Result<(), crate::error::StepError> = async {
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            each(&chunk);
+            bytes += chunk.len() as u64;
+            out.write_all(&chunk).await.map_err(io_error)?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = written {
+        // Only before shutdown: BufWriter refuses to abort once shutdown has begun.
+        let _ = out.abort().await;
+        return Err(e);
+    }
+    out.shutdown().await.map_err(io_error)?;
+    Ok(bytes)
+}
+
+/// An I/O error from a store writer or reader, classified by the object_store
+/// error inside it (retriable unless it says otherwise).
+pub fn io_error(e: std::io::Error) -> crate::error::StepError {
+    use crate::error::{Classify, ErrorClass, StepError};
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<object_store::Error>())
+    {
+        Some(os) => StepError::new(os.class(), e.to_string()),
+        None => StepError::new(ErrorClass::EXTERNAL_RETRIABLE, e.to_string()),
+    }
+}
+
 /// A location written as `store:prefix` in pipeline files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
