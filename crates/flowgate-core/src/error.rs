@@ -69,7 +69,7 @@ pub struct StepError {
 impl StepError {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
         StepError {
-            message: crate::secret::redact(&message.into()),
+            message: printable(crate::secret::redact(&message.into())),
             class,
         }
     }
@@ -90,9 +90,27 @@ impl StepError {
 
     /// Prefix the message with where it happened.
     pub fn context(mut self, what: impl fmt::Display) -> Self {
-        self.message = crate::secret::redact(&format!("{what}: {}", self.message));
+        self.message = printable(crate::secret::redact(&format!("{what}: {}", self.message)));
         self
     }
+}
+
+/// Control characters (an object key can hold any) escaped as `\u{7}`, so an
+/// error prints as what it says, not as terminal commands; line breaks and tabs stay.
+fn printable(text: String) -> String {
+    let odd = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(odd) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if odd(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Classify for StepError {

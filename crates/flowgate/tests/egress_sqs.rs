@@ -460,6 +460,13 @@ url = "https://127.0.0.1:9/"
             "{case}: the reason names the key and what to do\n{}",
             out.all()
         );
+        if case == "control" {
+            assert!(
+                !out.all().contains('\u{7}') && out.all().contains("bell\\u{7}.txt"),
+                "the control character is shown escaped, never sent to the terminal\n{}",
+                out.all()
+            );
+        }
         // Nothing anywhere but under the outbox (and flowgate's own state).
         let mut stray = Vec::new();
         let mut stack = vec![dir.path().to_path_buf()];
