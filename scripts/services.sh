@@ -112,7 +112,6 @@ start_nginx() {
   local port; port=$(free_port)
   local n="$W/nginx"
   rm -rf "$n"; mkdir -p "$n/www/inbound" "$n/logs" "$n/tmp"
-  make_tls
   local user=""
   if is_root; then user="user root root;"; fi
   cat >"$n/nginx.conf" <<CONF
@@ -164,22 +163,38 @@ wait_port() {
   die "$what did not start listening on 127.0.0.1:$port; see its log under $W"
 }
 
+# The role flowgate_tls_only may connect over TLS only: tests prove with it that
+# a connection really was encrypted.
+tls_only_role() {
+  local hba="$1/pg_hba.conf"
+  { echo "hostnossl all flowgate_tls_only all reject"; cat "$hba"; } >"$hba.new" && mv "$hba.new" "$hba"
+  if is_root; then chown postgres:postgres "$hba"; fi
+}
+
 start_postgres() {
   local port; port=$(free_port)
   mkdir -p "$W/pg"
   local data="$W/pg/data"
   rm -rf "$data"
+  # TLS offered (not demanded) with the test CA's certificate for 127.0.0.1, so
+  # sslmode=verify-full can be tested; PostgreSQL wants its key private to it.
+  cp "$W/tls/server.pem" "$W/pg/server.pem"; cp "$W/tls/server.key" "$W/pg/server.key"
+  chmod 600 "$W/pg/server.key"
+  local opts="-p $port -k $W/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+  opts="$opts -c ssl=on -c ssl_cert_file=$W/pg/server.pem -c ssl_key_file=$W/pg/server.key"
   if is_root; then
     id postgres >/dev/null 2>&1 || useradd --system --home "$W/pg" postgres
     chown -R postgres:postgres "$W/pg"
     su postgres -s /bin/sh -c "$PG_BIN/initdb -D $data -A trust -U postgres --no-sync -E UTF8 --locale=C.UTF-8" >"$W/pg/initdb.log" 2>&1 \
       || die "initdb failed; see $W/pg/initdb.log"
-    su postgres -s /bin/sh -c "$PG_BIN/pg_ctl -D $data -l $W/pg/log -w -o '-p $port -k $W/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300' start" >/dev/null \
+    tls_only_role "$data"
+    su postgres -s /bin/sh -c "$PG_BIN/pg_ctl -D $data -l $W/pg/log -w -o '$opts' start" >/dev/null \
       || die "PostgreSQL did not start; see $W/pg/log"
   else
     "$PG_BIN/initdb" -D "$data" -A trust -U postgres --no-sync -E UTF8 --locale=C.UTF-8 >"$W/pg/initdb.log" 2>&1 \
       || die "initdb failed; see $W/pg/initdb.log"
-    "$PG_BIN/pg_ctl" -D "$data" -l "$W/pg/log" -w -o "-p $port -k $W/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null \
+    tls_only_role "$data"
+    "$PG_BIN/pg_ctl" -D "$data" -l "$W/pg/log" -w -o "$opts" start >/dev/null \
       || die "PostgreSQL did not start; see $W/pg/log"
   fi
   head -1 "$data/postmaster.pid" >"$W/pg.pid"
@@ -240,6 +255,7 @@ case "${1:-}" in
     ensure_venv
     ensure_nginx
     : >"$ENV_FILE"
+    make_tls
     start_postgres
     start_s3s
     start_smtp

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod formats;
 pub mod notify;
+pub mod pg;
 pub mod plan;
 pub mod quarantine;
 #[cfg(feature = "aws")]

@@ -142,7 +142,12 @@ fn pg_error(e: tokio_postgres::Error) -> StepError {
     };
     let text = match e.as_db_error() {
         Some(db) => format!("PostgreSQL {}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+        // With its causes: "error performing TLS handshake" alone does not say why.
+        None => {
+            let text = crate::error::chain(&e);
+            let advice = crate::pg::advice(&text);
+            format!("{text}{advice}")
+        }
     };
     StepError::new(class, text)
 }
@@ -182,7 +187,10 @@ impl SqlSource {
     }
 
     async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, StepError> {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        let (config, tls) = crate::pg::connect_params(url)
+            .map_err(|e| StepError::user(format!("the database URL: {e}")))?;
+        let (client, conn) = config
+            .connect(tls)
             .await
             .map_err(|e| pg_error(e).context("connecting to the source database"))?;
         tokio::spawn(async move {

@@ -2,13 +2,12 @@
 //! the ledger's uniqueness is a unique index, time comes from one clock per row.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::Utc;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::Value;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 use super::rows::{EVENT_COLUMNS, EventRow, RUN_COLUMNS, RunRow, json_text, parse_json};
 use super::sqlite::single_run;
@@ -65,17 +64,18 @@ fn pg_err(e: tokio_postgres::Error) -> StateError {
             db.code().code(),
             db.message()
         ))),
-        None => pg(e),
+        None => StateError::Postgres(crate::error::chain(&e)),
     }
 }
 
 impl PostgresState {
     pub async fn connect(url: &str) -> StateResult<PostgresState> {
-        let config = tokio_postgres::Config::from_str(url).map_err(pg)?;
+        let (config, tls) = crate::pg::connect_params(url)
+            .map_err(|e| StateError::Postgres(format!("the state store URL: {e}")))?;
         let described = describe_url(url);
         let mgr = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -88,10 +88,11 @@ impl PostgresState {
 
     async fn client(&self) -> StateResult<deadpool_postgres::Object> {
         self.pool.get().await.map_err(|e| {
+            let text = crate::error::chain(&e);
             StateError::Postgres(format!(
-                "cannot connect to {}: {}",
+                "cannot connect to {}: {text}{}",
                 self.described,
-                crate::secret::redact(&e.to_string())
+                crate::pg::advice(&text)
             ))
         })
     }
