@@ -469,6 +469,18 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
             Access::Read,
             "the arrival trigger",
         );
+        // Keys are relative to the store and never hold `.` or `..` folders: such
+        // a pattern could not match anything, ever.
+        if a.pattern.starts_with('/') || a.pattern.split('/').any(|s| s == "." || s == "..") {
+            d.push(
+                spans.value("trigger.arrival.pattern"),
+                format!(
+                    "pattern `{}` can never match: keys are relative to the store, with no leading `/` and no `.` or `..` folders",
+                    a.pattern
+                ),
+                Some("write it from the store's root, e.g. `exports/**/pipeline_success.flag`".into()),
+            );
+        }
         let matcher = match Glob::new(&a.pattern) {
             Ok(g) => Some(g.compile_matcher()),
             Err(e) => {

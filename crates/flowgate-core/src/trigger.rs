@@ -22,8 +22,13 @@ pub async fn arrivals(plan: &Plan, stores: &Stores) -> Result<Vec<Submission>, S
     };
     let store = stores.get(&arrival.store)?;
     let root = store.path("").map_err(|e| StepError::user(e.to_string()))?;
+    // Only under the pattern's fixed leading folders: `exports/**/flag` lists
+    // `exports/`, not the whole store.
+    let under = store
+        .path(&literal_folders(&arrival.pattern))
+        .map_err(|e| StepError::user(e.to_string()))?;
     let listed: Vec<object_store::ObjectMeta> =
-        store.reader().list(Some(&root)).try_collect().await?;
+        store.reader().list(Some(&under)).try_collect().await?;
     let mut out = Vec::new();
     for meta in listed {
         let Some(key) = StoreHandle::relative_to(&root, &meta.location) else {
@@ -47,6 +52,17 @@ pub async fn arrivals(plan: &Plan, stores: &Stores) -> Result<Vec<Submission>, S
         });
     }
     Ok(out)
+}
+
+/// The leading folders of a glob that hold no wildcard: where matches can be.
+fn literal_folders(pattern: &str) -> String {
+    let segments: Vec<&str> = pattern.split('/').collect();
+    let fixed = segments[..segments.len().saturating_sub(1)]
+        .iter()
+        .take_while(|s| !s.is_empty() && !s.contains(['*', '?', '[', '{', '\\']))
+        .copied()
+        .collect::<Vec<_>>();
+    fixed.join("/")
 }
 
 /// The submission for a schedule tick.
@@ -175,5 +191,25 @@ pub async fn serve(engine: &Engine, plan: &Plan) -> Result<(), EngineError> {
             _ = tokio::time::sleep(wait) => {}
             _ = engine.cancel.cancelled() => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::literal_folders;
+
+    #[test]
+    fn a_listing_starts_below_the_fixed_folders_of_the_pattern() {
+        assert_eq!(literal_folders("**/pipeline_success.flag"), "");
+        assert_eq!(literal_folders("pipeline_success.flag"), "");
+        assert_eq!(
+            literal_folders("exports/**/pipeline_success.flag"),
+            "exports"
+        );
+        assert_eq!(literal_folders("exports/daily/*.flag"), "exports/daily");
+        assert_eq!(literal_folders("exports/da*/x/y.flag"), "exports");
+        assert_eq!(literal_folders("a/{b,c}/d.flag"), "a");
+        assert_eq!(literal_folders("a/[bc]/d.flag"), "a");
+        assert_eq!(literal_folders("/a/b.flag"), "");
     }
 }

@@ -212,3 +212,26 @@ fn listing_runs_where_there_is_no_state_creates_nothing() {
     assert_eq!(out.code, 2, "{}", out.all());
     assert!(!dir.path().join(".flowgate").exists());
 }
+
+#[test]
+fn an_arrival_pattern_that_can_never_match_is_refused() {
+    for pattern in ["./exports/*.flag", "/exports/*.flag", "exports/../*.flag"] {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            &dir.path().join("p.toml"),
+            format!(
+                "name = \"p\"\n[trigger]\narrival = {{ store = \"inbox\", pattern = \"{pattern}\" }}\n[stores]\ninbox = {{ url = \"file://./inbox\" }}\nout = {{ url = \"file://./out\", access = \"read-write\" }}\n[[steps]]\nid = \"copy\"\ncopy = {{ from = \"inbox:{{{{ trigger.prefix }}}}\", to = \"out:x\" }}\n"
+            )
+            .as_bytes(),
+        );
+        let out = run(flowgate(dir.path()).args(["validate", "p.toml"]));
+        assert_eq!(out.code, 2, "{pattern}: {}", out.all());
+        assert!(
+            out.stderr
+                .contains(&format!("p.toml:3:40: pattern `{pattern}` can never match"))
+                && out.stderr.contains("write it from the store's root"),
+            "{pattern}: {}",
+            out.stderr
+        );
+    }
+}
