@@ -199,6 +199,7 @@ start_postgres() {
   fi
   head -1 "$data/postmaster.pid" >"$W/pg.pid"
   echo "export FLOWGATE_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:$port/postgres" >>"$ENV_FILE"
+  echo "export FLOWGATE_TEST_POSTGRES_SOCKET=$W/pg:$port" >>"$ENV_FILE"
   say "PostgreSQL on postgres://postgres@127.0.0.1:$port/postgres"
 }
 

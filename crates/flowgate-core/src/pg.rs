@@ -5,14 +5,20 @@
 //!
 //! - `prefer`/`allow`: TLS when the server offers it, plain otherwise;
 //! - `require`: TLS or no connection;
-//! - neither checks who the server is unless `sslrootcert` is given (then the
-//!   chain is checked, as libpq does when it finds a root certificate);
-//! - `verify-ca`: the chain must lead to a trusted CA (`sslrootcert`, else the
-//!   system store);
+//! - neither checks who the server is unless a root certificate is given
+//!   (`sslrootcert`, or libpq's default `~/.postgresql/root.crt` when it exists):
+//!   then the chain is checked, as libpq does;
+//! - `verify-ca`: the chain must lead to the root certificate;
 //! - `verify-full`: and the certificate must name the host.
 //!
-//! Both the URL form (`postgres://u@h/db?sslmode=verify-full&sslrootcert=ca.pem`)
-//! and the key-value form (`host=h sslmode=require`) are read.
+//! As in libpq, `verify-ca`/`verify-full` without a root certificate is an error,
+//! and `sslrootcert=system` makes `verify-full` the default and refuses weaker
+//! modes (any public certificate would pass a check without the name).
+//! Unlike libpq, a TLS handshake that fails under `prefer`/`allow` is not retried
+//! in plain text.
+//!
+//! Only the URL form is read (`postgres://u@h/db?sslmode=verify-full&sslrootcert=ca.pem`);
+//! its other parameters reach tokio-postgres exactly as written.
 
 use std::sync::Arc;
 
@@ -24,7 +30,9 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::config::SslMode;
 
-pub use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// What is wrong with a connection URL's TLS settings; says what to write instead.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +45,17 @@ pub enum PgUrlError {
     ClientCert(String),
     #[error("invalid connection URL: {0}")]
     Url(String),
+    #[error(
+        "sslmode={0} checks the server's certificate, but no CA is given: set sslrootcert to \
+         the CA's PEM file (~/.postgresql/root.crt is read when it exists), or \
+         sslrootcert=system with sslmode=verify-full, or sslmode=require to encrypt without checking"
+    )]
+    NoRoot(String),
+    #[error(
+        "sslrootcert=system needs sslmode=verify-full (the default with it): any publicly \
+         trusted certificate would pass sslmode={0}"
+    )]
+    SystemRoots(String),
     #[error("TLS set-up: {0}")]
     Tls(String),
 }
@@ -66,15 +85,20 @@ enum Check {
 }
 
 /// The client configuration and TLS connector for `url`.
-pub fn connect_params(
-    url: &str,
-) -> Result<(tokio_postgres::Config, MakeRustlsConnect), PgUrlError> {
+pub fn connect_params(url: &str) -> Result<(tokio_postgres::Config, Connector), PgUrlError> {
     let (rest, mut opts) = take_tls_options(url)?;
     let mut config: tokio_postgres::Config = rest.parse().map_err(|e: tokio_postgres::Error| {
         PgUrlError::Url(crate::secret::redact(&e.to_string()))
     })?;
-    let mode = opts.remove("sslmode").unwrap_or_else(|| "prefer".into());
-    let root = opts.remove("sslrootcert");
+    let default_root = std::env::var_os("HOME")
+        .map(|h| std::path::Path::new(&h).join(".postgresql/root.crt"))
+        .filter(|p| p.is_file())
+        .map(|p| p.to_string_lossy().into_owned());
+    let (mode, root) = mode_and_root(
+        opts.remove("sslmode"),
+        opts.remove("sslrootcert"),
+        default_root,
+    )?;
     let (ssl, check) = match mode.as_str() {
         "disable" => (SslMode::Disable, Check::Nothing),
         "allow" | "prefer" | "require" => (
@@ -95,7 +119,49 @@ pub fn connect_params(
     };
     config.ssl_mode(ssl);
     let tls = client_config(check, root.as_deref())?;
-    Ok((config, MakeRustlsConnect::new(tls)))
+    Ok((config, Connector(MakeRustlsConnect::new(tls))))
+}
+
+/// The sslmode and root certificate libpq would use, or why it would not connect.
+fn mode_and_root(
+    mode: Option<String>,
+    root: Option<String>,
+    default_root: Option<String>,
+) -> Result<(String, Option<String>), PgUrlError> {
+    let system = root.as_deref() == Some("system");
+    let mode = mode.unwrap_or_else(|| if system { "verify-full" } else { "prefer" }.into());
+    if system && mode != "verify-full" {
+        return Err(PgUrlError::SystemRoots(mode));
+    }
+    let root = root.or(default_root);
+    if root.is_none() && (mode == "verify-ca" || mode == "verify-full") {
+        return Err(PgUrlError::NoRoot(mode));
+    }
+    Ok((mode, root))
+}
+
+/// rustls's connector, usable over a Unix socket too: tokio-postgres asks for a
+/// connector with an empty host name there (and never starts TLS on a socket),
+/// which rustls would refuse as a server name.
+#[derive(Clone)]
+pub struct Connector(MakeRustlsConnect);
+
+impl<S> MakeTlsConnect<S> for Connector
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect;
+    type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, hostname: &str) -> Result<Self::TlsConnect, Self::Error> {
+        let name = if hostname.is_empty() {
+            "localhost"
+        } else {
+            hostname
+        };
+        MakeTlsConnect::<S>::make_tls_connect(&mut self.0, name)
+    }
 }
 
 fn client_config(check: Check, root: Option<&str>) -> Result<rustls::ClientConfig, PgUrlError> {
@@ -109,7 +175,7 @@ fn client_config(check: Check, root: Option<&str>) -> Result<rustls::ClientConfi
             chain: None,
         }),
         Check::Chain | Check::Full => {
-            let roots = Arc::new(roots(root)?);
+            let roots = Arc::new(roots(root.unwrap_or("system"))?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                 .build()
                 .map_err(|e| PgUrlError::Tls(e.to_string()))?;
@@ -130,14 +196,14 @@ fn client_config(check: Check, root: Option<&str>) -> Result<rustls::ClientConfi
 }
 
 /// The CAs to trust: the PEM file `sslrootcert`, or the system's store.
-fn roots(root: Option<&str>) -> Result<RootCertStore, PgUrlError> {
+fn roots(root: &str) -> Result<RootCertStore, PgUrlError> {
     let mut store = RootCertStore::empty();
     let bad = |path: &str, reason: String| PgUrlError::RootCert {
         path: path.to_string(),
         reason,
     };
     match root {
-        Some(path) if path != "system" => {
+        path if path != "system" => {
             let certs = CertificateDer::pem_file_iter(path)
                 .map_err(|e| bad(path, e.to_string()))?
                 .collect::<Result<Vec<_>, _>>()
@@ -162,63 +228,47 @@ fn roots(root: Option<&str>) -> Result<RootCertStore, PgUrlError> {
 }
 
 /// Pull `sslmode`, `sslrootcert` (and the unsupported client-certificate
-/// options) out of a connection string, so the rest parses as tokio-postgres
-/// expects. Values of these options are not quoted in the key-value form.
+/// options) out of a connection URL, so the rest parses as tokio-postgres
+/// expects. The other parameters are kept byte for byte: tokio-postgres
+/// percent-decodes them itself (and does not read `+` as a space).
 fn take_tls_options(
     url: &str,
 ) -> Result<(String, std::collections::HashMap<String, String>), PgUrlError> {
     const OURS: [&str; 2] = ["sslmode", "sslrootcert"];
     const REFUSED: [&str; 2] = ["sslcert", "sslkey"];
-    let mut taken = std::collections::HashMap::new();
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let mut parsed = url::Url::parse(url).map_err(|e| PgUrlError::Url(e.to_string()))?;
-        let mut kept = Vec::new();
-        for (k, v) in parsed.query_pairs() {
-            if REFUSED.contains(&k.as_ref()) {
-                return Err(PgUrlError::ClientCert(k.into_owned()));
-            }
-            if OURS.contains(&k.as_ref()) {
-                taken.insert(k.into_owned(), v.into_owned());
-            } else {
-                kept.push((k.into_owned(), v.into_owned()));
-            }
-        }
-        if kept.is_empty() {
-            parsed.set_query(None);
-        } else {
-            parsed.query_pairs_mut().clear().extend_pairs(kept);
-        }
-        return Ok((parsed.to_string(), taken));
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(PgUrlError::Url(
+            "write it as postgres://user@host:port/database?sslmode=…".into(),
+        ));
     }
+    let mut taken = std::collections::HashMap::new();
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), taken));
+    };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|e| PgUrlError::Url(format!("a query parameter is not UTF-8: {e}")))
+    };
     let mut kept = Vec::new();
-    let mut words = url.split_whitespace().peekable();
-    while let Some(word) = words.next() {
-        // `key=value`, `key = value` or `key =value`.
-        let (key, value) = match word.split_once('=') {
-            Some((k, v)) if !v.is_empty() => (k.to_string(), Some(v.to_string())),
-            Some((k, _)) => (k.to_string(), None),
-            None if words.peek().is_some_and(|w| w.starts_with('=')) => {
-                let eq = words.next().unwrap_or_default();
-                let v = eq.trim_start_matches('=');
-                (word.to_string(), (!v.is_empty()).then(|| v.to_string()))
-            }
-            None => (word.to_string(), None),
-        };
-        let ours = OURS.contains(&key.as_str());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = decode(k)?;
         if REFUSED.contains(&key.as_str()) {
             return Err(PgUrlError::ClientCert(key));
         }
-        if !ours {
-            kept.push(word.to_string());
-            continue;
+        if OURS.contains(&key.as_str()) {
+            taken.insert(key, decode(v)?);
+        } else {
+            kept.push(pair);
         }
-        let value = match value {
-            Some(v) => v,
-            None => words.next().unwrap_or_default().to_string(),
-        };
-        taken.insert(key, value.trim_matches('\'').to_string());
     }
-    Ok((kept.join(" "), taken))
+    Ok(if kept.is_empty() {
+        (base.to_string(), taken)
+    } else {
+        (format!("{base}?{}", kept.join("&")), taken)
+    })
 }
 
 /// libpq's `require` without a root certificate (`chain: None`): encrypted, the
@@ -295,13 +345,14 @@ mod tests {
     }
 
     #[test]
-    fn tls_options_are_taken_out_of_both_forms() {
+    fn tls_options_are_taken_out_and_the_rest_is_kept_as_written() {
         assert_eq!(
             taken(
-                "postgres://u:p@h:5433/db?sslmode=verify-full&application_name=x&sslrootcert=%2Fca.pem"
+                "postgres://u:p@h:5433/db?sslmode=verify-full&application_name=my%20app&sslrootcert=%2Fca.pem&options=-c%20search_path%3Dx"
             ),
             (
-                "postgres://u:p@h:5433/db?application_name=x".to_string(),
+                "postgres://u:p@h:5433/db?application_name=my%20app&options=-c%20search_path%3Dx"
+                    .to_string(),
                 vec![
                     ("sslmode".to_string(), "verify-full".to_string()),
                     ("sslrootcert".to_string(), "/ca.pem".to_string())
@@ -312,16 +363,12 @@ mod tests {
             taken("postgresql://h/db?sslmode=require").0,
             "postgresql://h/db"
         );
-        assert_eq!(
-            taken("host=h sslmode = verify-ca user=u sslrootcert='/etc/ca.pem' dbname=d"),
-            (
-                "host=h user=u dbname=d".to_string(),
-                vec![
-                    ("sslmode".to_string(), "verify-ca".to_string()),
-                    ("sslrootcert".to_string(), "/etc/ca.pem".to_string())
-                ]
-            )
-        );
+        // Several hosts with ports, and a socket directory: tokio-postgres reads them.
+        let multi = "postgres://u@h1:5432,h2:5433/db?target_session_attrs=read-write";
+        assert_eq!(taken(multi).0, multi);
+        let (rest, _) = taken("postgres://u@/db?host=%2Fvar%2Frun%2Fpostgresql&sslmode=disable");
+        assert_eq!(rest, "postgres://u@/db?host=%2Fvar%2Frun%2Fpostgresql");
+        assert!(rest.parse::<tokio_postgres::Config>().is_ok());
     }
 
     #[test]
@@ -332,9 +379,53 @@ mod tests {
         };
         let e = refused("postgres://h/db?sslmode=verify");
         assert!(e.contains("verify-ca, verify-full"), "{e}");
-        let e = refused("host=h sslcert=/c.pem");
+        let e = refused("postgres://h/db?sslcert=/c.pem");
         assert!(e.contains("not supported"), "{e}");
         let e = refused("postgres://h/db?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem");
         assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        let e = refused("host=h password=secret sslmode=require");
+        assert!(e.contains("postgres://") && !e.contains("secret"), "{e}");
+    }
+
+    /// A check of the chain without the host name is only as strong as the CAs
+    /// trusted: with the system's, any public certificate would pass.
+    #[test]
+    fn modes_need_the_root_certificate_libpq_would_need() {
+        let s = |v: &str| Some(v.to_string());
+        let resolved = |mode: Option<&str>, root: Option<&str>, default: Option<&str>| {
+            mode_and_root(
+                mode.map(Into::into),
+                root.map(Into::into),
+                default.map(Into::into),
+            )
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(resolved(None, None, None).unwrap(), ("prefer".into(), None));
+        assert_eq!(
+            resolved(None, s("system").as_deref(), None).unwrap(),
+            ("verify-full".into(), s("system"))
+        );
+        for weaker in ["verify-ca", "require", "prefer"] {
+            let e = resolved(Some(weaker), Some("system"), None).unwrap_err();
+            assert!(e.contains("needs sslmode=verify-full"), "{e}");
+        }
+        for checking in ["verify-ca", "verify-full"] {
+            let e = resolved(Some(checking), None, None).unwrap_err();
+            assert!(
+                e.contains("no CA is given") && e.contains("sslrootcert"),
+                "{e}"
+            );
+            assert_eq!(
+                resolved(Some(checking), None, Some("/home/u/.postgresql/root.crt")).unwrap(),
+                (checking.into(), s("/home/u/.postgresql/root.crt"))
+            );
+        }
+        // A given file wins over the default one.
+        assert_eq!(
+            resolved(Some("require"), Some("/ca.pem"), Some("/d.crt"))
+                .unwrap()
+                .1,
+            s("/ca.pem")
+        );
     }
 }

@@ -53,10 +53,28 @@ pub fn name_looks_secret(name: &str) -> bool {
 }
 
 /// Register the password of a URL (`scheme://user:password@host`) as a secret.
+///
+/// Read from the text, not through a URL parser: PostgreSQL URLs the `url` crate
+/// refuses (`postgres://u:pw@/db?host=/run/pg`, several hosts with ports) still
+/// carry a password, and so may a `password=` parameter.
 pub fn register_url_password(raw: &str) {
-    if let Ok(parsed) = url::Url::parse(raw)
-        && let Some(pw) = parsed.password()
+    let Some((_, rest)) = raw.split_once("://") else {
+        return;
+    };
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut found: Vec<&str> = Vec::new();
+    if let Some((userinfo, _)) = before_query.rsplit_once('@')
+        && let Some((_, pw)) = userinfo.split_once(':')
     {
+        found.push(pw);
+    }
+    found.extend(
+        query
+            .split('&')
+            .filter_map(|pair| pair.strip_prefix("password="))
+            .filter(|v| !v.is_empty()),
+    );
+    for pw in found {
         register(pw);
         if let Ok(decoded) = percent_decode(pw) {
             register(&decoded);
@@ -129,5 +147,10 @@ mod tests {
             "failed to reach postgres://app:***@db"
         );
         assert_eq!(redact("password s3cr/et"), "password ***");
+        // URLs the url crate cannot parse, and a password given as a parameter.
+        register_url_password("postgres://app:sock-pw-1@/x?host=/run/postgresql");
+        register_url_password("postgres://app:multi-pw-2@h1:5432,h2:5433/x");
+        register_url_password("postgres://app@h/x?sslmode=require&password=param-pw-3");
+        assert_eq!(redact("sock-pw-1 multi-pw-2 param-pw-3"), "*** *** ***");
     }
 }

@@ -147,3 +147,32 @@ fn verify_full_connects_over_tls_and_a_certificate_from_another_ca_is_refused() 
         out.all()
     );
 }
+
+/// A Unix socket (`host=/dir`) connects too, in the default mode: TLS is never
+/// offered there, and the TLS connector must not stand in the way.
+#[test]
+fn a_unix_socket_connects_the_source_and_the_state_store() {
+    let pg = Pg::new();
+    pg.exec(
+        "CREATE TABLE sales_order (sales_order_id int PRIMARY KEY, last_updated timestamp NOT NULL);
+         INSERT INTO sales_order VALUES (1, '2026-01-01 10:00'), (2, '2026-01-01 11:00')",
+    );
+    let state_db = pg.rt.block_on(flowgate_core::testing::fresh_postgres_db());
+    let socket = service_var("FLOWGATE_TEST_POSTGRES_SOCKET");
+    let (dir, port) = socket
+        .rsplit_once(':')
+        .expect("FLOWGATE_TEST_POSTGRES_SOCKET is DIR:PORT");
+    let over_socket = |tcp_url: &str| {
+        let db = tcp_url.rsplit('/').next().unwrap();
+        format!("postgres://postgres@/{db}?host={dir}&port={port}")
+    };
+    let work = tempfile::tempdir().unwrap();
+    pipeline(work.path(), &over_socket(&pg.url));
+    let state = over_socket(&state_db);
+    let out = run(flowgate(work.path()).args(["--state", &state, "run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(landed_rows(work.path()), 2);
+    let out = run(flowgate(work.path()).args(["--state", &state, "runs", "--json"]));
+    let runs: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(runs[0]["status"], "succeeded", "{runs:#}");
+}

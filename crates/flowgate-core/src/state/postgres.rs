@@ -154,17 +154,17 @@ impl PostgresState {
     }
 }
 
-/// `postgres://user:***@host:port/db` → `postgres://host:port/db`.
+/// `postgres://user:***@host:port/db?…` → `postgres://host:port/db`: no user,
+/// password or parameters. Also for what the `url` crate cannot parse but
+/// PostgreSQL reads (a socket directory as `postgres://u@/db?host=/run/pg`,
+/// several hosts with ports).
 fn describe_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_password(None);
-            let _ = u.set_username("");
-            u.set_query(None);
-            u.to_string()
-        }
-        Err(_) => "postgres://(unparsable URL)".to_string(),
-    }
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let before_query = rest.split('?').next().unwrap_or_default();
+    let hosts_and_db = before_query
+        .rsplit_once('@')
+        .map_or(before_query, |(_, tail)| tail);
+    format!("{scheme}://{hosts_and_db}")
 }
 
 fn event_row(r: &Row) -> StateResult<EventRow> {
@@ -543,5 +543,28 @@ impl StateStore for PostgresState {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_url;
+
+    #[test]
+    fn a_described_url_shows_where_but_no_credentials_or_parameters() {
+        for (url, shown) in [
+            (
+                "postgres://u:p%40ss@db.example:5433/state?sslmode=require&password=x",
+                "postgres://db.example:5433/state",
+            ),
+            ("postgres://u:a/b@c@h/db", "postgres://h/db"),
+            ("postgres://u@/db?host=/run/postgresql", "postgres:///db"),
+            (
+                "postgresql://h1:5432,h2:5433/db",
+                "postgresql://h1:5432,h2:5433/db",
+            ),
+        ] {
+            assert_eq!(describe_url(url), shown, "{url}");
+        }
     }
 }
