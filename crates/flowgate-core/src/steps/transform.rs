@@ -82,11 +82,15 @@ pub async fn run(ctx: &StepContext<'_>, plan: &TransformPlan) -> Result<StepOutp
             )));
         }
         // Newest first: the first file gives the schema, and schemas only grow.
-        objects.sort_by(|a, b| b.0.cmp(&a.0));
+        // Written last, or (same second on S3) the later key.
+        objects.sort_by(|a, b| (b.1.last_modified, &b.0).cmp(&(a.1.last_modified, &a.0)));
         let all: Vec<String> = objects.iter().map(|o| o.1.location.to_string()).collect();
         let schema = session
-            .register_files(&table, &src.name, &all, kind)
+            .infer_schema(&table, &src.name, &all, kind)
             .await
+            .map_err(|e| StepError::user(e.to_string()))?;
+        session
+            .register_files(&table, &src.name, &all, kind, schema.clone())
             .map_err(|e| StepError::user(e.to_string()))?;
         let fresh: Vec<&(String, ObjectMeta, FileKind)> = objects
             .iter()
@@ -103,8 +107,7 @@ pub async fn run(ctx: &StepContext<'_>, plan: &TransformPlan) -> Result<StepOutp
         } else {
             let paths: Vec<String> = fresh.iter().map(|o| o.1.location.to_string()).collect();
             session
-                .register_files(&new_table, &src.name, &paths, kind)
-                .await
+                .register_files(&new_table, &src.name, &paths, kind, schema)
                 .map_err(|e| StepError::user(e.to_string()))?;
         }
         report.objects_in += fresh.len() as u64;
