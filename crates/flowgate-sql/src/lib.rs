@@ -17,8 +17,11 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::ObjectStore;
 
-/// Records of a JSON lines object read to infer its schema (first pass).
-const JSON_INFER_RECORDS: usize = 100_000;
+/// Records of a JSON lines object read to infer its schema (first pass); DuckDB
+/// samples as many. flowgate's own landing objects write every key in every
+/// record, integers and fractions distinctly, so the sample sees every column
+/// and type; a column still Null after it is typed by reading on.
+const JSON_INFER_RECORDS: usize = 20_480;
 
 /// Errors of a transform.
 #[derive(Debug, thiserror::Error)]
