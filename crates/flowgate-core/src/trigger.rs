@@ -78,12 +78,20 @@ pub fn tick(at: DateTime<Utc>) -> Submission {
     }
 }
 
+/// What one pipeline's trigger passes keep between passes: the events already
+/// submitted, and the arrival store's clients (built once, not on every pass).
+#[derive(Default)]
+pub struct Poller {
+    seen: HashSet<String>,
+    stores: Option<Stores>,
+}
+
 /// One pass over every trigger of `plan`: record new events and run what is pending.
 /// Returns the outcomes of runs started in this pass.
 pub async fn poll_once(
     engine: &Engine,
     plan: &Plan,
-    seen: &mut HashSet<String>,
+    poller: &mut Poller,
 ) -> Result<Vec<Outcome>, EngineError> {
     let mut outcomes = Vec::new();
     let mut subs = Vec::new();
@@ -107,15 +115,20 @@ pub async fn poll_once(
         }
     }
     if plan.arrival.as_ref().is_some_and(|a| a.queue.is_none()) {
-        match Stores::open(plan, &serde_json::Value::Null) {
-            Ok(stores) => match arrivals(plan, &stores).await {
+        if poller.stores.is_none() {
+            match Stores::open(plan, &serde_json::Value::Null) {
+                Ok(stores) => poller.stores = Some(stores),
+                Err(e) => {
+                    tracing::warn!(pipeline = %plan.name, error = %e.message, "cannot open the arrival store")
+                }
+            }
+        }
+        if let Some(stores) = &poller.stores {
+            match arrivals(plan, stores).await {
                 Ok(found) => subs.extend(found),
                 Err(e) => {
                     tracing::warn!(pipeline = %plan.name, error = %e.message, "listing for arrivals failed; will try again")
                 }
-            },
-            Err(e) => {
-                tracing::warn!(pipeline = %plan.name, error = %e.message, "cannot open the arrival store")
             }
         }
     }
@@ -135,7 +148,7 @@ pub async fn poll_once(
         if engine.cancel.is_cancelled() {
             break;
         }
-        if !seen.insert(sub.dedupe_key.clone()) {
+        if !poller.seen.insert(sub.dedupe_key.clone()) {
             continue;
         }
         for outcome in engine.submit_all(plan, sub).await? {
@@ -155,7 +168,7 @@ pub async fn poll_once(
 
 /// Serve one pipeline until the engine is cancelled.
 pub async fn serve(engine: &Engine, plan: &Plan) -> Result<(), EngineError> {
-    let mut seen = HashSet::new();
+    let mut poller = Poller::default();
     let poll = plan
         .arrival
         .as_ref()
@@ -171,7 +184,7 @@ pub async fn serve(engine: &Engine, plan: &Plan) -> Result<(), EngineError> {
         .as_ref()
         .and_then(|s| s.next_after(Utc::now()));
     loop {
-        if let Err(e) = poll_once(engine, plan, &mut seen).await {
+        if let Err(e) = poll_once(engine, plan, &mut poller).await {
             tracing::error!(pipeline = %plan.name, error = %e, "trigger pass failed; will try again");
         }
         if let (Some(s), Some(at)) = (&plan.schedule, next_tick)
