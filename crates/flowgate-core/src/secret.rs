@@ -58,14 +58,12 @@ pub fn name_looks_secret(name: &str) -> bool {
 /// refuses (`postgres://u:pw@/db?host=/run/pg`, several hosts with ports) still
 /// carry a password, and so may a `password=` parameter.
 pub fn register_url_password(raw: &str) {
-    let Some((_, rest)) = raw.split_once("://") else {
+    let Some(parts) = UrlParts::of(raw) else {
         return;
     };
-    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (userinfo, query) = (parts.userinfo, parts.query);
     let mut found: Vec<&str> = Vec::new();
-    if let Some((userinfo, _)) = before_query.rsplit_once('@')
-        && let Some((_, pw)) = userinfo.split_once(':')
-    {
+    if let Some((_, pw)) = userinfo.and_then(|u| u.split_once(':')) {
         found.push(pw);
     }
     found.extend(
@@ -79,6 +77,34 @@ pub fn register_url_password(raw: &str) {
         if let Ok(decoded) = percent_decode(pw) {
             register(&decoded);
         }
+    }
+}
+
+/// A URL's parts, read from the text: also for connection URLs the `url` crate
+/// refuses (`postgres://u:pw@/db?host=/run/pg`, several hosts with ports).
+pub(crate) struct UrlParts<'a> {
+    pub scheme: &'a str,
+    /// `user:password`, as written.
+    pub userinfo: Option<&'a str>,
+    /// Hosts, ports and path: where, without who.
+    pub place: &'a str,
+    pub query: &'a str,
+}
+
+impl<'a> UrlParts<'a> {
+    pub(crate) fn of(raw: &'a str) -> Option<UrlParts<'a>> {
+        let (scheme, rest) = raw.split_once("://")?;
+        let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (userinfo, place) = match before_query.rsplit_once('@') {
+            Some((u, p)) => (Some(u), p),
+            None => (None, before_query),
+        };
+        Some(UrlParts {
+            scheme,
+            userinfo,
+            place,
+            query,
+        })
     }
 }
 

@@ -159,12 +159,10 @@ impl PostgresState {
 /// PostgreSQL reads (a socket directory as `postgres://u@/db?host=/run/pg`,
 /// several hosts with ports).
 fn describe_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-    let before_query = rest.split('?').next().unwrap_or_default();
-    let hosts_and_db = before_query
-        .rsplit_once('@')
-        .map_or(before_query, |(_, tail)| tail);
-    format!("{scheme}://{hosts_and_db}")
+    match crate::secret::UrlParts::of(url) {
+        Some(p) => format!("{}://{}", p.scheme, p.place),
+        None => "postgres://…".to_string(),
+    }
 }
 
 fn event_row(r: &Row) -> StateResult<EventRow> {
