@@ -82,9 +82,10 @@ impl StepError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorClass::INTERNAL, message)
     }
-    /// Append advice to the message.
+    /// Append advice to the message (redacted and escaped like the message).
     pub fn context_suffix(mut self, suffix: &str) -> Self {
-        self.message.push_str(suffix);
+        self.message
+            .push_str(&printable(crate::secret::redact(suffix)));
         self
     }
 
