@@ -402,7 +402,7 @@ mod tests {
         };
         assert_eq!(resolved(None, None, None).unwrap(), ("prefer".into(), None));
         assert_eq!(
-            resolved(None, s("system").as_deref(), None).unwrap(),
+            resolved(None, Some("system"), None).unwrap(),
             ("verify-full".into(), s("system"))
         );
         for weaker in ["verify-ca", "require", "prefer"] {

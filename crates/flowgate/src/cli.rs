@@ -372,8 +372,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             };
             let state = open_state(&cli.state, &plan.dir).await?;
             let engine = engine(state, !json);
-            let mut seen = Default::default();
-            let outcomes = flowgate_core::trigger::poll_once(&engine, &plan, &mut seen).await?;
+            let mut poller = Default::default();
+            let outcomes = flowgate_core::trigger::poll_once(&engine, &plan, &mut poller).await?;
             if outcomes.is_empty() && !json {
                 println!(
                     "{}: nothing new to run (every trigger event found was handled before)",

@@ -71,8 +71,8 @@ pub async fn run(dir: &Path) -> Result<u8> {
     let (plan, engine) = open_example(&example).await?;
     let state = engine.state.clone();
     crate::cli::stop_on_signals(&engine);
-    let mut seen = Default::default();
-    let first = flowgate_core::trigger::poll_once(&engine, &plan, &mut seen).await?;
+    let mut poller = Default::default();
+    let first = flowgate_core::trigger::poll_once(&engine, &plan, &mut poller).await?;
     let code = crate::output::outcomes(&first, false);
 
     println!("\n== the same markers again: the event ledger says they were handled");
@@ -247,8 +247,8 @@ async fn data_egress(dir: &Path) -> Result<u8> {
     );
 
     let (plan, engine) = open_example(&example).await?;
-    let mut seen = Default::default();
-    let runs = flowgate_core::trigger::poll_once(&engine, &plan, &mut seen).await?;
+    let mut poller = Default::default();
+    let runs = flowgate_core::trigger::poll_once(&engine, &plan, &mut poller).await?;
     let code = crate::output::outcomes(&runs, false);
     receiver.abort();
 
