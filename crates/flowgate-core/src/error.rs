@@ -58,12 +58,32 @@ pub trait Classify {
     fn class(&self) -> ErrorClass;
 }
 
+/// What a failure means, where code must act on it: read from this, never from
+/// the message text (a key or a path in a message can hold any word).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// Nothing more specific than its class.
+    #[default]
+    Other,
+    /// The source object was deleted between listing and reading it.
+    SourceVanished,
+    /// An encrypted object could not be decrypted (wrong identity, damaged file).
+    Undecryptable,
+    /// The server does not offer the operation (a server-side copy); do it another way.
+    Unsupported,
+    /// The run lost its claim (lease expired or taken over): it must stop writing.
+    ClaimLost,
+}
+
 /// An error that happened while a step worked: a message for people plus its class.
 #[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{message}")]
 pub struct StepError {
     pub message: String,
     pub class: ErrorClass,
+    #[serde(default)]
+    pub kind: ErrorKind,
 }
 
 impl StepError {
@@ -71,7 +91,13 @@ impl StepError {
         StepError {
             message: printable(crate::secret::redact(&message.into())),
             class,
+            kind: ErrorKind::Other,
         }
+    }
+    /// The same error, with the meaning code acts on.
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
     }
     pub fn user(message: impl Into<String>) -> Self {
         Self::new(ErrorClass::USER, message)
@@ -144,7 +170,10 @@ impl From<object_store::Error> for StepError {
 
 impl From<crate::state::StateError> for StepError {
     fn from(e: crate::state::StateError) -> Self {
-        StepError::new(ErrorClass::EXTERNAL_RETRIABLE, format!("state store: {e}"))
+        match e {
+            crate::state::StateError::Fenced(_) => crate::engine::claim::lost_error(),
+            e => StepError::new(ErrorClass::EXTERNAL_RETRIABLE, format!("state store: {e}")),
+        }
     }
 }
 

@@ -211,6 +211,7 @@ pub struct LazyWriter {
     format: Format,
     part_size: usize,
     inner: Option<BatchWriter>,
+    schema: Option<arrow::datatypes::SchemaRef>,
 }
 
 impl LazyWriter {
@@ -226,6 +227,7 @@ impl LazyWriter {
             format,
             part_size,
             inner: None,
+            schema: None,
         }
     }
 
@@ -242,6 +244,7 @@ impl LazyWriter {
                 self.part_size,
             )?;
             self.inner = Some(w);
+            self.schema = Some(batch.schema());
         }
         match self.inner.as_mut() {
             Some(w) => w.write(batch).await,
@@ -249,8 +252,39 @@ impl LazyWriter {
         }
     }
 
+    /// Write the object even if no batch had rows: an empty object of `schema`
+    /// (a result that is empty now is news, e.g. for a table that is replaced).
+    pub fn keep_when_empty(
+        &mut self,
+        schema: arrow::datatypes::SchemaRef,
+    ) -> Result<(), StepError> {
+        if self.inner.is_none() {
+            self.inner = Some(BatchWriter::new(
+                self.store.clone(),
+                self.path.clone(),
+                self.format,
+                schema.clone(),
+                self.part_size,
+            )?);
+            self.schema = Some(schema);
+        }
+        Ok(())
+    }
+
     /// Complete the object: (rows, bytes), or `None` when there was nothing to write.
+    /// A JSON-lines object gets its Arrow schema beside it first (see
+    /// [`schema_path`]), so a reader takes its columns and types from it.
     pub async fn finish(self) -> Result<Option<(u64, u64)>, StepError> {
+        use object_store::ObjectStoreExt;
+        if let (Some(schema), true) = (&self.schema, self.format != Format::Parquet) {
+            self.store
+                .put(
+                    &schema_path(&self.path),
+                    object_store::PutPayload::from(encode_schema(schema)),
+                )
+                .await
+                .map_err(|e| StepError::from(e).context("writing the object's schema"))?;
+        }
         match self.inner {
             Some(w) => {
                 let rows = w.rows;
@@ -265,6 +299,125 @@ impl LazyWriter {
             w.abort().await;
         }
     }
+}
+
+/// Where the Arrow schema of a JSON-lines object flowgate wrote is kept: beside
+/// it, as `<key>.schema` (a name no input listing takes for data).
+pub fn schema_path(object: &Path) -> Path {
+    Path::from(format!("{object}.schema"))
+}
+
+/// An Arrow schema as JSON: each field's name, type (as Arrow prints it) and nullability.
+pub fn encode_schema(schema: &arrow::datatypes::Schema) -> Vec<u8> {
+    let fields: Vec<serde_json::Value> = schema
+        .fields()
+        .iter()
+        .map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string(), "nullable": f.is_nullable()}))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "fields": fields })).unwrap_or_default()
+}
+
+/// The schema [`encode_schema`] wrote.
+pub fn decode_schema(bytes: &[u8]) -> Result<arrow::datatypes::Schema, String> {
+    #[derive(serde::Deserialize)]
+    struct F {
+        name: String,
+        #[serde(rename = "type")]
+        data_type: String,
+        nullable: bool,
+    }
+    #[derive(serde::Deserialize)]
+    struct S {
+        fields: Vec<F>,
+    }
+    let s: S = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let fields = s
+        .fields
+        .into_iter()
+        .map(|f| {
+            let dt: arrow::datatypes::DataType = f
+                .data_type
+                .parse()
+                .map_err(|e| format!("field `{}`: {e}", f.name))?;
+            Ok(arrow::datatypes::Field::new(f.name, dt, f.nullable))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(arrow::datatypes::Schema::new(fields))
+}
+
+/// The schema of a JSON-lines object: the one recorded beside it when flowgate
+/// wrote it, else inferred from every line of it (a key first set on the last
+/// line still becomes a column; integers and floats in one column are floats).
+async fn json_schema_of(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    format: Format,
+) -> Result<arrow::datatypes::Schema, StepError> {
+    use futures::StreamExt;
+    use object_store::ObjectStoreExt;
+    match store.get(&schema_path(path)).await {
+        Ok(got) => {
+            let bytes = got.bytes().await?;
+            return decode_schema(&bytes).map_err(|e| {
+                StepError::user(format!(
+                    "{path}.schema: not a schema flowgate can read: {e}"
+                ))
+            });
+        }
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // Complete lines go to a thread that infers as they come: memory stays at a
+    // few chunks, whatever the size of the object.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let infer = tokio::task::spawn_blocking(move || {
+        let values = std::iter::from_fn(move || rx.blocking_recv()).flat_map(|chunk| {
+            chunk
+                .split(|b| *b == b'\n')
+                .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
+                .map(|l| {
+                    serde_json::from_slice::<serde_json::Value>(l)
+                        .map_err(|e| arrow::error::ArrowError::JsonError(e.to_string()))
+                })
+                .collect::<Vec<_>>()
+        });
+        arrow::json::reader::infer_json_schema_from_iterator(values)
+    });
+    let mut bytes = store.get(path).await?.into_stream();
+    let mut unzip = Decompressor::for_format(format)?;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut sent = Ok(());
+    loop {
+        match bytes.next().await {
+            Some(chunk) => pending.extend(unzip.push(&chunk?)?),
+            None => {
+                pending.extend(std::mem::replace(&mut unzip, Decompressor::None).finish()?);
+                if tx.send(std::mem::take(&mut pending)).await.is_err() {
+                    sent = Err(());
+                }
+                break;
+            }
+        }
+        if let Some(end) = pending.iter().rposition(|b| *b == b'\n') {
+            let rest = pending.split_off(end + 1);
+            if tx
+                .send(std::mem::replace(&mut pending, rest))
+                .await
+                .is_err()
+            {
+                sent = Err(());
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let inferred = infer
+        .await
+        .map_err(|e| StepError::internal(format!("schema inference: {e}")))?;
+    let schema = inferred.map_err(|e| StepError::user(format!("{path}: bad JSON line: {e}")))?;
+    // The inference stopped early only on a bad line, which it reported.
+    sent.map_err(|()| StepError::internal(format!("{path}: schema inference stopped early")))?;
+    Ok(schema)
 }
 
 /// Decompresses as bytes arrive (write side in, decompressed bytes out).
@@ -316,7 +469,8 @@ impl Decompressor {
 }
 
 /// Read an object as Arrow batches, streaming, into `tx`. JSON lines get their
-/// schema from the first lines (up to 1 MiB); Parquet carries its own.
+/// schema from beside them, or from all of their lines (see `json_schema_of`);
+/// Parquet carries its own.
 pub async fn read_batches(
     store: Arc<dyn ObjectStore>,
     path: Path,
@@ -346,11 +500,17 @@ pub async fn read_batches(
         }
         return Ok(());
     }
+    let schema = json_schema_of(&store, &path, format).await?;
+    let bad = |e: arrow::error::ArrowError| StepError::user(format!("{path}: bad JSON line: {e}"));
+    // Strict: a key the schema lacks is an error, never a column dropped unseen.
+    let mut d = arrow::json::ReaderBuilder::new(Arc::new(schema))
+        .with_batch_size(batch_rows)
+        .with_strict_mode(true)
+        .build_decoder()
+        .map_err(bad)?;
     let mut bytes = store.get(&path).await?.into_stream();
     let mut unzip = Decompressor::for_format(format)?;
     let mut pending: Vec<u8> = Vec::new();
-    let mut decoder: Option<arrow::json::reader::Decoder> = None;
-    let bad = |e: arrow::error::ArrowError| StepError::user(format!("{path}: bad JSON line: {e}"));
     let mut eof = false;
     while !eof {
         match bytes.next().await {
@@ -361,34 +521,6 @@ pub async fn read_batches(
                 pending.extend(rest);
             }
         }
-        if decoder.is_none() {
-            if !eof && pending.len() < 1 << 20 {
-                continue;
-            }
-            // Infer from complete lines of what has arrived.
-            let sample_end = if eof {
-                pending.len()
-            } else {
-                pending
-                    .iter()
-                    .rposition(|b| *b == b'\n')
-                    .map(|i| i + 1)
-                    .unwrap_or(0)
-            };
-            if sample_end == 0 && !eof {
-                continue;
-            }
-            let (schema, _) =
-                arrow::json::reader::infer_json_schema(&pending[..sample_end], Some(10_000))
-                    .map_err(bad)?;
-            decoder = Some(
-                arrow::json::ReaderBuilder::new(Arc::new(schema))
-                    .with_batch_size(batch_rows)
-                    .build_decoder()
-                    .map_err(bad)?,
-            );
-        }
-        let Some(d) = decoder.as_mut() else { continue };
         let mut at = 0;
         while at < pending.len() {
             let used = d.decode(&pending[at..]).map_err(bad)?;
@@ -406,9 +538,7 @@ pub async fn read_batches(
         }
         pending.drain(..at);
     }
-    if let Some(d) = decoder.as_mut()
-        && let Some(b) = d.flush().map_err(bad)?
-    {
+    if let Some(b) = d.flush().map_err(bad)? {
         let _ = tx.send(Ok(b)).await;
     }
     Ok(())

@@ -8,6 +8,7 @@ use std::time::Duration;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::config::diagnostic::{Diagnostics, nearest};
+pub use crate::config::model::NullCursors;
 use crate::config::model::{
     Access, CopySpec, NotifyEvent, ParamSpec, RetrySpec, StoreSpec, Verify,
 };
@@ -249,6 +250,7 @@ pub struct ExtractPlan {
     pub cursor: String,
     pub key: Option<Vec<String>>,
     pub lookback: Option<Duration>,
+    pub nulls: NullCursors,
     pub to: Location,
     pub format: Option<crate::formats::Format>,
     pub batch_rows: usize,
@@ -1235,6 +1237,7 @@ fn extract_plan(
         cursor: e.cursor.clone(),
         key: e.key.clone(),
         lookback,
+        nulls: e.nulls.unwrap_or_default(),
         to: Location {
             store: String::new(),
             prefix: String::new(),

@@ -111,8 +111,11 @@ impl DeadLetter {
         );
         let mut body = String::new();
         for r in records {
-            let line = json!({"reason": r.reason, "position": r.position, "record": r.record, "pipeline": pipeline, "run_id": run_id, "step": step});
-            body.push_str(&crate::secret::redact(&line.to_string()));
+            // The record and its position exactly (they are replayed); the reason,
+            // written for people, masked.
+            let reason = crate::secret::redact(&r.reason);
+            let line = json!({"reason": reason, "position": r.position, "record": r.record, "pipeline": pipeline, "run_id": run_id, "step": step});
+            body.push_str(&line.to_string());
             body.push('\n');
         }
         let path = self

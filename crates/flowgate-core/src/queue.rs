@@ -285,22 +285,26 @@ async fn handle_message(
             _ => format!("message:{id}"),
         };
         let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key.as_str()));
+        // A message delivered again after its run failed is a new attempt of it:
+        // the queue's own redrive policy bounds how often.
         let sub = Submission {
-            kind: "arrival".into(),
-            dedupe_key: format!("{key}@{version}"),
-            trigger: json!({
-                "kind": "arrival", "store": arrival.store, "key": key, "prefix": prefix, "name": name,
-                "etag": rec.etag, "size": rec.size, "last_modified": rec.event_time, "message_id": id,
-            }),
-            params: Default::default(),
-            matrix: Default::default(),
-            route: None,
+            retry_failed: true,
+            ..Submission::event(
+                "arrival",
+                format!("{key}@{version}"),
+                json!({
+                    "kind": "arrival", "store": arrival.store, "key": key, "prefix": prefix, "name": name,
+                    "etag": rec.etag, "size": rec.size, "last_modified": rec.event_time, "message_id": id,
+                }),
+            )
         };
         for outcome in engine.submit_all(plan, sub).await? {
             deletable &= match &outcome {
                 Outcome::Ran(r) => r.status.is_success() || r.set_aside(),
                 Outcome::AlreadyDone { .. } => true,
-                Outcome::NotStarted { .. } | Outcome::InProgress { .. } => false,
+                Outcome::NotStarted { .. }
+                | Outcome::Queued { .. }
+                | Outcome::AlreadyFailed { .. } => false,
             };
             outcomes.push(outcome);
         }

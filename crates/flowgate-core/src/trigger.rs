@@ -39,17 +39,14 @@ pub async fn arrivals(plan: &Plan, stores: &Stores) -> Result<Vec<Submission>, S
         }
         let version = crate::store::version_of(&meta);
         let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key.as_str()));
-        out.push(Submission {
-            kind: "arrival".into(),
-            dedupe_key: format!("{key}@{version}"),
-            trigger: json!({
+        out.push(Submission::event(
+            "arrival",
+            format!("{key}@{version}"),
+            json!({
                 "kind": "arrival", "store": arrival.store, "key": key, "prefix": prefix, "name": name,
                 "etag": meta.e_tag, "size": meta.size, "last_modified": meta.last_modified.to_rfc3339(),
             }),
-            params: Default::default(),
-            matrix: Default::default(),
-            route: None,
-        });
+        ));
     }
     Ok(out)
 }
@@ -68,14 +65,11 @@ fn literal_folders(pattern: &str) -> String {
 /// The submission for a schedule tick.
 pub fn tick(at: DateTime<Utc>) -> Submission {
     let stamp = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    Submission {
-        kind: "schedule".into(),
-        dedupe_key: format!("schedule:{stamp}"),
-        trigger: json!({"kind": "schedule", "tick": stamp}),
-        params: Default::default(),
-        matrix: Default::default(),
-        route: None,
-    }
+    Submission::event(
+        "schedule",
+        format!("schedule:{stamp}"),
+        json!({"kind": "schedule", "tick": stamp}),
+    )
 }
 
 /// What one pipeline's trigger passes keep between passes: the events already
@@ -135,14 +129,11 @@ pub async fn poll_once(
     if let Some(w) = &plan.watch
         && let Some(entry) = engine.state.kv_get(&w.key).await?
     {
-        subs.push(Submission {
-            kind: "watch".into(),
-            dedupe_key: format!("watch:{}@{}", w.key, entry.revision),
-            trigger: json!({"kind": "watch", "key": w.key, "value": entry.value, "revision": entry.revision}),
-            params: Default::default(),
-            matrix: Default::default(),
-            route: None,
-        });
+        subs.push(Submission::event(
+            "watch",
+            format!("watch:{}@{}", w.key, entry.revision),
+            json!({"kind": "watch", "key": w.key, "value": entry.value, "revision": entry.revision}),
+        ));
     }
     for sub in subs {
         if engine.cancel.is_cancelled() {
@@ -152,7 +143,11 @@ pub async fn poll_once(
             continue;
         }
         for outcome in engine.submit_all(plan, sub).await? {
-            if !matches!(outcome, Outcome::AlreadyDone { .. }) {
+            // Handled before: said when it happened (a failure was notified).
+            if !matches!(
+                outcome,
+                Outcome::AlreadyDone { .. } | Outcome::AlreadyFailed { .. }
+            ) {
                 outcomes.push(outcome);
             }
         }

@@ -67,6 +67,11 @@ pub struct Cli {
     /// More log output (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// How long a run's hold on its pipeline lasts without renewal (renewed every
+    /// third of it). A worker that dies holds its pipeline this long at most;
+    /// shorter means faster takeover, and more writes to the state store.
+    #[arg(long, global = true, env = "FLOWGATE_LEASE_TTL", default_value = "30s", value_parser = lease_ttl)]
+    lease_ttl: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -318,8 +323,21 @@ pub fn stop_on_signals(engine: &Engine) {
     });
 }
 
-fn engine(state: Arc<dyn StateStore>, show_progress: bool) -> Engine {
+fn lease_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let d = flowgate_core::units::parse_duration(text)?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err("the lease time-to-live must be at least 1s".into());
+    }
+    Ok(d)
+}
+
+fn engine(
+    state: Arc<dyn StateStore>,
+    show_progress: bool,
+    lease_ttl: std::time::Duration,
+) -> Engine {
     let mut e = Engine::new(state);
+    e.lease_ttl = lease_ttl;
     if show_progress && std::io::stderr().is_terminal() {
         e.progress = Arc::new(output::Bars::default());
     }
@@ -331,7 +349,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Validate { paths, json } => Ok(validate(&paths, &cli.env_name, json)),
         Command::Schema => {
-            println!(
+            say!(
                 "{}",
                 serde_json::to_string_pretty(&flowgate_core::config::json_schema())?
             );
@@ -350,7 +368,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 Err(code) => return Ok(code),
             };
             let state = open_state(&cli.state, &plan.dir).await?;
-            let engine = engine(state, !json);
+            let engine = engine(state, !json, cli.lease_ttl);
             let params: BTreeMap<String, String> = params.into_iter().collect();
             if continuous {
                 return continuous_runs(&engine, &plan, &params, every, json).await;
@@ -371,11 +389,11 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 Err(code) => return Ok(code),
             };
             let state = open_state(&cli.state, &plan.dir).await?;
-            let engine = engine(state, !json);
+            let engine = engine(state, !json, cli.lease_ttl);
             let mut poller = Default::default();
             let outcomes = flowgate_core::trigger::poll_once(&engine, &plan, &mut poller).await?;
             if outcomes.is_empty() && !json {
-                println!(
+                say!(
                     "{}: nothing new to run (every trigger event found was handled before)",
                     plan.name
                 );
@@ -383,7 +401,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(output::outcomes(&outcomes, json))
         }
         Command::Serve { dir, listen } => {
-            crate::serve::serve(&dir, &listen, &cli.state, &cli.env_name).await
+            crate::serve::serve(&dir, &listen, &cli.state, &cli.env_name, cli.lease_ttl).await
         }
         Command::Runs(args) => {
             let Some(state) = open_existing_state(&cli.state).await? else {
@@ -446,11 +464,13 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 }));
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                say!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!(
+                say!(
                     "{:<24} {:<11} {:<20} FRESHNESS",
-                    "PIPELINE", "STATUS", "LAST RUN (UTC)"
+                    "PIPELINE",
+                    "STATUS",
+                    "LAST RUN (UTC)"
                 );
                 for r in &rows {
                     let fresh = r["freshness_seconds"]
@@ -475,7 +495,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                         .get(..19)
                         .unwrap_or_default()
                         .replace('T', " ");
-                    println!(
+                    say!(
                         "{:<24} {:<11} {:<20} {fresh}",
                         r["pipeline"].as_str().unwrap_or_default(),
                         r["status"].as_str().unwrap_or_default(),
@@ -587,7 +607,7 @@ fn validate(paths: &[PathBuf], env: &Option<String>, json: bool) -> u8 {
             "errors": all,
             "pipelines": ok.iter().map(|p| serde_json::json!({"name": p.name, "file": p.file, "steps": p.steps.len()})).collect::<Vec<_>>(),
         });
-        println!(
+        say!(
             "{}",
             flowgate_core::secret::redact(&serde_json::to_string_pretty(&v).unwrap_or_default())
         );
@@ -596,7 +616,7 @@ fn validate(paths: &[PathBuf], env: &Option<String>, json: bool) -> u8 {
             eprintln!("{d}");
         }
         for p in &ok {
-            println!(
+            say!(
                 "{}: ok (pipeline `{}`, {} step{})",
                 p.file.display(),
                 p.name,
@@ -623,11 +643,11 @@ async fn kv(state: Arc<dyn StateStore>, command: KvCommand) -> Result<u8> {
     match command {
         KvCommand::Get { key, json } => match state.kv_get(&key).await? {
             Some(e) if json => {
-                println!("{}", serde_json::to_string(&e)?);
+                say!("{}", serde_json::to_string(&e)?);
                 Ok(exit::OK)
             }
             Some(e) => {
-                println!("{}", e.value);
+                say!("{}", e.value);
                 Ok(exit::OK)
             }
             None => {
@@ -637,7 +657,7 @@ async fn kv(state: Arc<dyn StateStore>, command: KvCommand) -> Result<u8> {
         },
         KvCommand::Set { key, value } => {
             let rev = state.kv_set(&key, &value).await?;
-            println!("{key} = {value} (revision {rev})");
+            say!("{key} = {value} (revision {rev})");
             Ok(exit::OK)
         }
         KvCommand::Watch { key, json } => {
@@ -650,7 +670,7 @@ async fn kv(state: Arc<dyn StateStore>, command: KvCommand) -> Result<u8> {
                     got = state::kv_wait(state.as_ref(), &key, after, std::time::Duration::from_secs(3600)) => {
                         if let Some(e) = got? {
                             after = e.revision;
-                            if json { println!("{}", serde_json::to_string(&e)?) } else { println!("{} = {} (revision {})", e.key, e.value, e.revision) }
+                            if json { say!("{}", serde_json::to_string(&e)?) } else { say!("{} = {} (revision {})", e.key, e.value, e.revision) }
                         }
                     }
                 }

@@ -65,8 +65,8 @@ pub async fn run(dir: &Path) -> Result<u8> {
     let inbox = example.join("data/inbox");
     produce(&inbox, "2026-11-22", 4, 2_000)?;
     produce(&inbox, "2026-11-23", 6, 2_000)?;
-    println!("flowgate demo in {}", dir.display());
-    println!("\n== copy-arrival: two finished datasets waiting in data/inbox");
+    say!("flowgate demo in {}", dir.display());
+    say!("\n== copy-arrival: two finished datasets waiting in data/inbox");
 
     let (plan, engine) = open_example(&example).await?;
     let state = engine.state.clone();
@@ -75,14 +75,14 @@ pub async fn run(dir: &Path) -> Result<u8> {
     let first = flowgate_core::trigger::poll_once(&engine, &plan, &mut poller).await?;
     let code = crate::output::outcomes(&first, false);
 
-    println!("\n== the same markers again: the event ledger says they were handled");
+    say!("\n== the same markers again: the event ledger says they were handled");
     let mut fresh = Default::default();
     let again = flowgate_core::trigger::poll_once(&engine, &plan, &mut fresh).await?;
     if again.is_empty() {
-        println!("nothing new to run: both events are already in the ledger as done");
+        say!("nothing new to run: both events are already in the ledger as done");
     }
 
-    println!("\n== a producer adds a part to 2026-11-23 and writes a new marker");
+    say!("\n== a producer adds a part to 2026-11-23 and writes a new marker");
     write(
         &inbox.join("2026-11-23/part-0006.jsonl"),
         b"{\"dataset\":\"2026-11-23\",\"part\":6,\"row\":0,\"amount\":1}\n",
@@ -100,10 +100,10 @@ pub async fn run(dir: &Path) -> Result<u8> {
     let code = code.max(oltp_warehouse(dir).await?);
     let code = code.max(data_egress(dir).await?);
 
-    println!("\n== summary");
-    println!("runs: {ran}; files in the outbox: {copied} (each dataset with its _manifest.json)");
-    println!("state: {}", state.describe());
-    println!(
+    say!("\n== summary");
+    say!("runs: {ran}; files in the outbox: {copied} (each dataset with its _manifest.json)");
+    say!("state: {}", state.describe());
+    say!(
         "try:   cargo run --release -- runs --state {}",
         example.join(".flowgate/state.db").display()
     );
@@ -128,13 +128,13 @@ async fn oltp_warehouse(dir: &Path) -> Result<u8> {
     for (path, body) in OLTP_WAREHOUSE {
         write(&example.join(path), body.as_bytes())?;
     }
-    println!(
+    say!(
         "\n== oltp-warehouse: totesys (SQLite) → landing (JSON lines) → star schema (Parquet) → warehouse (SQLite)"
     );
     let url = format!("sqlite://{}", example.join("totesys.db").display());
     let db = totesys_generator::Db::connect(&url).await?;
     totesys_generator::seed(&db, 2_000).await?;
-    println!("seeded totesys.db with 2000 sales orders and their reference data");
+    say!("seeded totesys.db with 2000 sales orders and their reference data");
     let (plan, engine) = open_example(&example).await?;
     let first = engine
         .submit_all(
@@ -144,7 +144,7 @@ async fn oltp_warehouse(dir: &Path) -> Result<u8> {
         .await?;
     let mut code = crate::output::outcomes(&first, false);
 
-    println!("\n== 25 new orders and 40 updated ones in the source, then the same pipeline again");
+    say!("\n== 25 new orders and 40 updated ones in the source, then the same pipeline again");
     totesys_generator::churn_once(&db, 25, 40, 1).await?;
     let second = engine
         .submit_all(
@@ -154,17 +154,21 @@ async fn oltp_warehouse(dir: &Path) -> Result<u8> {
         .await?;
     code = code.max(crate::output::outcomes(&second, false));
 
-    println!("\n== units and value sold per counterparty, currency and month (top 10)");
+    say!("\n== units and value sold per counterparty, currency and month (top 10)");
     let query = std::fs::read_to_string(example.join("query.sql"))?;
     let conn = rusqlite::Connection::open(example.join("data/warehouse.db"))?;
     let mut st = conn.prepare(&query)?;
-    println!(
+    say!(
         "{:<22} {:<8} {:<8} {:>8} {:>14}",
-        "counterparty", "currency", "month", "units", "value"
+        "counterparty",
+        "currency",
+        "month",
+        "units",
+        "value"
     );
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
-        println!(
+        say!(
             "{:<22} {:<8} {:<8} {:>8} {:>14.2}",
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
@@ -183,13 +187,13 @@ async fn data_egress(dir: &Path) -> Result<u8> {
     use age::secrecy::ExposeSecret;
     let example = dir.join("data-egress");
     write(&example.join("pipeline.toml"), DATA_EGRESS.as_bytes())?;
-    println!(
+    say!(
         "\n== data-egress: flags → routing rows → a partner bucket, and HTTPS with a client certificate"
     );
     let tls = crate::receiver::make_tls(&example.join("tls"))?;
     let received = example.join("data/received");
     let (addr, receiver) = crate::receiver::start(&tls, received.clone()).await?;
-    println!("a demo receiver on https://{addr}/inbound/ accepts only certificates of its own CA");
+    say!("a demo receiver on https://{addr}/inbound/ accepts only certificates of its own CA");
     let identity = age::x25519::Identity::generate();
     write(
         &example.join(".env"),
@@ -242,7 +246,7 @@ async fn data_egress(dir: &Path) -> Result<u8> {
         &source.join("exports/secure/2026-11-23/pipeline_success.flag"),
         b"",
     )?;
-    println!(
+    say!(
         "a producer wrote exports/sales/2026-11-23 (3 files) and exports/secure/2026-11-23 (1 age-encrypted file), each with its flag"
     );
 
@@ -259,7 +263,7 @@ async fn data_egress(dir: &Path) -> Result<u8> {
     let decrypted = std::fs::read(bucket.join("incoming/exports/secure/2026-11-23/customers.csv"))
         .map(|b| b == secret)
         .unwrap_or(false);
-    println!(
+    say!(
         "partner bucket: {in_bucket} files (with manifests); at the receiver: {at_receiver} files; left in the outbox: {outbox_left}; customers.csv decrypted: {}",
         if decrypted { "yes" } else { "NO" }
     );

@@ -114,7 +114,7 @@ pub fn outcomes(outcomes: &[Outcome], json: bool) -> u8 {
                 if json {
                     items.push(serde_json::json!({"outcome": "already_done", "event": event}));
                 } else {
-                    println!(
+                    say!(
                         "nothing to do: event `{}` was already handled by run {}",
                         event.dedupe_key,
                         event.run_id.as_deref().unwrap_or("?")
@@ -127,27 +127,41 @@ pub fn outcomes(outcomes: &[Outcome], json: bool) -> u8 {
                 if json {
                     items.push(serde_json::json!({"outcome": "not_started", "matrix": matrix, "reason": "fail_fast"}));
                 } else {
-                    println!(
+                    say!(
                         "not started: {} (fail_fast: an earlier combination failed)",
                         label.join(", ")
                     );
                 }
             }
-            Outcome::InProgress { event } => {
+            Outcome::Queued { event, holder } => {
                 if json {
-                    items.push(serde_json::json!({"outcome": "in_progress", "event": event}));
+                    items.push(
+                        serde_json::json!({"outcome": "queued", "event": event, "holder": holder}),
+                    );
                 } else {
-                    println!(
-                        "not started: event `{}` is being run by {} right now",
+                    say!(
+                        "queued: event `{}` waits while another run of this pipeline ({}) is in progress; whoever holds the pipeline next runs it",
                         event.dedupe_key,
-                        event.claimed_by.as_deref().unwrap_or("another worker")
+                        holder.as_deref().unwrap_or("another worker")
+                    );
+                }
+            }
+            Outcome::AlreadyFailed { event } => {
+                code = code.max(exit::RUN_FAILED);
+                if json {
+                    items.push(serde_json::json!({"outcome": "already_failed", "event": event}));
+                } else {
+                    say!(
+                        "not run again: event `{}` failed in run {}; run it again with `flowgate run FILE --key KEY`",
+                        event.dedupe_key,
+                        event.run_id.as_deref().unwrap_or("?")
                     );
                 }
             }
         }
     }
     if json {
-        println!(
+        say!(
             "{}",
             redact(&serde_json::to_string_pretty(&items).unwrap_or_default())
         );
@@ -180,7 +194,7 @@ pub fn summary(run: &RunRecord) {
         }
         None => matrix,
     };
-    println!(
+    say!(
         "run {} of `{}`{matrix}: {} in {}",
         run.id,
         run.pipeline,
@@ -188,13 +202,13 @@ pub fn summary(run: &RunRecord) {
         duration(run)
     );
     if let Some(e) = &run.error {
-        println!("  error: {}", redact(e));
+        say!("  error: {}", redact(e));
     }
     for s in &run.steps {
         if s.status == "skipped" {
-            println!("  {:<14} skipped", s.step);
+            say!("  {:<14} skipped", s.step);
             for n in &s.notes {
-                println!("  {:<14} note: {}", "", redact(n));
+                say!("  {:<14} note: {}", "", redact(n));
             }
             continue;
         }
@@ -219,34 +233,40 @@ pub fn summary(run: &RunRecord) {
         } else {
             format!("{} attempts", s.attempts)
         };
-        println!(
+        say!(
             "  {:<14} {:<11} {moved}, {} quarantined, {attempts}",
-            s.step, s.status, s.quarantined
+            s.step,
+            s.status,
+            s.quarantined
         );
         for n in &s.notes {
-            println!("  {:<14} note: {}", "", redact(n));
+            say!("  {:<14} note: {}", "", redact(n));
         }
     }
 }
 
 pub fn run_list(runs: &[RunRecord], json: bool) {
     if json {
-        println!(
+        say!(
             "{}",
             redact(&serde_json::to_string_pretty(runs).unwrap_or_default())
         );
         return;
     }
     if runs.is_empty() {
-        println!("no runs");
+        say!("no runs");
         return;
     }
-    println!(
+    say!(
         "{:<36}  {:<20}  {:<11}  {:<8}  {:<20}  DURATION",
-        "RUN", "PIPELINE", "STATUS", "TRIGGER", "STARTED (UTC)"
+        "RUN",
+        "PIPELINE",
+        "STATUS",
+        "TRIGGER",
+        "STARTED (UTC)"
     );
     for r in runs {
-        println!(
+        say!(
             "{:<36}  {:<20}  {:<11}  {:<8}  {:<20}  {}",
             r.id,
             r.pipeline,
@@ -260,34 +280,34 @@ pub fn run_list(runs: &[RunRecord], json: bool) {
 
 pub fn run_detail(run: &RunRecord, json: bool) {
     if json {
-        println!(
+        say!(
             "{}",
             redact(&serde_json::to_string_pretty(run).unwrap_or_default())
         );
         return;
     }
-    println!("run:       {}", run.id);
-    println!("pipeline:  {}", run.pipeline);
-    println!("env:       {}", run.env.as_deref().unwrap_or("(default)"));
-    println!("status:    {}", run.status);
-    println!(
+    say!("run:       {}", run.id);
+    say!("pipeline:  {}", run.pipeline);
+    say!("env:       {}", run.env.as_deref().unwrap_or("(default)"));
+    say!("status:    {}", run.status);
+    say!(
         "trigger:   {} (event {})",
         run.trigger,
         run.event_id
             .map(|e| e.to_string())
             .unwrap_or_else(|| "-".into())
     );
-    println!("attempt:   {}", run.attempt);
-    println!("worker:    {}", run.worker);
-    println!("started:   {}", run.started_at.to_rfc3339());
-    println!("duration:  {}", duration(run));
-    println!("params:    {}", redact(&run.params.to_string()));
+    say!("attempt:   {}", run.attempt);
+    say!("worker:    {}", run.worker);
+    say!("started:   {}", run.started_at.to_rfc3339());
+    say!("duration:  {}", duration(run));
+    say!("params:    {}", redact(&run.params.to_string()));
     if let Some(e) = &run.error {
-        println!("error:     {}", redact(e));
+        say!("error:     {}", redact(e));
     }
-    println!("steps:");
+    say!("steps:");
     for s in &run.steps {
-        println!(
+        say!(
             "  {} — {}: {} in / {} out / {} unchanged objects, {} in / {} out, {} quarantined, {} attempt(s), {} ms",
             s.step,
             s.status,
@@ -301,10 +321,10 @@ pub fn run_detail(run: &RunRecord, json: bool) {
             s.duration_ms
         );
         if let Some(e) = &s.error {
-            println!("      error: {}", redact(e));
+            say!("      error: {}", redact(e));
         }
         for n in &s.notes {
-            println!("      note: {}", redact(n));
+            say!("      note: {}", redact(n));
         }
     }
 }

@@ -43,6 +43,7 @@ pub async fn serve(
     listen: &str,
     state_url: &Option<String>,
     env: &Option<String>,
+    lease_ttl: std::time::Duration,
 ) -> Result<u8> {
     let files = pipeline_files(dir)?;
     if files.is_empty() {
@@ -81,7 +82,9 @@ pub async fn serve(
     let state = flowgate_core::state::open(&url)
         .await
         .context("opening the state store")?;
-    let engine = Arc::new(Engine::new(state.clone()));
+    let mut engine = Engine::new(state.clone());
+    engine.lease_ttl = lease_ttl;
+    let engine = Arc::new(engine);
     stop_on_signals(&engine);
 
     let app = App {
@@ -96,13 +99,14 @@ pub async fn serve(
         .route("/runs/{id}", get(run))
         .route("/pipelines", get(pipelines))
         .route("/pipelines/{name}/runs", axum::routing::post(start_run))
+        .layer(axum::middleware::map_response(redacted))
         .with_state(app);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(address = %bound, pipelines = plans.len(), state = %state.describe(), "serving");
-    println!(
+    say!(
         "flowgate serving {} pipeline(s) from {} on http://{bound}",
         plans.len(),
         dir.display()
@@ -132,6 +136,26 @@ pub async fn serve(
     } else {
         exit::ERROR
     })
+}
+
+/// Every answer passes through the secret redactor: state keeps keys and payloads
+/// exactly, so what leaves the process is masked here, in one place.
+async fn redacted(response: Response) -> Response {
+    let (parts, body) = response.into_parts();
+    match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let masked = flowgate_core::secret::redact(&text);
+            let mut parts = parts;
+            parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+            Response::from_parts(parts, axum::body::Body::from(masked))
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the answer: {e}"),
+        )
+            .into_response(),
+    }
 }
 
 async fn health(State(app): State<App>) -> Response {

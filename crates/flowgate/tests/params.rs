@@ -164,11 +164,7 @@ extract = { from = "src", tables = ["orders"], cursor = "last_updated", to = "la
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let objects = |d: &std::path::Path| {
-        std::fs::read_dir(d.join("landing/orders"))
-            .map(|r| r.count())
-            .unwrap_or(0)
-    };
+    let objects = |d: &std::path::Path| data_files(&d.join("landing/orders")).len();
     let deadline = Instant::now() + Duration::from_secs(30);
     while objects(dir.path()) < 1 {
         assert!(Instant::now() < deadline, "the first row never landed");

@@ -24,17 +24,10 @@ fn pipeline(dir: &std::path::Path, source: &str) {
 }
 
 fn landed_rows(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir.join("landing/sales_order"))
-        .map(|rd| {
-            rd.map(|e| {
-                std::fs::read_to_string(e.unwrap().path())
-                    .unwrap()
-                    .lines()
-                    .count()
-            })
-            .sum()
-        })
-        .unwrap_or(0)
+    data_files(&dir.join("landing/sales_order"))
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap().lines().count())
+        .sum()
 }
 
 #[test]

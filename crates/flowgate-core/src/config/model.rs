@@ -396,11 +396,30 @@ pub struct ExtractSpec {
     /// Rows per batch (default 65536).
     #[serde(default)]
     pub batch_rows: Option<usize>,
+    /// Rows whose cursor is NULL have no position: `always` (default) extracts them
+    /// on every run (the load's upsert absorbs the repeats), `snapshot` only on the
+    /// first run (later ones count them in a note), `error` fails the step while
+    /// any exist. They are never skipped without a word.
+    #[serde(default)]
+    pub nulls: Option<NullCursors>,
     /// PostgreSQL: connections a large first read (a snapshot) is split over, each
     /// reading a range of the table's pages in the same database snapshot
     /// (default: the number of CPUs, at most 4; 1 reads over one connection).
     #[serde(default)]
     pub parallel: Option<usize>,
+}
+
+/// What an extract does with rows whose cursor is NULL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NullCursors {
+    /// Extract them on every run.
+    #[default]
+    Always,
+    /// Extract them with the first (full) snapshot only; later runs count them.
+    Snapshot,
+    /// Fail the step while any exist.
+    Error,
 }
 
 /// How one table of a multi-table load is loaded.

@@ -25,6 +25,9 @@ use crate::state::{
 };
 use crate::store::{Location, StoreHandle};
 
+pub mod claim;
+pub use claim::Claim;
+
 /// Errors that stop the engine itself (not a run).
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -63,20 +66,44 @@ pub struct Submission {
     /// The routing row this run carries out (`{{ route.* }}`), set by
     /// [`Engine::submit_all`] for pipelines with routing.
     pub route: Option<Value>,
+    /// An event that failed before runs again (a new attempt of it): someone asked
+    /// again (`run --key`, an HTTP request with the key, a redelivered message).
+    pub retry_failed: bool,
+    /// Wait while another run of the lane is in progress (a person asked for this
+    /// run); otherwise the event is left pending for whoever holds the lane next.
+    pub wait: bool,
 }
 
 impl Submission {
+    /// A trigger event (not manual): left pending when its lane is busy, never
+    /// retried once it failed (a person does that).
+    pub fn event(kind: &str, dedupe_key: String, trigger: Value) -> Submission {
+        Submission {
+            kind: kind.into(),
+            dedupe_key,
+            trigger,
+            params: BTreeMap::new(),
+            matrix: BTreeMap::new(),
+            route: None,
+            retry_failed: false,
+            wait: false,
+        }
+    }
+
     /// A manual run, by `via` (`cli`, `http`). Without a key every request is a new
-    /// event; with one, the same key never runs twice to success.
+    /// event; with one, the same key never runs twice to success, and asking
+    /// again for one that failed runs it again.
     pub fn manual(via: &str, key: Option<String>, params: BTreeMap<String, String>) -> Submission {
         let key = key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         Submission {
-            kind: "manual".into(),
-            dedupe_key: format!("manual:{key}"),
-            trigger: json!({"kind": "manual", "via": via}),
             params,
-            matrix: BTreeMap::new(),
-            route: None,
+            retry_failed: true,
+            wait: true,
+            ..Submission::event(
+                "manual",
+                format!("manual:{key}"),
+                json!({"kind": "manual", "via": via}),
+            )
         }
     }
 }
@@ -94,8 +121,14 @@ pub enum Outcome {
     NotStarted {
         matrix: BTreeMap<String, String>,
     },
-    /// Another live worker is running this event right now.
-    InProgress {
+    /// Another run of the same lane is in progress (`holder`); the event is
+    /// recorded and waits for whoever holds the lane next.
+    Queued {
+        event: Box<TriggerEvent>,
+        holder: Option<String>,
+    },
+    /// The event failed before and nobody asked to run it again.
+    AlreadyFailed {
         event: Box<TriggerEvent>,
     },
 }
@@ -110,6 +143,15 @@ pub struct StepContext<'a> {
     pub state: &'a dyn StateStore,
     pub cancel: &'a CancellationToken,
     pub progress: &'a dyn Progress,
+    /// The lane's claim: its fence goes with every position written.
+    pub claim: &'a Claim,
+}
+
+impl StepContext<'_> {
+    /// What every position written by this step carries.
+    pub fn fence(&self) -> &crate::state::Fence {
+        self.claim.fence()
+    }
 }
 
 /// What a step reports when it finishes.
@@ -257,11 +299,15 @@ pub struct Engine {
     pub lease_ttl: Duration,
 }
 
-/// This process's worker id.
+/// This process's worker id (`host:pid:nonce`), for people reading runs: who
+/// holds what is decided by leases alone, never by reading this.
 pub fn worker_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
     let nonce = uuid::Uuid::now_v7().simple().to_string();
     format!(
         "{host}:{}:{}",
@@ -270,23 +316,14 @@ pub fn worker_id() -> String {
     )
 }
 
-/// Is the worker that wrote `worker` certainly gone (same host, process not running)?
-pub fn worker_is_dead(worker: &str) -> bool {
-    let mut parts = worker.split(':');
-    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    let here = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    if host != here {
-        return false;
+/// The lane of a pipeline's event: the pipeline, or the pipeline and one matrix
+/// combination (combinations run side by side; runs of one lane never overlap).
+pub fn lane_of(pipeline: &str, matrix: &BTreeMap<String, String>) -> String {
+    if matrix.is_empty() {
+        return pipeline.to_string();
     }
-    match pid.parse::<u32>() {
-        Ok(pid) if pid == std::process::id() => false,
-        Ok(pid) => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        Err(_) => false,
-    }
+    let label: Vec<String> = matrix.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{pipeline}#{}", label.join(","))
 }
 
 /// Check manual parameters against the declared ones, filling defaults.
@@ -427,17 +464,21 @@ impl Engine {
         Ok(outcomes)
     }
 
-    /// Record an event and run it, unless it was handled before.
+    /// Record an event and run it, unless it was handled before. The run holds
+    /// the event's lane; while another run holds it, a manual run waits and a
+    /// trigger event stays pending for whoever holds the lane next.
     pub async fn submit(&self, plan: &Plan, sub: Submission) -> Result<Outcome, EngineError> {
         let params = resolve_params(plan, &sub.params).map_err(EngineError::Params)?;
         let mut payload = json!({ "trigger": sub.trigger, "params": params, "matrix": sub.matrix, "env": plan.env });
         if let Some(route) = &sub.route {
             payload["route"] = route.clone();
         }
+        let lane = lane_of(&plan.name, &sub.matrix);
         let recorded = self
             .state
             .record_event(NewEvent {
                 pipeline: plan.name.clone(),
+                lane: lane.clone(),
                 kind: sub.kind,
                 dedupe_key: sub.dedupe_key,
                 payload,
@@ -447,105 +488,137 @@ impl Engine {
             Recorded::New(e) => e,
             Recorded::Duplicate(e) => match e.status {
                 EventStatus::Done => return Ok(Outcome::AlreadyDone { event: Box::new(e) }),
+                EventStatus::Failed if !sub.retry_failed => {
+                    return Ok(Outcome::AlreadyFailed { event: Box::new(e) });
+                }
                 _ => e,
             },
         };
-        match self.claim(&event).await? {
-            Some(claimed) => Ok(Outcome::Ran(Box::new(self.execute(plan, claimed).await?))),
-            None => Ok(Outcome::InProgress {
+        let Some(claim) = self.take_lane(&lane, sub.wait).await? else {
+            let holder = self.state.get_lease(&lane).await?.map(|l| l.holder);
+            return Ok(Outcome::Queued {
                 event: Box::new(event),
-            }),
-        }
-    }
-
-    /// Claim an event, taking it over at once when its holder is a dead process here.
-    async fn claim(&self, event: &TriggerEvent) -> Result<Option<TriggerEvent>, EngineError> {
-        if let Some(c) = self
+                holder,
+            });
+        };
+        self.prepare_lane(&claim).await;
+        let claimed = self
             .state
-            .claim_event_id(event.id, &self.worker, self.lease_ttl)
-            .await?
-        {
-            return Ok(Some(c));
-        }
-        let current = self.state.get_event(event.id).await?;
-        if let Some(cur) = current
-            && cur.status == EventStatus::Claimed
-            && cur.claimed_by.as_deref().is_some_and(worker_is_dead)
-        {
-            // Release the dead holder's claim, then claim normally.
-            self.state
-                .finish_event(
-                    cur.id,
-                    EventStatus::Pending,
-                    cur.run_id.as_deref().unwrap_or(""),
-                )
-                .await?;
-            return Ok(self
-                .state
-                .claim_event_id(event.id, &self.worker, self.lease_ttl)
-                .await?);
-        }
-        Ok(None)
+            .claim_event_id(event.id, claim.fence(), sub.retry_failed)
+            .await;
+        let outcome = match claimed {
+            Ok(Some(claimed)) => self
+                .execute(plan, claimed, &claim)
+                .await
+                .map(|r| Outcome::Ran(Box::new(r))),
+            // Handled meanwhile by the lane's previous holder.
+            Ok(None) => match self.state.get_event(event.id).await? {
+                Some(e) if e.status == EventStatus::Failed => {
+                    Ok(Outcome::AlreadyFailed { event: Box::new(e) })
+                }
+                Some(e) => Ok(Outcome::AlreadyDone { event: Box::new(e) }),
+                None => Err(EngineError::Step(StepError::internal(format!(
+                    "event {} vanished from the ledger",
+                    event.id
+                )))),
+            },
+            Err(e) => Err(e.into()),
+        };
+        claim.release().await;
+        outcome
     }
 
-    /// Run every event of `plan` that is pending or whose worker died.
-    pub async fn run_pending(&self, plan: &Plan) -> Result<Vec<RunRecord>, EngineError> {
-        let mut runs = Vec::new();
-        // Events held by dead processes on this host are released first (manual
-        // ones are closed instead: only the person who asked reruns them).
-        for e in self.state.list_events(&plan.name, 1000).await? {
-            if e.status == EventStatus::Claimed
-                && e.claimed_by.as_deref().is_some_and(worker_is_dead)
+    /// Hold `lane`: at once, or (with `wait`) once its current run ends. `None`
+    /// when it is busy and not waited for, or when the engine is stopping.
+    async fn take_lane(&self, lane: &str, wait: bool) -> Result<Option<Claim>, EngineError> {
+        let mut told = false;
+        loop {
+            if let Some(claim) = Claim::take(
+                &self.state,
+                lane,
+                &self.worker,
+                self.lease_ttl,
+                &self.cancel,
+            )
+            .await?
             {
-                let status = if e.kind == "manual" {
-                    EventStatus::Failed
-                } else {
-                    EventStatus::Pending
-                };
-                self.state
-                    .finish_event(e.id, status, e.run_id.as_deref().unwrap_or(""))
-                    .await?;
+                return Ok(Some(claim));
+            }
+            if !wait || self.cancel.is_cancelled() {
+                return Ok(None);
+            }
+            if !told {
+                let holder = self.state.get_lease(lane).await?.map(|l| l.holder);
+                tracing::info!(
+                    lane,
+                    holder = holder.as_deref().unwrap_or("another worker"),
+                    "another run of this pipeline is in progress; waiting for it to end"
+                );
+                told = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = self.cancel.cancelled() => return Ok(None),
             }
         }
-        while !self.cancel.is_cancelled() {
-            let Some(event) = self
-                .state
-                .claim_event(&plan.name, &self.worker, self.lease_ttl)
-                .await?
-            else {
+    }
+
+    /// On taking a lane: what its earlier holders left behind is settled. Their
+    /// runs are abandoned, and their manual events are closed as failed (a
+    /// person reruns them); their trigger events are claimed again as they are.
+    async fn prepare_lane(&self, claim: &Claim) {
+        let fence = claim.fence();
+        let why = "its worker stopped holding the lane before the run finished (killed, or cut off from the state store); a later run resumed the work";
+        if let Err(e) = self.state.abandon_runs(fence, why).await {
+            tracing::warn!(lane = %fence.lease, error = %e, "could not mark abandoned runs");
+        }
+        match self.state.close_lost_manual(fence).await {
+            Ok(n) if n > 0 => {
+                tracing::warn!(lane = %fence.lease, events = n, "manual runs whose worker stopped were closed as failed; rerun them with the same --key")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(lane = %fence.lease, error = %e, "could not close lost manual runs")
+            }
+        }
+    }
+
+    /// Run every trigger event of `plan` that waits: lane by lane, for each lane
+    /// nobody else holds.
+    pub async fn run_pending(&self, plan: &Plan) -> Result<Vec<RunRecord>, EngineError> {
+        let mut runs = Vec::new();
+        for lane in self.state.open_lanes(&plan.name).await? {
+            if self.cancel.is_cancelled() {
                 break;
+            }
+            let Some(claim) = self.take_lane(&lane, false).await? else {
+                continue;
             };
-            runs.push(self.execute(plan, event).await?);
+            self.prepare_lane(&claim).await;
+            let result = async {
+                while !self.cancel.is_cancelled() && !claim.is_lost() {
+                    let Some(event) = self.state.claim_event(claim.fence()).await? else {
+                        break;
+                    };
+                    runs.push(self.execute(plan, event, &claim).await?);
+                }
+                Ok::<(), EngineError>(())
+            }
+            .await;
+            claim.release().await;
+            result?;
         }
         Ok(runs)
     }
 
-    /// Mark runs of this pipeline whose worker is gone as abandoned.
-    async fn sweep_abandoned(&self, plan: &Plan, event_id: i64) -> Result<(), EngineError> {
-        let running = self
-            .state
-            .list_runs(&RunFilter {
-                pipeline: Some(plan.name.clone()),
-                status: Some(RunStatus::Running),
-                limit: 1000,
-            })
-            .await?;
-        for mut r in running {
-            let gone = worker_is_dead(&r.worker) || r.event_id == Some(event_id);
-            if gone && r.worker != self.worker {
-                r.status = RunStatus::Abandoned;
-                r.finished_at = Some(Utc::now());
-                r.error = Some(
-                    "its worker stopped before the run finished; a later run resumed the work"
-                        .into(),
-                );
-                self.state.save_run(&r).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn execute(&self, plan: &Plan, event: TriggerEvent) -> Result<RunRecord, EngineError> {
+    /// Run a claimed event under `claim`: record the run, run its steps, record
+    /// how it ended, mark the event (fenced), tell people.
+    async fn execute(
+        &self,
+        plan: &Plan,
+        event: TriggerEvent,
+        claim: &Claim,
+    ) -> Result<RunRecord, EngineError> {
         let started = Utc::now();
         let run_id = uuid::Uuid::now_v7().to_string();
         let params = event
@@ -558,25 +631,13 @@ impl Engine {
             .get("matrix")
             .cloned()
             .unwrap_or_else(|| json!({}));
-        let mut recorded_params = match (&params, &matrix) {
-            (Value::Object(p), Value::Object(m)) if !m.is_empty() => {
-                let mut all = p.clone();
-                all.insert("matrix".into(), matrix.clone());
-                Value::Object(all)
-            }
-            _ => params.clone(),
-        };
-        if let (Value::Object(p), Some(route)) = (&mut recorded_params, event.payload.get("route"))
-        {
-            p.insert("route".into(), route.clone());
-        }
         let mut run = RunRecord {
             id: run_id.clone(),
             pipeline: plan.name.clone(),
             env: plan.env.clone(),
             event_id: Some(event.id),
             trigger: event.kind.clone(),
-            params: recorded_params,
+            params: recorded_params(&params, &matrix, event.payload.get("route")),
             status: RunStatus::Running,
             attempt: event.attempts,
             worker: self.worker.clone(),
@@ -584,40 +645,11 @@ impl Engine {
             finished_at: None,
             error: None,
             steps: Vec::new(),
+            lane: Some(claim.fence().lease.clone()),
+            fence: Some(claim.fence().token),
         };
-        self.sweep_abandoned(plan, event.id).await?;
         self.state.save_run(&run).await?;
         tracing::info!(pipeline = %plan.name, run = %run.id, trigger = %event.kind, key = %event.dedupe_key, attempt = event.attempts, "run started");
-
-        // Keep the claim alive; losing it stops the run at a safe point.
-        let run_cancel = self.cancel.child_token();
-        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let renew = {
-            let (state, worker, ttl, token, lost) = (
-                self.state.clone(),
-                self.worker.clone(),
-                self.lease_ttl,
-                run_cancel.clone(),
-                lost.clone(),
-            );
-            let id = event.id;
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    match state.renew_event(id, &worker, ttl).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            lost.store(true, std::sync::atomic::Ordering::SeqCst);
-                            token.cancel();
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not renew the run's claim; will try again")
-                        }
-                    }
-                }
-            })
-        };
 
         let template = json!({
             "run": { "id": run_id, "started": started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "attempt": event.attempts },
@@ -629,7 +661,6 @@ impl Engine {
             "matrix": matrix,
             "route": event.payload.get("route").cloned().unwrap_or(Value::Null),
         });
-
         let stores = match (&plan.routing, event.payload.get("route")) {
             (Some(routing), None) => {
                 let (e, dead_lettered) = self
@@ -648,123 +679,125 @@ impl Engine {
             }
             _ => Stores::open(plan, &template),
         };
-        let mut failed: HashSet<String> = HashSet::new();
-        let mut skipped: HashSet<String> = HashSet::new();
-        match &stores {
+        let failed = match &stores {
             Err(e) => {
                 run.error = Some(e.message.clone());
-                failed.extend(plan.steps.iter().map(|s| s.id.clone()));
+                plan.steps.iter().map(|s| s.id.clone()).collect()
             }
             Ok(stores) => {
-                for step in &plan.steps {
-                    if run_cancel.is_cancelled() {
-                        break;
-                    }
-                    let when = step
-                        .when
-                        .as_deref()
-                        .map(|w| (w, crate::template::truthy(w, &template)));
-                    let report = if let Some(n) = step.needs.iter().find(|n| failed.contains(*n)) {
-                        failed.insert(step.id.clone());
-                        StepReport {
-                            step: step.id.clone(),
-                            status: "skipped".into(),
-                            notes: vec![format!("not run: step `{n}` did not succeed")],
-                            ..Default::default()
-                        }
-                    } else if let Some(n) = step.needs.iter().find(|n| skipped.contains(*n)) {
-                        skipped.insert(step.id.clone());
-                        StepReport {
-                            step: step.id.clone(),
-                            status: "skipped".into(),
-                            notes: vec![format!("not run: step `{n}` was skipped")],
-                            ..Default::default()
-                        }
-                    } else if let Some((w, Ok(false))) = when {
-                        skipped.insert(step.id.clone());
-                        StepReport {
-                            step: step.id.clone(),
-                            status: "skipped".into(),
-                            notes: vec![format!("not run: `when = \"{w}\"` is false")],
-                            ..Default::default()
-                        }
-                    } else if let Some((w, Err(msg))) = when {
-                        failed.insert(step.id.clone());
-                        run.error
-                            .get_or_insert_with(|| format!("step `{}`: when {msg}", step.id));
-                        StepReport {
-                            step: step.id.clone(),
-                            status: "failed".into(),
-                            error: Some(format!("`when = \"{w}\"` could not be evaluated: {msg}")),
-                            ..Default::default()
-                        }
-                    } else {
-                        let ctx = StepContext {
-                            plan,
-                            run_id: &run_id,
-                            step,
-                            template: &template,
-                            stores,
-                            state: self.state.as_ref(),
-                            cancel: &run_cancel,
-                            progress: self.progress.as_ref(),
-                        };
-                        let report = run_step(&ctx).await;
-                        if report.status != "succeeded" && report.status != "partial" {
-                            failed.insert(step.id.clone());
-                            if run.error.is_none() {
-                                run.error = report
-                                    .error
-                                    .as_ref()
-                                    .map(|e| format!("step `{}`: {e}", step.id));
-                            }
-                        }
-                        report
-                    };
-                    run.steps.push(report);
-                    self.state.save_run(&run).await?;
-                }
+                self.run_steps(plan, &mut run, stores, &template, claim)
+                    .await?
             }
-        }
-        renew.abort();
-
-        let interrupted = run_cancel.is_cancelled();
-        run.status = if interrupted {
-            RunStatus::Interrupted
-        } else if !failed.is_empty() {
-            RunStatus::Failed
-        } else if run.steps.iter().any(|s| s.quarantined > 0) {
-            RunStatus::Partial
-        } else {
-            RunStatus::Succeeded
         };
+
+        let lost = claim.is_lost();
+        let interrupted = claim.cancel.is_cancelled() || lost;
+        let (status, event_status) = outcome_of(&run, &failed, interrupted, &event.kind);
+        run.status = status;
         if interrupted {
-            let why = if lost.load(std::sync::atomic::Ordering::SeqCst) {
-                "the run lost its claim on the event (another worker took it over)"
-            } else {
-                "stopped by a signal; the next run resumes from the last committed position"
-            };
-            run.error.get_or_insert_with(|| why.to_string());
+            run.error.get_or_insert_with(|| {
+                if lost {
+                    claim::lost_error().message
+                } else {
+                    "stopped by a signal; the next run resumes from the last committed position"
+                        .to_string()
+                }
+            });
         }
         run.finished_at = Some(Utc::now());
         self.state.save_run(&run).await?;
-        let event_status = match run.status {
-            RunStatus::Succeeded | RunStatus::Partial => EventStatus::Done,
-            _ if run.set_aside() => EventStatus::Done,
-            // A stopped trigger event is resumed by the next worker; a stopped manual
-            // run stays stopped until someone asks again (the same --key resumes it).
-            RunStatus::Interrupted if event.kind != "manual" => EventStatus::Pending,
-            _ => EventStatus::Failed,
-        };
-        if !lost.load(std::sync::atomic::Ordering::SeqCst) {
-            self.state
-                .finish_event(event.id, event_status, &run.id)
-                .await?;
+        if !lost {
+            match self
+                .state
+                .finish_event(event.id, event_status, &run.id, claim.fence())
+                .await
+            {
+                Ok(()) => {}
+                // The next holder of the lane runs the event again.
+                Err(StateError::Fenced(lane)) => {
+                    tracing::warn!(pipeline = %plan.name, run = %run.id, lane = %lane, "the run lost its claim before it could record its end; the next holder of the lane runs the event again")
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         tracing::info!(pipeline = %plan.name, run = %run.id, status = %run.status, "run finished");
         self.record_freshness(plan, &run).await;
         self.notify(plan, &run).await;
         Ok(run)
+    }
+
+    /// The steps of one run in `needs` order, each report saved as it comes;
+    /// returns the steps that failed (or were not run because one they need did).
+    async fn run_steps(
+        &self,
+        plan: &Plan,
+        run: &mut RunRecord,
+        stores: &Stores,
+        template: &Value,
+        claim: &Claim,
+    ) -> Result<HashSet<String>, EngineError> {
+        let mut failed: HashSet<String> = HashSet::new();
+        let mut skipped: HashSet<String> = HashSet::new();
+        for step in &plan.steps {
+            if claim.cancel.is_cancelled() || claim.is_lost() {
+                break;
+            }
+            let report = match gate(step, &failed, &skipped, template) {
+                Gate::Run => {
+                    let ctx = StepContext {
+                        plan,
+                        run_id: &run.id,
+                        step,
+                        template,
+                        stores,
+                        state: self.state.as_ref(),
+                        cancel: &claim.cancel,
+                        progress: self.progress.as_ref(),
+                        claim,
+                    };
+                    run_step(&ctx).await
+                }
+                Gate::Skip(note) => {
+                    skipped.insert(step.id.clone());
+                    StepReport {
+                        step: step.id.clone(),
+                        status: "skipped".into(),
+                        notes: vec![note],
+                        ..Default::default()
+                    }
+                }
+                Gate::NotRun(note) => {
+                    failed.insert(step.id.clone());
+                    StepReport {
+                        step: step.id.clone(),
+                        status: "skipped".into(),
+                        notes: vec![note],
+                        ..Default::default()
+                    }
+                }
+                Gate::Fail(error) => StepReport {
+                    step: step.id.clone(),
+                    status: "failed".into(),
+                    error: Some(error),
+                    ..Default::default()
+                },
+            };
+            if report.status != "succeeded"
+                && report.status != "partial"
+                && report.status != "skipped"
+            {
+                failed.insert(step.id.clone());
+                if run.error.is_none() {
+                    run.error = report
+                        .error
+                        .as_ref()
+                        .map(|e| format!("step `{}`: {e}", step.id));
+                }
+            }
+            run.steps.push(report);
+            self.state.save_run(run).await?;
+        }
+        Ok(failed)
     }
 
     /// After a successful run that loads, everything extracted so far is in the
@@ -827,13 +860,14 @@ impl Engine {
             return Ok(Some(age));
         }
         let lease = format!("freshness-alert/{}", plan.name);
-        if !self
+        let holder = format!("{}/{}", self.worker, uuid::Uuid::now_v7().simple());
+        let Some(fence) = self
             .state
-            .acquire_lease(&lease, &self.worker, Duration::from_secs(60))
+            .acquire_lease(&lease, &holder, Duration::from_secs(60))
             .await?
-        {
+        else {
             return Ok(Some(age));
-        }
+        };
         if stale != was_stale(self.state.kv_get(&alert_key).await?) {
             let value = if stale {
                 format!("stale since {}", Utc::now().to_rfc3339())
@@ -851,7 +885,7 @@ impl Engine {
                 tracing::warn!(pipeline = %plan.name, problem = %problem, "notification not delivered");
             }
         }
-        self.state.release_lease(&lease, &self.worker).await?;
+        self.state.release_lease(&fence).await?;
         Ok(Some(age))
     }
 
@@ -946,6 +980,89 @@ impl Engine {
     }
 }
 
+/// What the run records as its parameters: the parameters, plus the matrix
+/// combination and the routing row when it has them.
+fn recorded_params(params: &Value, matrix: &Value, route: Option<&Value>) -> Value {
+    let mut recorded = match (params, matrix) {
+        (Value::Object(p), Value::Object(m)) if !m.is_empty() => {
+            let mut all = p.clone();
+            all.insert("matrix".into(), matrix.clone());
+            Value::Object(all)
+        }
+        _ => params.clone(),
+    };
+    if let (Value::Object(p), Some(route)) = (&mut recorded, route) {
+        p.insert("route".into(), route.clone());
+    }
+    recorded
+}
+
+/// Whether a step runs, given what happened to the steps it needs and its `when`.
+#[derive(Debug, PartialEq)]
+enum Gate {
+    Run,
+    /// Skipped, as a step it needs was, or its `when` is false.
+    Skip(String),
+    /// Not run: a step it needs did not succeed (counts as failed).
+    NotRun(String),
+    /// Its `when` could not be evaluated.
+    Fail(String),
+}
+
+fn gate(
+    step: &PlannedStep,
+    failed: &HashSet<String>,
+    skipped: &HashSet<String>,
+    template: &Value,
+) -> Gate {
+    if let Some(n) = step.needs.iter().find(|n| failed.contains(*n)) {
+        return Gate::NotRun(format!("not run: step `{n}` did not succeed"));
+    }
+    if let Some(n) = step.needs.iter().find(|n| skipped.contains(*n)) {
+        return Gate::Skip(format!("not run: step `{n}` was skipped"));
+    }
+    match step
+        .when
+        .as_deref()
+        .map(|w| (w, crate::template::truthy(w, template)))
+    {
+        Some((w, Ok(false))) => Gate::Skip(format!("not run: `when = \"{w}\"` is false")),
+        Some((w, Err(msg))) => {
+            Gate::Fail(format!("`when = \"{w}\"` could not be evaluated: {msg}"))
+        }
+        _ => Gate::Run,
+    }
+}
+
+/// How a run ended, and what becomes of its event: done when its work reached
+/// its sinks or its bad input was set aside; pending again when a trigger
+/// event's run was stopped (the lane's next holder resumes it); failed otherwise
+/// (a stopped manual run is rerun by a person, with the same key).
+fn outcome_of(
+    run: &RunRecord,
+    failed: &HashSet<String>,
+    interrupted: bool,
+    kind: &str,
+) -> (RunStatus, EventStatus) {
+    let status = if interrupted {
+        RunStatus::Interrupted
+    } else if !failed.is_empty() {
+        RunStatus::Failed
+    } else if run.steps.iter().any(|s| s.quarantined > 0) {
+        RunStatus::Partial
+    } else {
+        RunStatus::Succeeded
+    };
+    let set_aside = status == RunStatus::Failed && crate::state::failures_set_aside(&run.steps);
+    let event = match status {
+        RunStatus::Succeeded | RunStatus::Partial => EventStatus::Done,
+        _ if set_aside => EventStatus::Done,
+        RunStatus::Interrupted if kind != "manual" => EventStatus::Pending,
+        _ => EventStatus::Failed,
+    };
+    (status, event)
+}
+
 fn describe_failure(e: &StepError) -> String {
     format!(
         "{} ({} error{})",
@@ -1004,6 +1121,9 @@ async fn run_step(ctx: &StepContext<'_>) -> StepReport {
                 return out.report;
             }
             Err(e) => {
+                if e.kind == crate::error::ErrorKind::ClaimLost {
+                    ctx.claim.mark_lost();
+                }
                 let cancelled = ctx.cancel.is_cancelled();
                 let retry = e.class.retriable && attempt < step.retry.attempts && !cancelled;
                 tracing::warn!(step = %step.id, attempt, retriable = e.class.retriable, error = %e.message, "step attempt failed");

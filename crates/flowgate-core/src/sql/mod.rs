@@ -78,6 +78,8 @@ pub struct ColumnInfo {
     pub arrow: DataType,
     /// How PostgreSQL's binary COPY is decoded (`None`: selected as text).
     pub wire: Option<PgWire>,
+    /// The column may hold NULL.
+    pub nullable: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -101,23 +103,32 @@ pub struct ReadEnd {
 }
 
 /// Which rows of a table to read.
+///
+/// Every read re-reads the rows from `lookback` before the last position up to the
+/// newest cursor (with no look-back, the rows at the last cursor value itself), and
+/// the caller drops those it emitted before by fingerprint (cursor, key and the
+/// row's content): so a row updated again without its cursor moving (a cursor of
+/// whole seconds, a date) is read again, and one committed late within the
+/// look-back is caught.
 #[derive(Debug, Clone)]
 pub struct Window {
     pub cursor: String,
     pub key: Vec<String>,
-    /// Rows after this keyset position…
+    /// The last position read (`None`: the first read, a full snapshot).
     pub after: Option<Position>,
-    /// …or, with a look-back, every row whose cursor is at least this far before
-    /// the last watermark.
-    pub lookback: Option<Duration>,
+    /// How far before the last position rows are read again (zero: only the rows
+    /// at the last cursor value).
+    pub lookback: Duration,
+    /// Rows whose cursor is NULL are read too (they have no position).
+    pub nulls: bool,
 }
 
 impl Window {
     /// Rows whose cursor and key come as text too (the helper columns are NULL
-    /// otherwise): with a look-back, rows near the newest change are remembered,
-    /// and after the first run every row read may be one already extracted.
+    /// otherwise): rows near the newest change are remembered, and after the first
+    /// read every row read may be one already extracted.
     fn texts_for_every_row(&self) -> bool {
-        self.lookback.is_some() && self.after.is_some()
+        self.after.is_some()
     }
 }
 
@@ -290,7 +301,7 @@ impl SqlSource {
                 let qualified = format!("{}.{}", quote_ident(schema_name), quote_ident(table));
                 let cols = c
                     .query(
-                        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, a.atttypmod
+                        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, a.atttypmod, NOT a.attnotnull
                          FROM pg_attribute a WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
                          ORDER BY a.attnum",
                         &[&qualified],
@@ -321,6 +332,7 @@ impl SqlSource {
                             sql_type: r.get(1),
                             arrow,
                             wire,
+                            nullable: r.get(4),
                         }
                     })
                     .collect();
@@ -337,28 +349,68 @@ impl SqlSource {
     }
 
     /// The Arrow schema of what [`SqlSource::read`] sends: the table's columns,
-    /// then, with a look-back, the cursor as text, each key column as text (NULL
-    /// where not needed, see [`Window`]) and the in-window flag.
+    /// then the cursor as text, each key column as text (NULL where not needed,
+    /// see [`Window`]) and the in-window flag (cursor within the look-back of the
+    /// newest cursor).
     pub fn read_schema(table: &TableInfo, window: &Window) -> SchemaRef {
         let mut fields: Vec<(String, DataType)> = table
             .columns
             .iter()
             .map(|c| (c.name.clone(), c.arrow.clone()))
             .collect();
-        if window.lookback.is_some() {
-            fields.push((CURSOR_TEXT.into(), DataType::Utf8));
-            for i in 0..window.key.len() {
-                fields.push((format!("{KEY_TEXT}{i}"), DataType::Utf8));
-            }
-            fields.push((IN_WINDOW.into(), DataType::Boolean));
+        fields.push((CURSOR_TEXT.into(), DataType::Utf8));
+        for i in 0..window.key.len() {
+            fields.push((format!("{KEY_TEXT}{i}"), DataType::Utf8));
         }
+        fields.push((IN_WINDOW.into(), DataType::Boolean));
         schema(fields)
+    }
+
+    /// Rows of `table` whose `column` is NULL (0 when the column cannot hold NULL).
+    pub async fn count_nulls(
+        &self,
+        schema_name: &str,
+        table: &TableInfo,
+        column: &str,
+    ) -> Result<u64, StepError> {
+        if !table.columns.iter().any(|c| c.name == column && c.nullable) {
+            return Ok(0);
+        }
+        match self {
+            SqlSource::Postgres { .. } => {
+                let c = self.pg().await?;
+                let sql = format!(
+                    "SELECT count(*) FROM {}.{} WHERE {} IS NULL",
+                    quote_ident(schema_name),
+                    quote_ident(&table.name),
+                    quote_ident(column)
+                );
+                let n: i64 = c.query_one(&sql, &[]).await.map_err(pg_error)?.get(0);
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+            SqlSource::Sqlite { path } => {
+                let sql = format!(
+                    "SELECT count(*) FROM {} WHERE {} IS NULL",
+                    quote_ident(&table.name),
+                    quote_ident(column)
+                );
+                let path = path.clone();
+                sqlite_read::blocking(move || {
+                    let c = sqlite_read::open(&path)?;
+                    let n: i64 = c
+                        .query_row(&sql, [], |r| r.get(0))
+                        .map_err(sqlite_read::sq)?;
+                    Ok(u64::try_from(n).unwrap_or(0))
+                })
+                .await
+            }
+        }
     }
 
     /// Stream the window's rows in batches of `batch_rows`, in no particular
     /// order, and return the table's newest position (largest (cursor, key)) as of
     /// the same snapshot; no position when the table has no row with a cursor
-    /// (then nothing is sent). A large first read from PostgreSQL is split over up to
+    /// (then only rows with a NULL cursor are sent, if the window asks for them). A large first read from PostgreSQL is split over up to
     /// `parallel` connections, each reading a range of the table's pages in the
     /// same snapshot.
     pub async fn read(
@@ -375,21 +427,18 @@ impl SqlSource {
             SqlSource::Postgres { url, .. } => {
                 let mut client = self.pg().await?;
                 // One snapshot for the newest position and the rows: every row the
-                // position covers is in the stream.
+                // position covers is in the stream. The position comes first: the
+                // rows near it are marked (see `Window`).
                 let txn = snapshot_transaction(&mut client).await?;
                 let top_sql = pg_top_query(schema_name, table, window)?;
-                let top = async || -> Result<Option<Position>, StepError> {
-                    let row = txn.query_opt(&top_sql, &[]).await.map_err(pg_error)?;
-                    Ok(row.map(|r| (r.get(0), (1..=window.key.len()).map(|i| r.get(i)).collect())))
-                };
-                // A look-back marks rows near the newest cursor, so it needs it first.
-                let hi = match window.lookback {
-                    Some(_) => match top().await? {
-                        Some(t) => Some(t),
-                        None => return Ok(ReadEnd::default()),
-                    },
-                    None => None,
-                };
+                let top: Option<Position> = txn
+                    .query_opt(&top_sql, &[])
+                    .await
+                    .map_err(pg_error)?
+                    .map(|r| (r.get(0), (1..=window.key.len()).map(|i| r.get(i)).collect()));
+                if top.is_none() && !window.nulls {
+                    return Ok(ReadEnd::default());
+                }
                 let ranges = match (&window.after, parallel) {
                     (None, n) if n > 1 => page_ranges(&txn, schema_name, table, n).await?,
                     _ => vec![PageRange::ALL],
@@ -399,30 +448,18 @@ impl SqlSource {
                     .iter()
                     .map(|c| c.wire.unwrap_or(PgWire::Text))
                     .collect();
-                if window.lookback.is_some() {
-                    wire.push(PgWire::Text);
-                    wire.extend(window.key.iter().map(|_| PgWire::Text));
-                    wire.push(PgWire::Bool);
-                }
-                let hi_text = hi.as_ref().map(|h| h.0.as_str());
+                wire.push(PgWire::Text);
+                wire.extend(window.key.iter().map(|_| PgWire::Text));
+                wire.push(PgWire::Bool);
+                let hi_text = top.as_ref().map(|h| h.0.as_str());
                 let sqls = ranges
                     .iter()
                     .map(|r| pg_query(schema_name, table, window, hi_text, *r))
                     .collect::<Result<Vec<_>, _>>()?;
                 if let [sql] = &sqls[..] {
-                    let top = match hi {
-                        Some(t) => t,
-                        None => match top().await? {
-                            Some(t) => t,
-                            None => return Ok(ReadEnd::default()),
-                        },
-                    };
                     copy_into(&txn, sql, wire, out_schema, batch_rows, &tx).await?;
                     txn.commit().await.map_err(pg_error)?;
-                    return Ok(ReadEnd {
-                        top: Some(top),
-                        streams: 1,
-                    });
+                    return Ok(ReadEnd { top, streams: 1 });
                 }
                 let snapshot: String = txn
                     .query_one("SELECT pg_export_snapshot()", &[])
@@ -455,18 +492,9 @@ impl SqlSource {
                     });
                 }
                 drop(tx);
-                let all_copied = async {
-                    while let Some(done) = streams.join_next().await {
-                        done.map_err(|e| StepError::internal(format!("reader task: {e}")))??;
-                    }
-                    Ok::<(), StepError>(())
-                };
-                let (top, copied) = match hi {
-                    Some(t) => (Ok(Some(t)), all_copied.await),
-                    None => tokio::join!(top(), all_copied),
-                };
-                copied?;
-                let top = top?;
+                while let Some(done) = streams.join_next().await {
+                    done.map_err(|e| StepError::internal(format!("reader task: {e}")))??;
+                }
                 txn.commit().await.map_err(pg_error)?;
                 Ok(ReadEnd { top, streams: n })
             }
@@ -618,8 +646,8 @@ fn pg_top_query(schema_name: &str, table: &TableInfo, w: &Window) -> Result<Stri
 }
 
 /// The COPY statement for a window, over one range of pages. No ORDER BY: the
-/// newest position comes from [`pg_top_query`] in the same snapshot. `hi`, the
-/// newest cursor, is needed with a look-back (and only then).
+/// newest position comes from [`pg_top_query`] in the same snapshot. `hi` is the
+/// newest cursor (`None`: no row has one, so only rows with a NULL cursor are read).
 fn pg_query(
     schema_name: &str,
     table: &TableInfo,
@@ -640,52 +668,46 @@ fn pg_query(
         .collect();
     let cursor = quote_ident(&w.cursor);
     let ctype = pg_type_of(table, &w.cursor)?;
-    // Rows without a cursor have no position; they are never extracted.
-    let mut conditions = vec![format!("{cursor} IS NOT NULL")];
+    let at = |text: &str| format!("{}::{ctype}", quote_literal(text));
+    // A position moved back by the look-back (timestamp cursors only; a zero
+    // look-back works for any type).
+    let back = |text: &str| match w.lookback.as_micros() {
+        0 => at(text),
+        us => format!("({} - interval '{us} microseconds')", at(text)),
+    };
+    let mut range = Vec::new();
+    // Rows this close to the newest change are remembered, so the next read can
+    // tell a row it already extracted from a new version or a late commit.
+    let in_window = match hi {
+        Some(hi) => {
+            range.push(format!("{cursor} <= {}", at(hi)));
+            format!("({cursor} >= {})", back(hi))
+        }
+        None => "false".to_string(),
+    };
+    if let Some((c, _)) = &w.after {
+        range.push(format!("{cursor} >= {}", back(c)));
+    }
+    // Text of cursor and key only where a fingerprint needs it: the casts cost as
+    // much as the rest of the row.
+    let text = |expr: String| match w.texts_for_every_row() {
+        true => format!("{expr}::text"),
+        false => format!("CASE WHEN {in_window} THEN {expr}::text END"),
+    };
+    select.push(format!("{} AS {CURSOR_TEXT}", text(cursor.clone())));
+    for (i, k) in w.key.iter().enumerate() {
+        select.push(format!("{} AS {KEY_TEXT}{i}", text(quote_ident(k))));
+    }
+    select.push(format!("{in_window} AS {IN_WINDOW}"));
+    let mut conditions = Vec::new();
+    match (range.is_empty(), w.nulls) {
+        (true, _) => conditions.push(format!("{cursor} IS NULL")),
+        (false, true) => {
+            conditions.push(format!("({cursor} IS NULL OR ({}))", range.join(" AND ")))
+        }
+        (false, false) => conditions.extend(range),
+    }
     conditions.extend(pages.condition());
-    if let Some(l) = w.lookback {
-        let hi =
-            hi.ok_or_else(|| StepError::internal("look-back read without its newest cursor"))?;
-        let hi = format!("{}::{ctype}", quote_literal(hi));
-        // Rows this close to the newest change are remembered, so the next
-        // look-back can tell a row it already extracted from one committed late.
-        let in_window = format!(
-            "({cursor} >= ({hi} - interval '{} microseconds'))",
-            l.as_micros()
-        );
-        // Text of cursor and key only where a fingerprint needs it: the casts
-        // cost as much as the rest of the row.
-        let text = |expr: String| match w.texts_for_every_row() {
-            true => format!("{expr}::text"),
-            false => format!("CASE WHEN {in_window} THEN {expr}::text END"),
-        };
-        select.push(format!("{} AS {CURSOR_TEXT}", text(cursor.clone())));
-        for (i, k) in w.key.iter().enumerate() {
-            select.push(format!("{} AS {KEY_TEXT}{i}", text(quote_ident(k))));
-        }
-        select.push(format!("{in_window} AS {IN_WINDOW}"));
-        conditions.push(format!("{cursor} <= {hi}"));
-    }
-    match (&w.after, w.lookback) {
-        (Some((c, _)), Some(l)) => {
-            let lower = format!(
-                "({}::{ctype} - interval '{} microseconds')",
-                quote_literal(c),
-                l.as_micros()
-            );
-            conditions.push(format!("{cursor} >= {lower}"));
-        }
-        (Some((c, keys)), None) => {
-            let mut lhs = vec![cursor.clone()];
-            let mut rhs = vec![format!("{}::{ctype}", quote_literal(c))];
-            for (k, v) in w.key.iter().zip(keys) {
-                lhs.push(quote_ident(k));
-                rhs.push(format!("{}::{}", quote_literal(v), pg_type_of(table, k)?));
-            }
-            conditions.push(format!("({}) > ({})", lhs.join(", "), rhs.join(", ")));
-        }
-        (None, _) => {}
-    }
     Ok(format!(
         "COPY (SELECT {} FROM {}.{} WHERE {}) TO STDOUT (FORMAT binary)",
         select.join(", "),

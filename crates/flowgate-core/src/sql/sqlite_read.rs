@@ -82,8 +82,8 @@ pub async fn describe(path: PathBuf, table: String) -> Result<TableInfo, StepErr
         let mut st = c
             .prepare(&format!("PRAGMA table_info({})", quote_ident(&table)))
             .map_err(sq)?;
-        let rows: Vec<(String, String, i64)> = st
-            .query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(5)?)))
+        let rows: Vec<(String, String, i64, bool)> = st
+            .query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(5)?, r.get(3)?)))
             .map_err(sq)?
             .collect::<Result<_, _>>()
             .map_err(sq)?;
@@ -101,11 +101,12 @@ pub async fn describe(path: PathBuf, table: String) -> Result<TableInfo, StepErr
         pk.sort();
         let columns = rows
             .into_iter()
-            .map(|(name, declared, _)| ColumnInfo {
+            .map(|(name, declared, _, not_null)| ColumnInfo {
                 arrow: arrow_for(&declared),
                 sql_type: declared,
                 name,
                 wire: None,
+                nullable: !not_null,
             })
             .collect();
         Ok(TableInfo {
@@ -185,59 +186,53 @@ pub async fn read(
                 None => None,
             }
         };
-        let Some(top) = top else {
+        if top.is_none() && !w.nulls {
             return Ok(None);
-        };
-        let hi = top.0.clone();
+        }
         let mut select: Vec<String> = table
             .columns
             .iter()
             .map(|col| quote_ident(&col.name))
             .collect();
-        // Helper columns (see `Window`) only with a look-back.
-        if w.lookback.is_some() {
-            select.push(format!("CAST({cursor} AS TEXT) AS {CURSOR_TEXT}"));
-            for (i, k) in w.key.iter().enumerate() {
-                select.push(format!("CAST({} AS TEXT) AS {KEY_TEXT}{i}", quote_ident(k)));
-            }
+        // Helper columns: see `Window`.
+        select.push(format!("CAST({cursor} AS TEXT) AS {CURSOR_TEXT}"));
+        for (i, k) in w.key.iter().enumerate() {
+            select.push(format!("CAST({} AS TEXT) AS {KEY_TEXT}{i}", quote_ident(k)));
         }
-        let mut params: Vec<String> = vec![hi.clone()];
-        let mut conditions = vec![format!("{cursor} <= ?1")];
-        let lookback_us = w.lookback.map(|l| l.as_micros() as i64);
-        match (&w.after, lookback_us) {
-            (Some((c, _)), Some(us)) => {
-                let lower = shift_timestamp_text(c, -us).ok_or_else(|| {
-                    StepError::user(format!(
-                        "lookback needs a timestamp cursor; `{}` holds `{c}`",
-                        w.cursor
-                    ))
-                })?;
-                params.push(lower);
-                conditions.push(format!("{cursor} >= ?{}", params.len()));
+        let lookback_us = w.lookback.as_micros() as i64;
+        // A position moved back by the look-back (timestamps only; a zero
+        // look-back works for any type).
+        let back = |text: &str| -> Result<String, StepError> {
+            if lookback_us == 0 {
+                return Ok(text.to_string());
             }
-            (Some((c, keys)), None) => {
-                params.push(c.clone());
-                let mut lhs = vec![cursor.clone()];
-                let mut rhs = vec![format!("?{}", params.len())];
-                for (k, v) in w.key.iter().zip(keys) {
-                    params.push(v.clone());
-                    lhs.push(quote_ident(k));
-                    rhs.push(format!("?{}", params.len()));
-                }
-                conditions.push(format!("({}) > ({})", lhs.join(", "), rhs.join(", ")));
-            }
-            (None, _) => {}
-        }
-        if let Some(us) = lookback_us {
-            let recent = shift_timestamp_text(&hi, -us).ok_or_else(|| {
+            shift_timestamp_text(text, -lookback_us).ok_or_else(|| {
                 StepError::user(format!(
-                    "lookback needs a timestamp cursor; `{}` holds `{hi}`",
+                    "lookback needs a timestamp cursor; `{}` holds `{text}`",
                     w.cursor
                 ))
-            })?;
-            params.push(recent);
-            select.push(format!("({cursor} >= ?{}) AS {IN_WINDOW}", params.len()));
+            })
+        };
+        let mut params: Vec<String> = Vec::new();
+        let mut range = Vec::new();
+        match &top {
+            Some((hi, _)) => {
+                params.push(hi.clone());
+                range.push(format!("{cursor} <= ?{}", params.len()));
+                params.push(back(hi)?);
+                select.push(format!("({cursor} >= ?{}) AS {IN_WINDOW}", params.len()));
+            }
+            None => select.push(format!("0 AS {IN_WINDOW}")),
         }
+        if let Some((c, _)) = &w.after {
+            params.push(back(c)?);
+            range.push(format!("{cursor} >= ?{}", params.len()));
+        }
+        let conditions = match (range.is_empty(), w.nulls) {
+            (true, _) => vec![format!("{cursor} IS NULL")],
+            (false, true) => vec![format!("({cursor} IS NULL OR ({}))", range.join(" AND "))],
+            (false, false) => range,
+        };
         let sql = format!(
             "SELECT {} FROM {} WHERE {}",
             select.join(", "),
@@ -261,7 +256,7 @@ pub async fn read(
             if b.rows >= batch_rows {
                 let batch = b.finish().map_err(|e| StepError::internal(e.to_string()))?;
                 if tx.blocking_send(Ok(batch)).is_err() {
-                    return Ok(Some(top));
+                    return Ok(top);
                 }
             }
         }
@@ -269,7 +264,7 @@ pub async fn read(
             let batch = b.finish().map_err(|e| StepError::internal(e.to_string()))?;
             let _ = tx.blocking_send(Ok(batch));
         }
-        Ok(Some(top))
+        Ok(top)
     })
     .await
 }

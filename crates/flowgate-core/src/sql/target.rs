@@ -2,6 +2,12 @@
 //! nullable columns, loaded in one transaction per input that also records the
 //! input in the target's own `flowgate_loaded` ledger — so a crash either loaded
 //! an input and recorded it, or did neither.
+//!
+//! Each input streams in (memory stays around a few batches, whatever its size).
+//! Its transaction first checks the lane's fencing token against the target's
+//! `flowgate_fence` row (a newer holder's load makes an older one's fail), then
+//! claims the input's ledger row: a second loader of the same version finds the
+//! row taken and loads nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -28,7 +34,8 @@ pub enum LoadMode {
     Upsert,
     /// One row per (key, version); a version seen before is not inserted again.
     AppendVersions,
-    /// The run's input becomes the whole table.
+    /// The newest input becomes the whole table (older pending inputs are
+    /// superseded by it; an empty input empties the table).
     Replace,
 }
 
@@ -43,10 +50,21 @@ pub struct LoadTarget {
 }
 
 /// One input to load in one transaction.
+#[derive(Debug, Clone)]
 pub struct Input {
     pub object: String,
     pub fingerprint: String,
-    pub batches: Vec<RecordBatch>,
+    /// Older inputs this one replaces (`replace` mode): recorded as loaded with it.
+    pub superseded: Vec<(String, String)>,
+}
+
+/// Who loads: the pipeline's step, under its lane's claim.
+#[derive(Debug, Clone)]
+pub struct LoadClaim {
+    pub pipeline: String,
+    pub step: String,
+    pub lane: String,
+    pub token: i64,
 }
 
 fn pg_type(dt: &DataType) -> String {
@@ -82,7 +100,8 @@ fn sqlite_type(dt: &DataType) -> &'static str {
     }
 }
 
-/// `CREATE TABLE` for the input's columns, keyed unless appending.
+/// `CREATE TABLE` for the input's columns, keyed by the load's key when it has one
+/// (never when appending).
 fn create_table(
     qualified: &str,
     cols: &[(String, DataType)],
@@ -93,8 +112,9 @@ fn create_table(
         .iter()
         .map(|(n, dt)| format!("{} {}", quote_ident(n), ty(dt)))
         .collect();
-    if t.mode != LoadMode::Append {
-        let key: Vec<String> = conflict_cols(t).iter().map(|c| quote_ident(c)).collect();
+    let key = conflict_cols(t);
+    if t.mode != LoadMode::Append && !key.is_empty() {
+        let key: Vec<String> = key.iter().map(|c| quote_ident(c)).collect();
         defs.push(format!("PRIMARY KEY ({})", key.join(", ")));
     }
     format!(
@@ -168,6 +188,71 @@ pub struct Loaded {
     pub added_columns: Vec<String>,
 }
 
+/// Batches of one input, in order.
+pub type Batches = tokio::sync::mpsc::Receiver<Result<RecordBatch, StepError>>;
+
+const LEDGER_PG: &str = "CREATE TABLE IF NOT EXISTS flowgate_loaded (
+  pipeline text NOT NULL, step text NOT NULL, object text NOT NULL, fingerprint text NOT NULL,
+  rows bigint NOT NULL, loaded_at timestamptz NOT NULL, PRIMARY KEY (pipeline, step, object));
+CREATE TABLE IF NOT EXISTS flowgate_fence (lane text PRIMARY KEY, token bigint NOT NULL, at timestamptz NOT NULL)";
+const LEDGER_SQLITE: &str = "CREATE TABLE IF NOT EXISTS flowgate_loaded (
+  pipeline TEXT NOT NULL, step TEXT NOT NULL, object TEXT NOT NULL, fingerprint TEXT NOT NULL,
+  rows INTEGER NOT NULL, loaded_at TEXT NOT NULL, PRIMARY KEY (pipeline, step, object));
+CREATE TABLE IF NOT EXISTS flowgate_fence (lane TEXT PRIMARY KEY, token INTEGER NOT NULL, at TEXT NOT NULL)";
+
+/// Take the lane's fence row for this token (0 rows: a newer holder loaded here).
+const FENCE_SQL: &str = "INSERT INTO flowgate_fence (lane, token, at) VALUES ($1, $2, CURRENT_TIMESTAMP)
+  ON CONFLICT (lane) DO UPDATE SET token = excluded.token, at = excluded.at WHERE flowgate_fence.token <= excluded.token";
+/// Claim an input's ledger row (0 rows: this version was loaded before).
+const CLAIM_SQL: &str = "INSERT INTO flowgate_loaded (pipeline, step, object, fingerprint, rows, loaded_at) VALUES ($1, $2, $3, $4, 0, CURRENT_TIMESTAMP)
+  ON CONFLICT (pipeline, step, object) DO UPDATE SET fingerprint = excluded.fingerprint, rows = 0, loaded_at = excluded.loaded_at
+  WHERE flowgate_loaded.fingerprint <> excluded.fingerprint";
+const ROWS_SQL: &str =
+    "UPDATE flowgate_loaded SET rows = $4 WHERE pipeline = $1 AND step = $2 AND object = $3";
+
+fn fenced_out(lane: &str) -> StepError {
+    crate::engine::claim::lost_error().context(format!(
+        "a newer run of lane `{lane}` has loaded into this database since this run took its claim"
+    ))
+}
+
+/// Every statement that merges the staged rows into the table, in order.
+fn merge_statements(
+    qualified: &str,
+    list: &str,
+    cols: &[(String, DataType)],
+    t: &LoadTarget,
+) -> Vec<String> {
+    let key = conflict_cols(t);
+    let conflict: Vec<String> = key.iter().map(|c| quote_ident(c)).collect();
+    let conflict = conflict.join(", ");
+    let set: Vec<String> = cols
+        .iter()
+        .filter(|(n, _)| !key.contains(n))
+        .map(|(n, _)| format!("{0} = EXCLUDED.{0}", quote_ident(n)))
+        .collect();
+    let append =
+        format!("INSERT INTO {qualified} ({list}) SELECT {list} FROM _fg_stage ORDER BY _fg_ord");
+    // The last occurrence of a key wins.
+    let keyed = |on_conflict: &str| {
+        format!(
+            "INSERT INTO {qualified} ({list}) SELECT {list} FROM (SELECT DISTINCT ON ({conflict}) * FROM _fg_stage ORDER BY {conflict}, _fg_ord DESC) s ON CONFLICT ({conflict}) {on_conflict}"
+        )
+    };
+    let update = if set.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        format!("DO UPDATE SET {}", set.join(", "))
+    };
+    match t.mode {
+        LoadMode::Append => vec![append],
+        LoadMode::Replace if key.is_empty() => vec![format!("DELETE FROM {qualified}"), append],
+        LoadMode::Replace => vec![format!("DELETE FROM {qualified}"), keyed(&update)],
+        LoadMode::Upsert => vec![keyed(&update)],
+        LoadMode::AppendVersions => vec![keyed("DO NOTHING")],
+    }
+}
+
 impl SqlSource {
     /// Inputs already loaded by `pipeline`/`step`: object → fingerprint.
     pub async fn loaded_inputs(
@@ -199,57 +284,66 @@ impl SqlSource {
         }
     }
 
-    /// Load `inputs` into the table in one transaction, recording each in the ledger.
+    /// Load one input, streamed from `batches`, in one transaction that records it
+    /// (and what it supersedes) in the ledger. `None`: this version of the input
+    /// was loaded before (by another loader, perhaps at this very moment).
     pub async fn load(
         &self,
-        pipeline: &str,
-        step: &str,
+        claim: &LoadClaim,
         t: &LoadTarget,
-        inputs: Vec<Input>,
-    ) -> Result<Loaded, StepError> {
-        let Some(schema) = inputs
-            .iter()
-            .flat_map(|i| i.batches.first())
-            .map(|b| b.schema())
-            .next()
-        else {
-            return Ok(Loaded::default());
-        };
-        for k in conflict_cols(t) {
-            if schema.index_of(&k).is_err() {
-                return Err(StepError::user(format!(
-                    "the input has no column `{k}` (needed as the load's key)"
-                )));
-            }
-        }
+        input: &Input,
+        batches: Batches,
+    ) -> Result<Option<Loaded>, StepError> {
         match self {
-            SqlSource::Postgres { .. } => self.load_pg(pipeline, step, t, &schema, inputs).await,
+            SqlSource::Postgres { .. } => self.load_pg(claim, t, input, batches).await,
             SqlSource::Sqlite { path } => {
-                let (path, p, s, t) = (
-                    path.clone(),
-                    pipeline.to_string(),
-                    step.to_string(),
-                    t.clone(),
-                );
-                blocking(move || load_sqlite(&path, &p, &s, &t, &schema, inputs)).await
+                let (path, claim, t, input) =
+                    (path.clone(), claim.clone(), t.clone(), input.clone());
+                blocking(move || load_sqlite(&path, &claim, &t, &input, batches)).await
             }
         }
     }
 
     async fn load_pg(
         &self,
-        pipeline: &str,
-        step: &str,
+        claim: &LoadClaim,
         t: &LoadTarget,
-        schema: &Schema,
-        inputs: Vec<Input>,
-    ) -> Result<Loaded, StepError> {
+        input: &Input,
+        mut batches: Batches,
+    ) -> Result<Option<Loaded>, StepError> {
         let mut client = self.pg().await?;
         client.batch_execute(LEDGER_PG).await.map_err(pg_error)?;
         let qualified = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.table));
         let mut loaded = Loaded::default();
         let tx = client.transaction().await.map_err(pg_error)?;
-        // Create the table, or grow it with the input's new columns.
+        if tx
+            .execute(FENCE_SQL, &[&claim.lane, &claim.token])
+            .await
+            .map_err(pg_error)?
+            == 0
+        {
+            return Err(fenced_out(&claim.lane));
+        }
+        let mine = tx
+            .execute(
+                CLAIM_SQL,
+                &[
+                    &claim.pipeline,
+                    &claim.step,
+                    &input.object,
+                    &input.fingerprint,
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        if mine == 0 {
+            return Ok(None);
+        }
+        for (object, fp) in &input.superseded {
+            tx.execute(CLAIM_SQL, &[&claim.pipeline, &claim.step, object, fp])
+                .await
+                .map_err(pg_error)?;
+        }
         let existing: HashSet<String> = tx
             .query(
                 "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
@@ -260,11 +354,20 @@ impl SqlSource {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let cols: Vec<(String, DataType)> = schema
-            .fields()
-            .iter()
-            .map(|f| (f.name().clone(), f.data_type().clone()))
-            .collect();
+        let Some(first) = batches.recv().await.transpose()? else {
+            // An empty input: a replaced table becomes empty.
+            if t.mode == LoadMode::Replace && !existing.is_empty() {
+                loaded.rows_written = tx
+                    .execute(&format!("DELETE FROM {qualified}"), &[])
+                    .await
+                    .map_err(pg_error)?;
+            }
+            tx.commit().await.map_err(pg_error)?;
+            return Ok(Some(loaded));
+        };
+        let schema = first.schema();
+        let cols = columns_with_key(&schema, t)?;
+        // Create the table, or grow it with the input's new columns.
         if existing.is_empty() {
             tx.batch_execute(&create_table(&qualified, &cols, t, pg_type))
                 .await
@@ -295,79 +398,61 @@ impl SqlSource {
             .map_err(pg_error)?;
         futures::pin_mut!(sink);
         let mut buf = Vec::with_capacity(1 << 20);
-        for input in &inputs {
-            for b in &input.batches {
-                if b.schema().fields() != schema.fields() {
-                    return Err(StepError::user(format!(
-                        "{}: its columns differ from the other inputs of this load",
-                        input.object
-                    )));
-                }
-                loaded.rows_in += b.num_rows() as u64;
-                copy_text(b, &mut buf)?;
-                if buf.len() >= 1 << 20 {
-                    sink.send(bytes::Bytes::from(std::mem::take(&mut buf)))
-                        .await
-                        .map_err(pg_error)?;
-                }
+        let mut next = Some(first);
+        while let Some(b) = next {
+            same_columns(&b, &schema, &input.object)?;
+            loaded.rows_in += b.num_rows() as u64;
+            copy_text(&b, &mut buf)?;
+            if buf.len() >= 1 << 20 {
+                sink.send(bytes::Bytes::from(std::mem::take(&mut buf)))
+                    .await
+                    .map_err(pg_error)?;
             }
+            next = batches.recv().await.transpose()?;
         }
         if !buf.is_empty() {
             sink.send(bytes::Bytes::from(buf)).await.map_err(pg_error)?;
         }
         sink.finish().await.map_err(pg_error)?;
-
-        let conflict: Vec<String> = conflict_cols(t).iter().map(|c| quote_ident(c)).collect();
-        let conflict = conflict.join(", ");
-        let set: Vec<String> = cols
-            .iter()
-            .filter(|(n, _)| !conflict_cols(t).contains(n))
-            .map(|(n, _)| format!("{0} = EXCLUDED.{0}", quote_ident(n)))
-            .collect();
-        let merge = match t.mode {
-            LoadMode::Append => format!(
-                "INSERT INTO {qualified} ({list}) SELECT {list} FROM _fg_stage ORDER BY _fg_ord"
-            ),
-            LoadMode::Replace => format!(
-                "DELETE FROM {qualified}; INSERT INTO {qualified} ({list}) SELECT {list} FROM _fg_stage ORDER BY _fg_ord"
-            ),
-            LoadMode::Upsert | LoadMode::AppendVersions => {
-                let on_conflict = if t.mode == LoadMode::AppendVersions || set.is_empty() {
-                    "DO NOTHING".to_string()
-                } else {
-                    format!("DO UPDATE SET {}", set.join(", "))
-                };
-                format!(
-                    "INSERT INTO {qualified} ({list}) SELECT {list} FROM (SELECT DISTINCT ON ({conflict}) * FROM _fg_stage ORDER BY {conflict}, _fg_ord DESC) s ON CONFLICT ({conflict}) {on_conflict}"
-                )
-            }
-        };
-        let mut written = 0;
-        for stmt in merge.split("; ") {
-            written = tx.execute(stmt, &[]).await.map_err(pg_error)?;
+        for stmt in merge_statements(&qualified, &list, &cols, t) {
+            loaded.rows_written = tx.execute(&stmt, &[]).await.map_err(pg_error)?;
         }
-        loaded.rows_written = written;
-        for input in &inputs {
-            let rows: i64 = input.batches.iter().map(|b| b.num_rows() as i64).sum();
-            tx.execute(
-                "INSERT INTO flowgate_loaded (pipeline, step, object, fingerprint, rows, loaded_at) VALUES ($1, $2, $3, $4, $5, now())
-                 ON CONFLICT (pipeline, step, object) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, rows = EXCLUDED.rows, loaded_at = now()",
-                &[&pipeline, &step, &input.object, &input.fingerprint, &rows],
-            )
-            .await
-            .map_err(pg_error)?;
-        }
+        let rows = i64::try_from(loaded.rows_in).unwrap_or(i64::MAX);
+        tx.execute(
+            ROWS_SQL,
+            &[&claim.pipeline, &claim.step, &input.object, &rows],
+        )
+        .await
+        .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
-        Ok(loaded)
+        Ok(Some(loaded))
     }
 }
 
-const LEDGER_PG: &str = "CREATE TABLE IF NOT EXISTS flowgate_loaded (
-  pipeline text NOT NULL, step text NOT NULL, object text NOT NULL, fingerprint text NOT NULL,
-  rows bigint NOT NULL, loaded_at timestamptz NOT NULL, PRIMARY KEY (pipeline, step, object))";
-const LEDGER_SQLITE: &str = "CREATE TABLE IF NOT EXISTS flowgate_loaded (
-  pipeline TEXT NOT NULL, step TEXT NOT NULL, object TEXT NOT NULL, fingerprint TEXT NOT NULL,
-  rows INTEGER NOT NULL, loaded_at TEXT NOT NULL, PRIMARY KEY (pipeline, step, object))";
+/// The input's columns, checked to hold the load's key.
+fn columns_with_key(schema: &Schema, t: &LoadTarget) -> Result<Vec<(String, DataType)>, StepError> {
+    for k in conflict_cols(t) {
+        if schema.index_of(&k).is_err() {
+            return Err(StepError::user(format!(
+                "the input has no column `{k}` (needed as the load's key)"
+            )));
+        }
+    }
+    Ok(schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().clone()))
+        .collect())
+}
+
+fn same_columns(b: &RecordBatch, schema: &Schema, object: &str) -> Result<(), StepError> {
+    if b.schema().fields() != schema.fields() {
+        return Err(StepError::user(format!(
+            "{object}: its columns change part-way through"
+        )));
+    }
+    Ok(())
+}
 
 fn sqlite_rw(path: &PathBuf) -> Result<rusqlite::Connection, StepError> {
     if let Some(d) = path.parent() {
@@ -382,17 +467,46 @@ fn sqlite_rw(path: &PathBuf) -> Result<rusqlite::Connection, StepError> {
 
 fn load_sqlite(
     path: &PathBuf,
-    pipeline: &str,
-    step: &str,
+    claim: &LoadClaim,
     t: &LoadTarget,
-    schema: &Schema,
-    inputs: Vec<Input>,
-) -> Result<Loaded, StepError> {
-    use rusqlite::types::Value as V;
+    input: &Input,
+    mut batches: Batches,
+) -> Result<Option<Loaded>, StepError> {
     let mut c = sqlite_rw(path)?;
     c.execute_batch(LEDGER_SQLITE).map_err(sq)?;
     let mut loaded = Loaded::default();
-    let tx = c.transaction().map_err(sq)?;
+    let tx = c
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sq)?;
+    let sqlite = |sql: &str| sql.replace('$', "?");
+    if tx
+        .execute(
+            &sqlite(FENCE_SQL),
+            rusqlite::params![claim.lane, claim.token],
+        )
+        .map_err(sq)?
+        == 0
+    {
+        return Err(fenced_out(&claim.lane));
+    }
+    let claim_sql = sqlite(CLAIM_SQL);
+    if tx
+        .execute(
+            &claim_sql,
+            rusqlite::params![claim.pipeline, claim.step, input.object, input.fingerprint],
+        )
+        .map_err(sq)?
+        == 0
+    {
+        return Ok(None);
+    }
+    for (object, fp) in &input.superseded {
+        tx.execute(
+            &claim_sql,
+            rusqlite::params![claim.pipeline, claim.step, object, fp],
+        )
+        .map_err(sq)?;
+    }
     let table = quote_ident(&t.table);
     let existing: HashSet<String> = {
         let mut st = tx
@@ -403,11 +517,18 @@ fn load_sqlite(
             .collect::<Result<_, _>>()
             .map_err(sq)?
     };
-    let cols: Vec<(String, DataType)> = schema
-        .fields()
-        .iter()
-        .map(|f| (f.name().clone(), f.data_type().clone()))
-        .collect();
+    let Some(first) = batches.blocking_recv().transpose()? else {
+        // An empty input: a replaced table becomes empty.
+        if t.mode == LoadMode::Replace && !existing.is_empty() {
+            loaded.rows_written = tx
+                .execute(&format!("DELETE FROM {table}"), [])
+                .map_err(sq)? as u64;
+        }
+        tx.commit().map_err(sq)?;
+        return Ok(Some(loaded));
+    };
+    let schema = first.schema();
+    let cols = columns_with_key(&schema, t)?;
     let conflict = conflict_cols(t);
     if existing.is_empty() {
         tx.execute_batch(&create_table(&table, &cols, t, |dt| {
@@ -436,8 +557,10 @@ fn load_sqlite(
         .filter(|(n, _)| !conflict.contains(n))
         .map(|(n, _)| format!("{0} = excluded.{0}", quote_ident(n)))
         .collect();
+    // Rows are applied in order, so the last occurrence of a key wins.
+    let keyed = !conflict.is_empty();
     let tail = match t.mode {
-        LoadMode::Upsert if !set.is_empty() => format!(
+        LoadMode::Upsert | LoadMode::Replace if keyed && !set.is_empty() => format!(
             " ON CONFLICT ({}) DO UPDATE SET {}",
             conflict
                 .iter()
@@ -446,7 +569,9 @@ fn load_sqlite(
                 .join(", "),
             set.join(", ")
         ),
-        LoadMode::Upsert | LoadMode::AppendVersions => " ON CONFLICT DO NOTHING".into(),
+        LoadMode::Upsert | LoadMode::Replace | LoadMode::AppendVersions if keyed => {
+            " ON CONFLICT DO NOTHING".into()
+        }
         _ => String::new(),
     };
     {
@@ -457,72 +582,72 @@ fn load_sqlite(
                 marks.join(", ")
             ))
             .map_err(sq)?;
-        let opts = FormatOptions::default();
-        for input in &inputs {
-            for b in &input.batches {
-                loaded.rows_in += b.num_rows() as u64;
-                let fmts: Vec<ArrayFormatter<'_>> = b
-                    .columns()
-                    .iter()
-                    .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| StepError::internal(e.to_string()))?;
-                for row in 0..b.num_rows() {
-                    let values: Vec<V> = b
-                        .columns()
-                        .iter()
-                        .enumerate()
-                        .map(|(i, col)| {
-                            if col.is_null(row) {
-                                return V::Null;
-                            }
-                            match col.data_type() {
-                                DataType::Boolean => {
-                                    V::Integer(i64::from(col.as_boolean().value(row)))
-                                }
-                                DataType::Int64 => V::Integer(
-                                    col.as_primitive::<arrow::datatypes::Int64Type>().value(row),
-                                ),
-                                DataType::Int32 => V::Integer(i64::from(
-                                    col.as_primitive::<arrow::datatypes::Int32Type>().value(row),
-                                )),
-                                DataType::Int16 => V::Integer(i64::from(
-                                    col.as_primitive::<arrow::datatypes::Int16Type>().value(row),
-                                )),
-                                DataType::Float64 => V::Real(
-                                    col.as_primitive::<arrow::datatypes::Float64Type>()
-                                        .value(row),
-                                ),
-                                DataType::Float32 => V::Real(f64::from(
-                                    col.as_primitive::<arrow::datatypes::Float32Type>()
-                                        .value(row),
-                                )),
-                                DataType::Binary => {
-                                    V::Blob(col.as_binary::<i32>().value(row).to_vec())
-                                }
-                                DataType::Timestamp(TimeUnit::Microsecond, _) => {
-                                    V::Text(fmts[i].value(row).to_string().replace('T', " "))
-                                }
-                                _ => V::Text(fmts[i].value(row).to_string()),
-                            }
-                        })
-                        .collect();
-                    loaded.rows_written +=
-                        st.execute(rusqlite::params_from_iter(values)).map_err(sq)? as u64;
-                }
-            }
+        let mut next = Some(first);
+        while let Some(b) = next {
+            same_columns(&b, &schema, &input.object)?;
+            loaded.rows_in += b.num_rows() as u64;
+            loaded.rows_written += insert_sqlite(&mut st, &b)?;
+            next = batches.blocking_recv().transpose()?;
         }
     }
-    let now = chrono::Utc::now().to_rfc3339();
-    for input in &inputs {
-        let rows: i64 = input.batches.iter().map(|b| b.num_rows() as i64).sum();
-        tx.execute(
-            "INSERT INTO flowgate_loaded (pipeline, step, object, fingerprint, rows, loaded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (pipeline, step, object) DO UPDATE SET fingerprint = excluded.fingerprint, rows = excluded.rows, loaded_at = excluded.loaded_at",
-            rusqlite::params![pipeline, step, input.object, input.fingerprint, rows, now],
-        )
-        .map_err(sq)?;
-    }
+    let rows = i64::try_from(loaded.rows_in).unwrap_or(i64::MAX);
+    tx.execute(
+        &sqlite(ROWS_SQL),
+        rusqlite::params![claim.pipeline, claim.step, input.object, rows],
+    )
+    .map_err(sq)?;
     tx.commit().map_err(sq)?;
-    Ok(loaded)
+    Ok(Some(loaded))
+}
+
+/// Insert every row of `b` with the prepared statement; returns rows written.
+fn insert_sqlite(st: &mut rusqlite::Statement<'_>, b: &RecordBatch) -> Result<u64, StepError> {
+    use rusqlite::types::Value as V;
+    let opts = FormatOptions::default();
+    let fmts: Vec<ArrayFormatter<'_>> = b
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
+        .collect::<Result<_, _>>()
+        .map_err(|e| StepError::internal(e.to_string()))?;
+    let mut written = 0;
+    for row in 0..b.num_rows() {
+        let values: Vec<V> = b
+            .columns()
+            .iter()
+            .enumerate()
+            .map(|(i, col)| {
+                if col.is_null(row) {
+                    return V::Null;
+                }
+                match col.data_type() {
+                    DataType::Boolean => V::Integer(i64::from(col.as_boolean().value(row))),
+                    DataType::Int64 => {
+                        V::Integer(col.as_primitive::<arrow::datatypes::Int64Type>().value(row))
+                    }
+                    DataType::Int32 => V::Integer(i64::from(
+                        col.as_primitive::<arrow::datatypes::Int32Type>().value(row),
+                    )),
+                    DataType::Int16 => V::Integer(i64::from(
+                        col.as_primitive::<arrow::datatypes::Int16Type>().value(row),
+                    )),
+                    DataType::Float64 => V::Real(
+                        col.as_primitive::<arrow::datatypes::Float64Type>()
+                            .value(row),
+                    ),
+                    DataType::Float32 => V::Real(f64::from(
+                        col.as_primitive::<arrow::datatypes::Float32Type>()
+                            .value(row),
+                    )),
+                    DataType::Binary => V::Blob(col.as_binary::<i32>().value(row).to_vec()),
+                    DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                        V::Text(fmts[i].value(row).to_string().replace('T', " "))
+                    }
+                    _ => V::Text(fmts[i].value(row).to_string()),
+                }
+            })
+            .collect();
+        written += st.execute(rusqlite::params_from_iter(values)).map_err(sq)? as u64;
+    }
+    Ok(written)
 }

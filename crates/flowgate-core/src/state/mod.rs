@@ -39,6 +39,13 @@ pub enum StateError {
     Ambiguous(String),
     #[error("state store task failed: {0}")]
     Task(String),
+    /// A write made under a claim that is no longer held: its lease expired or
+    /// another worker took the lane over. Retrying cannot help; the run must stop.
+    #[error(
+        "the claim on `{0}` was lost (its lease expired, or another worker took it over): \
+         this worker's write was refused"
+    )]
+    Fenced(String),
 }
 
 pub type StateResult<T> = Result<T, StateError>;
@@ -139,14 +146,14 @@ impl RunRecord {
     /// A failed run whose every failed step set its bad input aside (quarantine or
     /// dead letter): running the same event again cannot help, a person must.
     pub fn set_aside(&self) -> bool {
-        self.status == RunStatus::Failed
-            && self
-                .steps
-                .iter()
-                .filter(|s| s.status == "failed")
-                .all(|s| s.quarantined > 0)
-            && self.steps.iter().any(|s| s.status == "failed")
+        self.status == RunStatus::Failed && failures_set_aside(&self.steps)
     }
+}
+
+/// Some step failed, and every failed step set its bad input aside.
+pub fn failures_set_aside(steps: &[StepReport]) -> bool {
+    let mut failing = steps.iter().filter(|s| s.status == "failed").peekable();
+    failing.peek().is_some() && failing.all(|s| s.quarantined > 0)
 }
 
 /// KV key under which the newest source change visible in a pipeline's sinks is kept.
@@ -176,6 +183,22 @@ pub struct RunRecord {
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
     pub steps: Vec<StepReport>,
+    /// The lane the run held (see [`Fence`]) and the token it held it under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<i64>,
+}
+
+/// A claim on a lease, and what every write made under it carries: the lease
+/// (`lane`), a holder unique to this claim, and the token it was granted under.
+/// Tokens only grow for a lease, so a write carrying an older token than the
+/// lease's current one comes from a claim that was lost, and is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub lease: String,
+    pub holder: String,
+    pub token: i64,
 }
 
 /// Status of a trigger event in the ledger.
@@ -221,7 +244,11 @@ pub struct TriggerEvent {
     pub attempts: u32,
     pub run_id: Option<String>,
     pub claimed_by: Option<String>,
-    pub lease_until: Option<DateTime<Utc>>,
+    /// The lane whose lease runs it: the pipeline, or the pipeline and one matrix
+    /// combination (runs of one lane never overlap).
+    pub lane: String,
+    /// The fencing token of the claim that holds it (when claimed).
+    pub claim_token: Option<i64>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -229,6 +256,7 @@ pub struct TriggerEvent {
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub pipeline: String,
+    pub lane: String,
     pub kind: String,
     pub dedupe_key: String,
     pub payload: Value,
@@ -261,12 +289,15 @@ pub struct KvEntry {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A lease: a name held by one holder until it expires.
+/// A lease: a name held by one holder until it expires (by the state store's clock).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
     pub name: String,
     pub holder: String,
     pub expires_at: DateTime<Utc>,
+    pub token: i64,
+    /// Held right now (not expired, not released), by the store's clock.
+    pub live: bool,
 }
 
 /// A published dataset version.
@@ -293,27 +324,39 @@ pub trait StateStore: Send + Sync {
     /// Where it is, without credentials.
     fn describe(&self) -> String;
 
+    /// The state store's clock: the one clock leases and schedules are judged by,
+    /// whatever each worker's own clock says.
+    async fn now(&self) -> StateResult<DateTime<Utc>>;
+
     // --- trigger-event ledger ---
     async fn record_event(&self, event: NewEvent) -> StateResult<Recorded>;
-    /// Claim the oldest trigger event (not manual) of `pipeline` that is pending, or
-    /// claimed by a holder whose lease ran out. Many workers may call this at once;
-    /// each event goes to one. Manual events are only claimed by id.
-    async fn claim_event(
-        &self,
-        pipeline: &str,
-        worker: &str,
-        ttl: Duration,
-    ) -> StateResult<Option<TriggerEvent>>;
-    /// Claim one specific event (a manual run that was just recorded).
+    /// Lanes of `pipeline` whose events may need a worker: trigger events waiting,
+    /// or events claimed by a claim that may be gone. Oldest first.
+    async fn open_lanes(&self, pipeline: &str) -> StateResult<Vec<String>>;
+    /// Under the fence of a lane, claim its oldest trigger event (not manual) that
+    /// is pending or claimed under an older token (its worker lost the lane).
+    /// Manual events are only claimed by id.
+    async fn claim_event(&self, fence: &Fence) -> StateResult<Option<TriggerEvent>>;
+    /// Under the fence of its lane, claim one event: pending, claimed under an older
+    /// token, or (when `retry_failed`) failed before: a new attempt of it.
     async fn claim_event_id(
         &self,
         id: i64,
-        worker: &str,
-        ttl: Duration,
+        fence: &Fence,
+        retry_failed: bool,
     ) -> StateResult<Option<TriggerEvent>>;
-    /// Extend a claim; false when the claim was lost.
-    async fn renew_event(&self, id: i64, worker: &str, ttl: Duration) -> StateResult<bool>;
-    async fn finish_event(&self, id: i64, status: EventStatus, run_id: &str) -> StateResult<()>;
+    /// Under the fence of a lane, close its manual events claimed under an older
+    /// token as failed: their worker is gone, and only a person reruns them.
+    async fn close_lost_manual(&self, fence: &Fence) -> StateResult<u64>;
+    /// Record how a claimed event ended; refused ([`StateError::Fenced`]) unless
+    /// the claim is still held.
+    async fn finish_event(
+        &self,
+        id: i64,
+        status: EventStatus,
+        run_id: &str,
+        fence: &Fence,
+    ) -> StateResult<()>;
     async fn get_event(&self, id: i64) -> StateResult<Option<TriggerEvent>>;
     async fn list_events(&self, pipeline: &str, limit: usize) -> StateResult<Vec<TriggerEvent>>;
 
@@ -323,10 +366,20 @@ pub trait StateStore: Send + Sync {
     /// A run by id or unique id prefix.
     async fn get_run(&self, id: &str) -> StateResult<RunRecord>;
     async fn list_runs(&self, filter: &RunFilter) -> StateResult<Vec<RunRecord>>;
+    /// Under the fence of a lane, mark its runs still `running` under an older
+    /// token as abandoned, with why.
+    async fn abandon_runs(&self, fence: &Fence, why: &str) -> StateResult<u64>;
 
     // --- watermarks ---
     async fn get_watermark(&self, pipeline: &str, name: &str) -> StateResult<Option<Value>>;
-    async fn set_watermark(&self, pipeline: &str, name: &str, value: &Value) -> StateResult<()>;
+    /// Refused ([`StateError::Fenced`]) unless the fence's claim is still held.
+    async fn set_watermark(
+        &self,
+        pipeline: &str,
+        name: &str,
+        value: &Value,
+        fence: &Fence,
+    ) -> StateResult<()>;
 
     // --- object ledger (inputs fully handled, per scope) ---
     async fn ledger_list(
@@ -334,12 +387,14 @@ pub trait StateStore: Send + Sync {
         scope: &str,
         prefix: &str,
     ) -> StateResult<HashMap<String, LedgerEntry>>;
+    /// Refused ([`StateError::Fenced`]) unless the fence's claim is still held.
     async fn ledger_put(
         &self,
         scope: &str,
         key: &str,
         fingerprint: &str,
         detail: &Value,
+        fence: &Fence,
     ) -> StateResult<()>;
 
     // --- KV ---
@@ -348,10 +403,19 @@ pub trait StateStore: Send + Sync {
     async fn kv_set(&self, key: &str, value: &str) -> StateResult<i64>;
     async fn kv_list(&self, prefix: &str) -> StateResult<Vec<KvEntry>>;
 
-    // --- leases ---
-    /// Take or renew `name` for `holder`; false when someone else holds it.
-    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> StateResult<bool>;
-    async fn release_lease(&self, name: &str, holder: &str) -> StateResult<()>;
+    // --- leases (expiry judged by the store's clock) ---
+    /// Take `name` for `holder` (unique to this claim) for `ttl`, with a token
+    /// larger than any it was granted under before; `None` while someone holds it.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> StateResult<Option<Fence>>;
+    /// Extend a held lease by `ttl` from now; false when it was lost (expired,
+    /// even if nobody took it since, or taken over).
+    async fn renew_lease(&self, fence: &Fence, ttl: Duration) -> StateResult<bool>;
+    async fn release_lease(&self, fence: &Fence) -> StateResult<()>;
     async fn get_lease(&self, name: &str) -> StateResult<Option<Lease>>;
 
     // --- datasets ---

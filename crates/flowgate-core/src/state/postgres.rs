@@ -1,5 +1,8 @@
 //! PostgreSQL backend: shared by many workers. Claims use `FOR UPDATE SKIP LOCKED`,
-//! the ledger's uniqueness is a unique index, time comes from one clock per row.
+//! the ledger's uniqueness is a unique index, and every lease is judged by the
+//! database's clock (`clock_timestamp()`), never by a worker's. A write made under a
+//! lease checks it in the same statement, holding its row `FOR SHARE` so that no
+//! one can take the lease over until the write has committed.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,9 +16,10 @@ use super::rows::{EVENT_COLUMNS, EventRow, RUN_COLUMNS, RunRow, json_text, parse
 use super::sqlite::single_run;
 use super::*;
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE flowgate.events (
   id BIGSERIAL PRIMARY KEY,
   pipeline TEXT NOT NULL, kind TEXT NOT NULL, dedupe_key TEXT NOT NULL, payload TEXT NOT NULL,
@@ -41,7 +45,34 @@ CREATE TABLE flowgate.datasets (
   name TEXT NOT NULL, version TEXT NOT NULL, location TEXT NOT NULL, meta TEXT NOT NULL,
   published_at BIGINT NOT NULL, PRIMARY KEY (name, version));
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+ALTER TABLE flowgate.events ADD COLUMN lane TEXT, ADD COLUMN claim_token BIGINT;
+UPDATE flowgate.events SET lane = pipeline;
+ALTER TABLE flowgate.events ALTER COLUMN lane SET NOT NULL;
+CREATE INDEX events_by_lane ON flowgate.events (lane, status, id);
+ALTER TABLE flowgate.runs ADD COLUMN lane TEXT, ADD COLUMN fence BIGINT;
+CREATE INDEX runs_running ON flowgate.runs (pipeline) WHERE status = 'running';
+ALTER TABLE flowgate.leases ADD COLUMN token BIGINT NOT NULL DEFAULT 0;
+"#,
+    ),
+];
+
+/// The database's clock in milliseconds since the epoch.
+const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// `WITH fence AS (…)`: the lease row of a fence, locked `FOR SHARE`, when its
+/// claim is still held; its three parameters (lease, holder, token) are `$at`…
+fn fence_cte(at: usize) -> String {
+    format!(
+        "WITH fence AS (SELECT 1 FROM flowgate.leases WHERE name = ${} AND holder = ${} AND token = ${} AND expires_at > {NOW} FOR SHARE)",
+        at,
+        at + 1,
+        at + 2
+    )
+}
 
 /// Arbitrary constant: the advisory lock that serialises migrations between workers.
 const MIGRATION_LOCK: i64 = 0x666c_6f77_6761_7465;
@@ -130,27 +161,46 @@ impl PostgresState {
         tx.commit().await.map_err(pg_err)
     }
 
-    async fn claim_where(
+    /// Claim the event `condition` picks (parameters `$1`–`$3` are the fence, then
+    /// `args`), under the fence.
+    async fn claim_under(
         &self,
+        fence: &Fence,
         condition: &str,
-        arg: &(dyn tokio_postgres::types::ToSql + Sync),
-        worker: &str,
-        ttl: Duration,
+        args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> StateResult<Option<TriggerEvent>> {
         let client = self.client().await?;
-        let now = ms(Utc::now());
         let sql = format!(
-            "UPDATE flowgate.events SET status = 'claimed', claimed_by = $2, lease_until = $3, attempts = attempts + 1
-             WHERE id = (SELECT id FROM flowgate.events WHERE {condition}
-                           AND (status = 'pending' OR (status = 'claimed' AND lease_until < $4))
+            "{} UPDATE flowgate.events SET status = 'claimed', claimed_by = $2, claim_token = $3, lease_until = NULL, attempts = attempts + 1
+             WHERE id = (SELECT id FROM flowgate.events WHERE lane = $1 AND ({condition})
                          ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
-             RETURNING {EVENT_COLUMNS}"
+               AND EXISTS (SELECT 1 FROM fence)
+             RETURNING {EVENT_COLUMNS}",
+            fence_cte(1)
         );
-        let row = client
-            .query_opt(&sql, &[arg, &worker, &(now + ttl_ms(ttl)), &now])
-            .await
-            .map_err(pg_err)?;
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            vec![&fence.lease, &fence.holder, &fence.token];
+        params.extend_from_slice(args);
+        let row = client.query_opt(&sql, &params).await.map_err(pg_err)?;
         row.map(|r| event_row(&r)?.into_event()).transpose()
+    }
+
+    /// Run a statement whose parameters end with a fence (`fence_cte(n)` inside
+    /// it); `Fenced` when it changed no row because the claim is gone.
+    async fn execute_fenced(
+        &self,
+        sql: &str,
+        args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        fence: &Fence,
+    ) -> StateResult<u64> {
+        let client = self.client().await?;
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args.to_vec();
+        params.extend_from_slice(&[&fence.lease, &fence.holder, &fence.token]);
+        let n = client.execute(sql, &params).await.map_err(pg_err)?;
+        if n == 0 {
+            return Err(StateError::Fenced(fence.lease.clone()));
+        }
+        Ok(n)
     }
 }
 
@@ -176,8 +226,9 @@ fn event_row(r: &Row) -> StateResult<EventRow> {
         attempts: r.try_get(6).map_err(pg_err)?,
         run_id: r.try_get(7).map_err(pg_err)?,
         claimed_by: r.try_get(8).map_err(pg_err)?,
-        lease_until: r.try_get(9).map_err(pg_err)?,
-        created_at: r.try_get(10).map_err(pg_err)?,
+        lane: r.try_get(9).map_err(pg_err)?,
+        claim_token: r.try_get(10).map_err(pg_err)?,
+        created_at: r.try_get(11).map_err(pg_err)?,
     })
 }
 
@@ -196,6 +247,8 @@ fn run_row(r: &Row) -> StateResult<RunRow> {
         finished_at: r.try_get(10).map_err(pg_err)?,
         error: r.try_get(11).map_err(pg_err)?,
         steps: r.try_get(12).map_err(pg_err)?,
+        lane: r.try_get(13).map_err(pg_err)?,
+        fence: r.try_get(14).map_err(pg_err)?,
     })
 }
 
@@ -214,14 +267,23 @@ impl StateStore for PostgresState {
         self.described.clone()
     }
 
+    async fn now(&self) -> StateResult<DateTime<Utc>> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(&format!("SELECT {NOW}"), &[])
+            .await
+            .map_err(pg_err)?;
+        Ok(from_ms(row.get(0)))
+    }
+
     async fn record_event(&self, event: NewEvent) -> StateResult<Recorded> {
         let client = self.client().await?;
         let inserted = client
             .query_opt(
                 &format!(
-                    "INSERT INTO flowgate.events (pipeline, kind, dedupe_key, payload, status, created_at) VALUES ($1, $2, $3, $4, 'pending', $5) ON CONFLICT (pipeline, dedupe_key) DO NOTHING RETURNING {EVENT_COLUMNS}"
+                    "INSERT INTO flowgate.events (pipeline, lane, kind, dedupe_key, payload, status, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', {NOW}) ON CONFLICT (pipeline, dedupe_key) DO NOTHING RETURNING {EVENT_COLUMNS}"
                 ),
-                &[&event.pipeline, &event.kind, &event.dedupe_key, &json_text(&event.payload), &ms(Utc::now())],
+                &[&event.pipeline, &event.lane, &event.kind, &event.dedupe_key, &json_text(&event.payload)],
             )
             .await
             .map_err(pg_err)?;
@@ -238,46 +300,70 @@ impl StateStore for PostgresState {
         Ok(Recorded::Duplicate(event_row(&row)?.into_event()?))
     }
 
-    async fn claim_event(
-        &self,
-        pipeline: &str,
-        worker: &str,
-        ttl: Duration,
-    ) -> StateResult<Option<TriggerEvent>> {
-        self.claim_where("pipeline = $1 AND kind <> 'manual'", &pipeline, worker, ttl)
+    async fn open_lanes(&self, pipeline: &str) -> StateResult<Vec<String>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT lane FROM flowgate.events WHERE pipeline = $1
+                   AND ((status = 'pending' AND kind <> 'manual') OR status = 'claimed')
+                 GROUP BY lane ORDER BY min(id)",
+                &[&pipeline],
+            )
             .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn claim_event(&self, fence: &Fence) -> StateResult<Option<TriggerEvent>> {
+        self.claim_under(
+            fence,
+            "kind <> 'manual' AND (status = 'pending' OR (status = 'claimed' AND COALESCE(claim_token, 0) < $3))",
+            &[],
+        )
+        .await
     }
 
     async fn claim_event_id(
         &self,
         id: i64,
-        worker: &str,
-        ttl: Duration,
+        fence: &Fence,
+        retry_failed: bool,
     ) -> StateResult<Option<TriggerEvent>> {
-        self.claim_where("id = $1", &id, worker, ttl).await
+        self.claim_under(
+            fence,
+            "id = $4 AND (status = 'pending' OR (status = 'claimed' AND COALESCE(claim_token, 0) < $3) OR ($5 AND status = 'failed'))",
+            &[&id, &retry_failed],
+        )
+        .await
     }
 
-    async fn renew_event(&self, id: i64, worker: &str, ttl: Duration) -> StateResult<bool> {
+    async fn close_lost_manual(&self, fence: &Fence) -> StateResult<u64> {
         let client = self.client().await?;
-        let n = client
-            .execute(
-                "UPDATE flowgate.events SET lease_until = $1 WHERE id = $2 AND status = 'claimed' AND claimed_by = $3",
-                &[&(ms(Utc::now()) + ttl_ms(ttl)), &id, &worker],
-            )
-            .await
-            .map_err(pg_err)?;
-        Ok(n == 1)
-    }
-
-    async fn finish_event(&self, id: i64, status: EventStatus, run_id: &str) -> StateResult<()> {
-        let client = self.client().await?;
+        let sql = format!(
+            "{} UPDATE flowgate.events SET status = 'failed' WHERE lane = $1 AND kind = 'manual' AND status = 'claimed'
+               AND COALESCE(claim_token, 0) < $3 AND EXISTS (SELECT 1 FROM fence)",
+            fence_cte(1)
+        );
         client
-            .execute(
-                "UPDATE flowgate.events SET status = $1, run_id = $2, lease_until = NULL WHERE id = $3",
-                &[&status.as_str(), &run_id, &id],
-            )
+            .execute(&sql, &[&fence.lease, &fence.holder, &fence.token])
             .await
-            .map_err(pg_err)?;
+            .map_err(pg_err)
+    }
+
+    async fn finish_event(
+        &self,
+        id: i64,
+        status: EventStatus,
+        run_id: &str,
+        fence: &Fence,
+    ) -> StateResult<()> {
+        let sql = format!(
+            "{} UPDATE flowgate.events SET status = $1, run_id = $2, lease_until = NULL
+             WHERE id = $3 AND claim_token = $6 AND EXISTS (SELECT 1 FROM fence)",
+            fence_cte(4)
+        );
+        self.execute_fenced(&sql, &[&status.as_str(), &run_id, &id], fence)
+            .await?;
         Ok(())
     }
 
@@ -311,13 +397,14 @@ impl StateStore for PostgresState {
         client
             .execute(
                 &format!(
-                    "INSERT INTO flowgate.runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                    "INSERT INTO flowgate.runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                      ON CONFLICT (id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt, worker = excluded.worker,
-                       finished_at = excluded.finished_at, error = excluded.error, steps = excluded.steps, params = excluded.params"
+                       finished_at = excluded.finished_at, error = excluded.error, steps = excluded.steps, params = excluded.params,
+                       lane = excluded.lane, fence = excluded.fence"
                 ),
                 &[
                     &r.id, &r.pipeline, &r.env, &r.event_id, &r.trigger, &r.params, &r.status, &r.attempt, &r.worker,
-                    &r.started_at, &r.finished_at, &r.error, &r.steps,
+                    &r.started_at, &r.finished_at, &r.error, &r.steps, &r.lane, &r.fence,
                 ],
             )
             .await
@@ -355,6 +442,20 @@ impl StateStore for PostgresState {
         rows.iter().map(|r| run_row(r)?.into_record()).collect()
     }
 
+    async fn abandon_runs(&self, fence: &Fence, why: &str) -> StateResult<u64> {
+        let client = self.client().await?;
+        let sql = format!(
+            "{} UPDATE flowgate.runs SET status = 'abandoned', finished_at = {NOW}, error = $4
+             WHERE status = 'running' AND COALESCE(lane, pipeline) = $1 AND COALESCE(fence, 0) < $3
+               AND EXISTS (SELECT 1 FROM fence)",
+            fence_cte(1)
+        );
+        client
+            .execute(&sql, &[&fence.lease, &fence.holder, &fence.token, &why])
+            .await
+            .map_err(pg_err)
+    }
+
     async fn get_watermark(&self, pipeline: &str, name: &str) -> StateResult<Option<Value>> {
         let client = self.client().await?;
         let row = client
@@ -367,15 +468,21 @@ impl StateStore for PostgresState {
         row.map(|r| parse_json(r.get::<_, &str>(0))).transpose()
     }
 
-    async fn set_watermark(&self, pipeline: &str, name: &str, value: &Value) -> StateResult<()> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO flowgate.watermarks (pipeline, name, value, updated_at) VALUES ($1, $2, $3, $4) ON CONFLICT (pipeline, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                &[&pipeline, &name, &json_text(value), &ms(Utc::now())],
-            )
-            .await
-            .map_err(pg_err)?;
+    async fn set_watermark(
+        &self,
+        pipeline: &str,
+        name: &str,
+        value: &Value,
+        fence: &Fence,
+    ) -> StateResult<()> {
+        let sql = format!(
+            "{} INSERT INTO flowgate.watermarks (pipeline, name, value, updated_at)
+             SELECT $1::text, $2::text, $3::text, {NOW} FROM fence
+             ON CONFLICT (pipeline, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            fence_cte(4)
+        );
+        self.execute_fenced(&sql, &[&pipeline, &name, &json_text(value)], fence)
+            .await?;
         Ok(())
     }
 
@@ -414,15 +521,20 @@ impl StateStore for PostgresState {
         key: &str,
         fingerprint: &str,
         detail: &Value,
+        fence: &Fence,
     ) -> StateResult<()> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO flowgate.object_ledger (scope, key, fingerprint, detail, recorded_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, detail = excluded.detail, recorded_at = excluded.recorded_at",
-                &[&scope, &key, &fingerprint, &json_text(detail), &ms(Utc::now())],
-            )
-            .await
-            .map_err(pg_err)?;
+        let sql = format!(
+            "{} INSERT INTO flowgate.object_ledger (scope, key, fingerprint, detail, recorded_at)
+             SELECT $1::text, $2::text, $3::text, $4::text, {NOW} FROM fence
+             ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, detail = excluded.detail, recorded_at = excluded.recorded_at",
+            fence_cte(5)
+        );
+        self.execute_fenced(
+            &sql,
+            &[&scope, &key, &fingerprint, &json_text(detail)],
+            fence,
+        )
+        .await?;
         Ok(())
     }
 
@@ -462,25 +574,57 @@ impl StateStore for PostgresState {
         rows.iter().map(kv_row).collect()
     }
 
-    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> StateResult<bool> {
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> StateResult<Option<Fence>> {
         let client = self.client().await?;
-        let now = ms(Utc::now());
+        // A new token is larger than the lease's last one and than the clock, so
+        // tokens keep growing even for a state store started afresh.
+        let row = client
+            .query_opt(
+                &format!(
+                    "INSERT INTO flowgate.leases AS l (name, holder, expires_at, token) VALUES ($1, $2, {NOW} + $3, {NOW})
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at,
+                       token = GREATEST(l.token + 1, excluded.token)
+                     WHERE l.expires_at <= {NOW}
+                     RETURNING token"
+                ),
+                &[&name, &holder, &ttl_ms(ttl)],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.map(|r| Fence {
+            lease: name.to_string(),
+            holder: holder.to_string(),
+            token: r.get(0),
+        }))
+    }
+
+    async fn renew_lease(&self, fence: &Fence, ttl: Duration) -> StateResult<bool> {
+        let client = self.client().await?;
         let n = client
             .execute(
-                "INSERT INTO flowgate.leases (name, holder, expires_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at WHERE flowgate.leases.holder = excluded.holder OR flowgate.leases.expires_at < $4",
-                &[&name, &holder, &(now + ttl_ms(ttl)), &now],
+                &format!(
+                    "UPDATE flowgate.leases SET expires_at = {NOW} + $4
+                     WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > {NOW}"
+                ),
+                &[&fence.lease, &fence.holder, &fence.token, &ttl_ms(ttl)],
             )
             .await
             .map_err(pg_err)?;
         Ok(n == 1)
     }
 
-    async fn release_lease(&self, name: &str, holder: &str) -> StateResult<()> {
+    async fn release_lease(&self, fence: &Fence) -> StateResult<()> {
         let client = self.client().await?;
+        // The row stays: its token is where the next one counts from.
         client
             .execute(
-                "DELETE FROM flowgate.leases WHERE name = $1 AND holder = $2",
-                &[&name, &holder],
+                "UPDATE flowgate.leases SET expires_at = 0 WHERE name = $1 AND holder = $2 AND token = $3",
+                &[&fence.lease, &fence.holder, &fence.token],
             )
             .await
             .map_err(pg_err)?;
@@ -491,7 +635,9 @@ impl StateStore for PostgresState {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT name, holder, expires_at FROM flowgate.leases WHERE name = $1",
+                &format!(
+                    "SELECT name, holder, expires_at, token, expires_at > {NOW} FROM flowgate.leases WHERE name = $1"
+                ),
                 &[&name],
             )
             .await
@@ -500,6 +646,8 @@ impl StateStore for PostgresState {
             name: r.get(0),
             holder: r.get(1),
             expires_at: from_ms(r.get(2)),
+            token: r.get(3),
+            live: r.get(4),
         }))
     }
 

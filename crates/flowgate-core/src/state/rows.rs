@@ -18,9 +18,11 @@ pub(crate) struct RunRow {
     pub finished_at: Option<i64>,
     pub error: Option<String>,
     pub steps: String,
+    pub lane: Option<String>,
+    pub fence: Option<i64>,
 }
 
-pub(crate) const RUN_COLUMNS: &str = "id, pipeline, env, event_id, trigger, params, status, attempt, worker, started_at, finished_at, error, steps";
+pub(crate) const RUN_COLUMNS: &str = "id, pipeline, env, event_id, trigger, params, status, attempt, worker, started_at, finished_at, error, steps, lane, fence";
 
 impl RunRow {
     pub fn into_record(self) -> StateResult<RunRecord> {
@@ -42,6 +44,8 @@ impl RunRow {
             started_at: from_ms(self.started_at),
             finished_at: self.finished_at.map(from_ms),
             error: self.error,
+            lane: self.lane,
+            fence: self.fence,
         })
     }
 
@@ -61,6 +65,8 @@ impl RunRow {
             finished_at: run.finished_at.map(super::ms),
             error: run.error.as_deref().map(crate::secret::redact),
             steps: crate::secret::redact(&json(&run.steps)?),
+            lane: run.lane.clone(),
+            fence: run.fence,
         })
     }
 }
@@ -87,11 +93,12 @@ pub(crate) struct EventRow {
     pub attempts: i64,
     pub run_id: Option<String>,
     pub claimed_by: Option<String>,
-    pub lease_until: Option<i64>,
+    pub lane: String,
+    pub claim_token: Option<i64>,
     pub created_at: i64,
 }
 
-pub(crate) const EVENT_COLUMNS: &str = "id, pipeline, kind, dedupe_key, payload, status, attempts, run_id, claimed_by, lease_until, created_at";
+pub(crate) const EVENT_COLUMNS: &str = "id, pipeline, kind, dedupe_key, payload, status, attempts, run_id, claimed_by, lane, claim_token, created_at";
 
 impl EventRow {
     pub fn into_event(self) -> StateResult<TriggerEvent> {
@@ -106,14 +113,19 @@ impl EventRow {
             attempts: u32::try_from(self.attempts).unwrap_or(0),
             run_id: self.run_id,
             claimed_by: self.claimed_by,
-            lease_until: self.lease_until.map(from_ms),
+            lane: self.lane,
+            claim_token: self.claim_token,
             created_at: from_ms(self.created_at),
         })
     }
 }
 
+/// Engine data (event payloads, watermarks, ledger details) as stored: exactly,
+/// never redacted, since the engine reads it back as its input. Redaction happens
+/// where things are shown (logs, CLI, HTTP, notifications) and in run records,
+/// which are written for people.
 pub(crate) fn json_text(v: &Value) -> String {
-    crate::secret::redact(&v.to_string())
+    v.to_string()
 }
 
 pub(crate) fn parse_json(text: &str) -> StateResult<Value> {

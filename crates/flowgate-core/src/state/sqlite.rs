@@ -1,4 +1,6 @@
-//! SQLite backend: one file (WAL), for a laptop or a single worker.
+//! SQLite backend: one file (WAL), for a laptop or several workers on one machine.
+//! Leases are judged by SQLite's clock; a write made under a lease checks it in
+//! the same `BEGIN IMMEDIATE` transaction, so no one takes the lease over meanwhile.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,9 +14,10 @@ use serde_json::Value;
 use super::rows::{EVENT_COLUMNS, EventRow, RUN_COLUMNS, RunRow, json_text, parse_json};
 use super::*;
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE events (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   pipeline TEXT NOT NULL, kind TEXT NOT NULL, dedupe_key TEXT NOT NULL, payload TEXT NOT NULL,
@@ -41,7 +44,35 @@ CREATE TABLE datasets (
   name TEXT NOT NULL, version TEXT NOT NULL, location TEXT NOT NULL, meta TEXT NOT NULL,
   published_at INTEGER NOT NULL, PRIMARY KEY (name, version));
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+ALTER TABLE events ADD COLUMN lane TEXT;
+ALTER TABLE events ADD COLUMN claim_token INTEGER;
+UPDATE events SET lane = pipeline;
+CREATE INDEX events_by_lane ON events (lane, status, id);
+ALTER TABLE runs ADD COLUMN lane TEXT;
+ALTER TABLE runs ADD COLUMN fence INTEGER;
+ALTER TABLE leases ADD COLUMN token INTEGER NOT NULL DEFAULT 0;
+"#,
+    ),
+];
+
+/// SQLite's clock in milliseconds since the epoch.
+const NOW: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
+
+/// Is the fence's claim still held (in the caller's transaction)?
+fn fence_held(tx: &Connection, f: &Fence) -> rusqlite::Result<bool> {
+    tx.query_row(
+        &format!(
+            "SELECT count(*) FROM leases WHERE name = ?1 AND holder = ?2 AND token = ?3 AND expires_at > {NOW}"
+        ),
+        params![f.lease, f.holder, f.token],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n == 1)
+}
 
 /// The SQLite state store.
 pub struct SqliteState {
@@ -94,6 +125,29 @@ impl SqliteState {
         .await
         .map_err(|e| StateError::Task(e.to_string()))?
     }
+
+    /// Run `f` in an immediate transaction, only while the fence's claim is held
+    /// (else [`StateError::Fenced`], and nothing is written).
+    async fn with_fence<T: Send + 'static>(
+        &self,
+        fence: &Fence,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> StateResult<T> {
+        let fence = fence.clone();
+        let lease = fence.lease.clone();
+        let held = self
+            .with(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                if !fence_held(&tx, &fence)? {
+                    return Ok(None);
+                }
+                let out = f(&tx)?;
+                tx.commit()?;
+                Ok(Some(out))
+            })
+            .await?;
+        held.ok_or(StateError::Fenced(lease))
+    }
 }
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -127,8 +181,9 @@ fn event_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
         attempts: r.get(6)?,
         run_id: r.get(7)?,
         claimed_by: r.get(8)?,
-        lease_until: r.get(9)?,
-        created_at: r.get(10)?,
+        lane: r.get(9)?,
+        claim_token: r.get(10)?,
+        created_at: r.get(11)?,
     })
 }
 
@@ -147,32 +202,59 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         finished_at: r.get(10)?,
         error: r.get(11)?,
         steps: r.get(12)?,
+        lane: r.get(13)?,
+        fence: r.get(14)?,
     })
 }
 
+/// Claim the first event `condition` picks (parameters: `?1` lane, `?2` token,
+/// then `args`) for the fence, in the caller's transaction.
 fn claim(
-    conn: &mut Connection,
-    select: &str,
-    arg: rusqlite::types::Value,
-    worker: String,
-    ttl: i64,
+    tx: &Connection,
+    fence: &Fence,
+    condition: &str,
+    args: &[rusqlite::types::Value],
 ) -> rusqlite::Result<Option<EventRow>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let now = ms(Utc::now());
+    let mut values: Vec<rusqlite::types::Value> =
+        vec![fence.lease.clone().into(), fence.token.into()];
+    values.extend_from_slice(args);
     let row = tx
-        .query_row(select, params![arg, now], event_row)
+        .query_row(
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE lane = ?1 AND ({condition}) ORDER BY id LIMIT 1"
+            ),
+            rusqlite::params_from_iter(values.iter()),
+            event_row,
+        )
         .optional()?;
     let Some(mut row) = row else { return Ok(None) };
     tx.execute(
-        "UPDATE events SET status = 'claimed', claimed_by = ?1, lease_until = ?2, attempts = attempts + 1 WHERE id = ?3",
-        params![worker, now + ttl, row.id],
+        "UPDATE events SET status = 'claimed', claimed_by = ?1, claim_token = ?2, lease_until = NULL, attempts = attempts + 1 WHERE id = ?3",
+        params![fence.holder, fence.token, row.id],
     )?;
-    tx.commit()?;
     row.status = "claimed".into();
-    row.claimed_by = Some(worker);
-    row.lease_until = Some(now + ttl);
+    row.claimed_by = Some(fence.holder.clone());
+    row.claim_token = Some(fence.token);
     row.attempts += 1;
     Ok(Some(row))
+}
+
+/// A claim under `fence`: `None` also when the fence no longer holds.
+async fn claim_fenced(
+    s: &SqliteState,
+    fence: &Fence,
+    condition: &'static str,
+    args: Vec<rusqlite::types::Value>,
+) -> StateResult<Option<TriggerEvent>> {
+    let f = fence.clone();
+    match s
+        .with_fence(fence, move |tx| claim(tx, &f, condition, &args))
+        .await
+    {
+        Ok(row) => row.map(EventRow::into_event).transpose(),
+        Err(StateError::Fenced(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 #[async_trait::async_trait]
@@ -181,13 +263,20 @@ impl StateStore for SqliteState {
         format!("sqlite://{}", self.path.display())
     }
 
+    async fn now(&self) -> StateResult<DateTime<Utc>> {
+        let at: i64 = self
+            .with(|c| c.query_row(&format!("SELECT {NOW}"), [], |r| r.get(0)))
+            .await?;
+        Ok(from_ms(at))
+    }
+
     async fn record_event(&self, event: NewEvent) -> StateResult<Recorded> {
         let (inserted, row) = self
             .with(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let n = tx.execute(
-                    "INSERT INTO events (pipeline, kind, dedupe_key, payload, status, created_at) VALUES (?1, ?2, ?3, ?4, 'pending', ?5) ON CONFLICT (pipeline, dedupe_key) DO NOTHING",
-                    params![event.pipeline, event.kind, event.dedupe_key, json_text(&event.payload), ms(Utc::now())],
+                    &format!("INSERT INTO events (pipeline, lane, kind, dedupe_key, payload, status, created_at) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', {NOW}) ON CONFLICT (pipeline, dedupe_key) DO NOTHING"),
+                    params![event.pipeline, event.lane, event.kind, event.dedupe_key, json_text(&event.payload)],
                 )?;
                 let row = tx.query_row(
                     &format!("SELECT {EVENT_COLUMNS} FROM events WHERE pipeline = ?1 AND dedupe_key = ?2"),
@@ -206,60 +295,76 @@ impl StateStore for SqliteState {
         })
     }
 
-    async fn claim_event(
-        &self,
-        pipeline: &str,
-        worker: &str,
-        ttl: Duration,
-    ) -> StateResult<Option<TriggerEvent>> {
-        let (pipeline, worker, ttl) = (pipeline.to_string(), worker.to_string(), ttl_ms(ttl));
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE pipeline = ?1 AND kind <> 'manual' AND (status = 'pending' OR (status = 'claimed' AND lease_until < ?2)) ORDER BY id LIMIT 1"
-        );
-        self.with(move |c| claim(c, &sql, pipeline.into(), worker, ttl))
-            .await?
-            .map(EventRow::into_event)
-            .transpose()
+    async fn open_lanes(&self, pipeline: &str) -> StateResult<Vec<String>> {
+        let pipeline = pipeline.to_string();
+        self.with(move |c| {
+            let mut st = c.prepare(
+                "SELECT lane FROM events WHERE pipeline = ?1
+                   AND ((status = 'pending' AND kind <> 'manual') OR status = 'claimed')
+                 GROUP BY lane ORDER BY min(id)",
+            )?;
+            st.query_map(params![pipeline], |r| r.get(0))?.collect()
+        })
+        .await
+    }
+
+    async fn claim_event(&self, fence: &Fence) -> StateResult<Option<TriggerEvent>> {
+        claim_fenced(
+            self,
+            fence,
+            "kind <> 'manual' AND (status = 'pending' OR (status = 'claimed' AND COALESCE(claim_token, 0) < ?2))",
+            Vec::new(),
+        )
+        .await
     }
 
     async fn claim_event_id(
         &self,
         id: i64,
-        worker: &str,
-        ttl: Duration,
+        fence: &Fence,
+        retry_failed: bool,
     ) -> StateResult<Option<TriggerEvent>> {
-        let (worker, ttl) = (worker.to_string(), ttl_ms(ttl));
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1 AND (status = 'pending' OR (status = 'claimed' AND lease_until < ?2))"
-        );
-        self.with(move |c| claim(c, &sql, id.into(), worker, ttl))
-            .await?
-            .map(EventRow::into_event)
-            .transpose()
-    }
-
-    async fn renew_event(&self, id: i64, worker: &str, ttl: Duration) -> StateResult<bool> {
-        let (worker, ttl) = (worker.to_string(), ttl_ms(ttl));
-        self.with(move |c| {
-            let n = c.execute(
-                "UPDATE events SET lease_until = ?1 WHERE id = ?2 AND status = 'claimed' AND claimed_by = ?3",
-                params![ms(Utc::now()) + ttl, id, worker],
-            )?;
-            Ok(n == 1)
-        })
+        claim_fenced(
+            self,
+            fence,
+            "id = ?3 AND (status = 'pending' OR (status = 'claimed' AND COALESCE(claim_token, 0) < ?2) OR (?4 AND status = 'failed'))",
+            vec![id.into(), i64::from(retry_failed).into()],
+        )
         .await
     }
 
-    async fn finish_event(&self, id: i64, status: EventStatus, run_id: &str) -> StateResult<()> {
-        let run_id = run_id.to_string();
-        self.with(move |c| {
-            c.execute(
-                "UPDATE events SET status = ?1, run_id = ?2, lease_until = NULL WHERE id = ?3",
-                params![status.as_str(), run_id, id],
+    async fn close_lost_manual(&self, fence: &Fence) -> StateResult<u64> {
+        let f = fence.clone();
+        self.with_fence(fence, move |tx| {
+            tx.execute(
+                "UPDATE events SET status = 'failed' WHERE lane = ?1 AND kind = 'manual' AND status = 'claimed' AND COALESCE(claim_token, 0) < ?2",
+                params![f.lease, f.token],
             )
-            .map(|_| ())
+            .map(|n| n as u64)
         })
         .await
+    }
+
+    async fn finish_event(
+        &self,
+        id: i64,
+        status: EventStatus,
+        run_id: &str,
+        fence: &Fence,
+    ) -> StateResult<()> {
+        let (run_id, token, lease) = (run_id.to_string(), fence.token, fence.lease.clone());
+        let n = self
+            .with_fence(fence, move |tx| {
+                tx.execute(
+                    "UPDATE events SET status = ?1, run_id = ?2, lease_until = NULL WHERE id = ?3 AND claim_token = ?4",
+                    params![status.as_str(), run_id, id, token],
+                )
+            })
+            .await?;
+        if n == 0 {
+            return Err(StateError::Fenced(lease));
+        }
+        Ok(())
     }
 
     async fn get_event(&self, id: i64) -> StateResult<Option<TriggerEvent>> {
@@ -293,10 +398,10 @@ impl StateStore for SqliteState {
         let r = RunRow::from_record(run)?;
         self.with(move |c| {
             c.execute(
-                &format!("INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+                &format!("INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
                 params![
                     r.id, r.pipeline, r.env, r.event_id, r.trigger, r.params, r.status, r.attempt, r.worker,
-                    r.started_at, r.finished_at, r.error, r.steps
+                    r.started_at, r.finished_at, r.error, r.steps, r.lane, r.fence
                 ],
             )
             .map(|_| ())
@@ -333,6 +438,21 @@ impl StateStore for SqliteState {
         rows.into_iter().map(RunRow::into_record).collect()
     }
 
+    async fn abandon_runs(&self, fence: &Fence, why: &str) -> StateResult<u64> {
+        let (f, why) = (fence.clone(), why.to_string());
+        self.with_fence(fence, move |tx| {
+            tx.execute(
+                &format!(
+                    "UPDATE runs SET status = 'abandoned', finished_at = {NOW}, error = ?3
+                     WHERE status = 'running' AND COALESCE(lane, pipeline) = ?1 AND COALESCE(fence, 0) < ?2"
+                ),
+                params![f.lease, f.token, why],
+            )
+            .map(|n| n as u64)
+        })
+        .await
+    }
+
     async fn get_watermark(&self, pipeline: &str, name: &str) -> StateResult<Option<Value>> {
         let (p, n) = (pipeline.to_string(), name.to_string());
         let text: Option<String> = self
@@ -348,12 +468,18 @@ impl StateStore for SqliteState {
         text.as_deref().map(parse_json).transpose()
     }
 
-    async fn set_watermark(&self, pipeline: &str, name: &str, value: &Value) -> StateResult<()> {
+    async fn set_watermark(
+        &self,
+        pipeline: &str,
+        name: &str,
+        value: &Value,
+        fence: &Fence,
+    ) -> StateResult<()> {
         let (p, n, v) = (pipeline.to_string(), name.to_string(), json_text(value));
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO watermarks (pipeline, name, value, updated_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (pipeline, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                params![p, n, v, ms(Utc::now())],
+        self.with_fence(fence, move |tx| {
+            tx.execute(
+                &format!("INSERT INTO watermarks (pipeline, name, value, updated_at) VALUES (?1, ?2, ?3, {NOW}) ON CONFLICT (pipeline, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"),
+                params![p, n, v],
             )
             .map(|_| ())
         })
@@ -396,6 +522,7 @@ impl StateStore for SqliteState {
         key: &str,
         fingerprint: &str,
         detail: &Value,
+        fence: &Fence,
     ) -> StateResult<()> {
         let (s, k, f, d) = (
             scope.to_string(),
@@ -403,10 +530,10 @@ impl StateStore for SqliteState {
             fingerprint.to_string(),
             json_text(detail),
         );
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO object_ledger (scope, key, fingerprint, detail, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, detail = excluded.detail, recorded_at = excluded.recorded_at",
-                params![s, k, f, d, ms(Utc::now())],
+        self.with_fence(fence, move |tx| {
+            tx.execute(
+                &format!("INSERT INTO object_ledger (scope, key, fingerprint, detail, recorded_at) VALUES (?1, ?2, ?3, ?4, {NOW}) ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, detail = excluded.detail, recorded_at = excluded.recorded_at"),
+                params![s, k, f, d],
             )
             .map(|_| ())
         })
@@ -453,25 +580,60 @@ impl StateStore for SqliteState {
         .await
     }
 
-    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> StateResult<bool> {
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> StateResult<Option<Fence>> {
         let (name, holder, ttl) = (name.to_string(), holder.to_string(), ttl_ms(ttl));
+        let token: Option<i64> = self
+            .with({
+                let (name, holder) = (name.clone(), holder.clone());
+                move |c| {
+                    c.query_row(
+                        &format!(
+                            "INSERT INTO leases AS l (name, holder, expires_at, token) VALUES (?1, ?2, {NOW} + ?3, {NOW})
+                             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at,
+                               token = max(l.token + 1, excluded.token)
+                             WHERE l.expires_at <= {NOW}
+                             RETURNING token"
+                        ),
+                        params![name, holder, ttl],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                }
+            })
+            .await?;
+        Ok(token.map(|token| Fence {
+            lease: name,
+            holder,
+            token,
+        }))
+    }
+
+    async fn renew_lease(&self, fence: &Fence, ttl: Duration) -> StateResult<bool> {
+        let (f, ttl) = (fence.clone(), ttl_ms(ttl));
         self.with(move |c| {
-            let now = ms(Utc::now());
             let n = c.execute(
-                "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at WHERE leases.holder = excluded.holder OR leases.expires_at < ?4",
-                params![name, holder, now + ttl, now],
+                &format!(
+                    "UPDATE leases SET expires_at = {NOW} + ?4 WHERE name = ?1 AND holder = ?2 AND token = ?3 AND expires_at > {NOW}"
+                ),
+                params![f.lease, f.holder, f.token, ttl],
             )?;
             Ok(n == 1)
         })
         .await
     }
 
-    async fn release_lease(&self, name: &str, holder: &str) -> StateResult<()> {
-        let (name, holder) = (name.to_string(), holder.to_string());
+    async fn release_lease(&self, fence: &Fence) -> StateResult<()> {
+        let f = fence.clone();
+        // The row stays: its token is where the next one counts from.
         self.with(move |c| {
             c.execute(
-                "DELETE FROM leases WHERE name = ?1 AND holder = ?2",
-                params![name, holder],
+                "UPDATE leases SET expires_at = 0 WHERE name = ?1 AND holder = ?2 AND token = ?3",
+                params![f.lease, f.holder, f.token],
             )
             .map(|_| ())
         })
@@ -482,13 +644,17 @@ impl StateStore for SqliteState {
         let name = name.to_string();
         self.with(move |c| {
             c.query_row(
-                "SELECT name, holder, expires_at FROM leases WHERE name = ?1",
+                &format!(
+                    "SELECT name, holder, expires_at, token, expires_at > {NOW} FROM leases WHERE name = ?1"
+                ),
                 params![name],
                 |r| {
                     Ok(Lease {
                         name: r.get(0)?,
                         holder: r.get(1)?,
                         expires_at: from_ms(r.get(2)?),
+                        token: r.get(3)?,
+                        live: r.get(4)?,
                     })
                 },
             )

@@ -28,13 +28,16 @@ fn run(id: &str, pipeline: &str, status: RunStatus) -> RunRecord {
             objects_out: 3,
             ..Default::default()
         }],
+        lane: None,
+        fence: None,
     }
 }
 
 async fn suite(s: Arc<dyn StateStore>) {
-    // Events: a dedupe key is recorded once; claims go to one worker at a time.
+    // Events: a dedupe key is recorded once.
     let ev = |key: &str| NewEvent {
         pipeline: "p".into(),
+        lane: "p".into(),
         kind: "arrival".into(),
         dedupe_key: key.into(),
         payload: json!({"key": key}),
@@ -50,55 +53,115 @@ async fn suite(s: Arc<dyn StateStore>) {
         Recorded::New(e) => e,
         other => panic!("a new etag is a new event, got {other:?}"),
     };
-    let ttl = Duration::from_millis(300);
+    assert_eq!(s.open_lanes("p").await.unwrap(), ["p"]);
+
+    // Lanes: one holder at a time, judged by the store's clock; a new holder gets
+    // a larger token.
+    let ttl = Duration::from_millis(400);
+    let f1 = s
+        .acquire_lease("p", "w1/a", ttl)
+        .await
+        .unwrap()
+        .expect("a free lane");
+    assert!(
+        s.acquire_lease("p", "w2/a", ttl).await.unwrap().is_none(),
+        "a held lane is not given twice"
+    );
     let c1 = s
-        .claim_event("p", "w1", ttl)
+        .claim_event(&f1)
         .await
         .unwrap()
         .expect("first event claimable");
-    assert_eq!(c1.id, first.id);
-    assert_eq!(c1.attempts, 1);
-    let c2 = s
-        .claim_event("p", "w2", ttl)
-        .await
-        .unwrap()
-        .expect("second event claimable");
+    assert_eq!((c1.id, c1.attempts), (first.id, 1));
+    assert_eq!(c1.claim_token, Some(f1.token));
+    let c2 = s.claim_event(&f1).await.unwrap().expect("second event");
     assert_eq!(c2.id, second.id);
-    assert!(
-        s.claim_event("p", "w3", ttl).await.unwrap().is_none(),
-        "both events are claimed"
-    );
-    assert!(s.renew_event(c1.id, "w1", ttl).await.unwrap());
-    assert!(
-        !s.renew_event(c1.id, "w2", ttl).await.unwrap(),
-        "only the holder renews"
-    );
-    s.finish_event(c1.id, EventStatus::Done, "run-1")
+    assert!(s.claim_event(&f1).await.unwrap().is_none(), "both claimed");
+    assert!(s.renew_lease(&f1, ttl).await.unwrap());
+    s.finish_event(c1.id, EventStatus::Done, "run-1", &f1)
         .await
         .unwrap();
-    // w2 dies: its claim expires and another worker takes the event over.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let again = s
-        .claim_event("p", "w3", ttl)
+    // w1 stops renewing: the lease runs out, and w1's writes are refused from then
+    // on, even before anyone else takes the lane.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!s.renew_lease(&f1, ttl).await.unwrap(), "expired");
+    assert!(matches!(
+        s.set_watermark("p", "orders", &json!({"late": true}), &f1)
+            .await,
+        Err(StateError::Fenced(_))
+    ));
+    assert!(matches!(
+        s.finish_event(c2.id, EventStatus::Done, "run-late", &f1)
+            .await,
+        Err(StateError::Fenced(_))
+    ));
+    let f2 = s
+        .acquire_lease("p", "w2/b", ttl)
         .await
         .unwrap()
-        .expect("expired claim is reclaimable");
-    assert_eq!(again.id, second.id);
-    assert_eq!(again.attempts, 2);
+        .expect("an expired lane is taken over");
+    assert!(f2.token > f1.token, "tokens grow: {f1:?} {f2:?}");
+    let again = s
+        .claim_event(&f2)
+        .await
+        .unwrap()
+        .expect("an event claimed under an older token is claimed again");
+    assert_eq!((again.id, again.attempts), (second.id, 2));
     assert!(
-        s.claim_event_id(first.id, "w3", ttl)
+        s.claim_event_id(first.id, &f2, true)
             .await
             .unwrap()
             .is_none(),
         "done events stay done"
     );
+    assert!(matches!(
+        s.ledger_put("p/copy", "x", "e", &json!({}), &f1).await,
+        Err(StateError::Fenced(_))
+    ));
     let done = s.get_event(first.id).await.unwrap().unwrap();
     assert_eq!(done.status, EventStatus::Done);
     assert_eq!(done.run_id.as_deref(), Some("run-1"));
+    // A failed event runs again only when asked to.
+    s.finish_event(second.id, EventStatus::Failed, "run-2", &f2)
+        .await
+        .unwrap();
+    assert!(s.claim_event(&f2).await.unwrap().is_none());
+    assert!(
+        s.claim_event_id(second.id, &f2, false)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let retried = s
+        .claim_event_id(second.id, &f2, true)
+        .await
+        .unwrap()
+        .expect("a failed event claimed again on request");
+    assert_eq!(retried.attempts, 3);
     assert_eq!(s.list_events("p", 10).await.unwrap().len(), 2);
+    s.release_lease(&f2).await.unwrap();
+    let lease = s.get_lease("p").await.unwrap().unwrap();
+    assert!(!lease.live, "released");
+    let f3 = s.acquire_lease("p", "w3/c", ttl).await.unwrap().unwrap();
+    assert!(
+        f3.token > f2.token,
+        "a released lane counts on from its token"
+    );
+    // Runs under an older token are abandoned by the lane's next holder.
+    let mut stale = run("0190dead-run", "q", RunStatus::Running);
+    stale.lane = Some("p".into());
+    stale.fence = Some(f2.token);
+    s.save_run(&stale).await.unwrap();
+    assert_eq!(s.abandon_runs(&f3, "gone").await.unwrap(), 1);
+    let got = s.get_run("0190dead").await.unwrap();
+    assert_eq!(got.status, RunStatus::Abandoned);
+    assert_eq!(got.error.as_deref(), Some("gone"));
+    s.release_lease(&f3).await.unwrap();
+
     // Manual events are only ever claimed by id, never picked up by a worker's sweep.
     let manual = NewEvent {
         pipeline: "m".into(),
+        lane: "m".into(),
         kind: "manual".into(),
         dedupe_key: "manual:x".into(),
         payload: json!({}),
@@ -106,15 +169,33 @@ async fn suite(s: Arc<dyn StateStore>) {
     let Recorded::New(m) = s.record_event(manual).await.unwrap() else {
         panic!("new manual event")
     };
-    assert!(s.claim_event("m", "w1", ttl).await.unwrap().is_none());
+    let fm = s.acquire_lease("m", "w1/m", ttl).await.unwrap().unwrap();
+    assert!(s.claim_event(&fm).await.unwrap().is_none());
     assert_eq!(
-        s.claim_event_id(m.id, "w1", ttl)
+        s.claim_event_id(m.id, &fm, false)
             .await
             .unwrap()
             .map(|e| e.id),
         Some(m.id)
     );
+    // Its worker is gone: the next holder closes it as failed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fm2 = s.acquire_lease("m", "w2/m", ttl).await.unwrap().unwrap();
+    assert_eq!(s.close_lost_manual(&fm2).await.unwrap(), 1);
+    assert_eq!(
+        s.get_event(m.id).await.unwrap().unwrap().status,
+        EventStatus::Failed
+    );
 
+    // The store's clock.
+    let now = s.now().await.unwrap();
+    assert!((now - Utc::now()).num_seconds().abs() < 5);
+
+    let fw = s
+        .acquire_lease("p", "w9/wm", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
     // Runs: saved, replaced, found by prefix, filtered.
     let mut r1 = run("0190aaaa-run-one", "p", RunStatus::Running);
     s.save_run(&r1).await.unwrap();
@@ -166,6 +247,7 @@ async fn suite(s: Arc<dyn StateStore>) {
         "p",
         "orders",
         &json!({"ts": "2026-01-01T00:00:00.123456Z", "id": 7}),
+        &fw,
     )
     .await
     .unwrap();
@@ -173,6 +255,7 @@ async fn suite(s: Arc<dyn StateStore>) {
         "p",
         "orders",
         &json!({"ts": "2026-01-02T00:00:00Z", "id": 9}),
+        &fw,
     )
     .await
     .unwrap();
@@ -182,16 +265,16 @@ async fn suite(s: Arc<dyn StateStore>) {
     );
 
     // Object ledger.
-    s.ledger_put("p/copy", "a/1.bin", "etag1", &json!({"size": 1}))
+    s.ledger_put("p/copy", "a/1.bin", "etag1", &json!({"size": 1}), &fw)
         .await
         .unwrap();
-    s.ledger_put("p/copy", "a/2.bin", "etag2", &json!({"size": 2}))
+    s.ledger_put("p/copy", "a/2.bin", "etag2", &json!({"size": 2}), &fw)
         .await
         .unwrap();
-    s.ledger_put("p/copy", "b/3.bin", "etag3", &json!({"size": 3}))
+    s.ledger_put("p/copy", "b/3.bin", "etag3", &json!({"size": 3}), &fw)
         .await
         .unwrap();
-    s.ledger_put("p/copy", "a/1.bin", "etag1b", &json!({"size": 11}))
+    s.ledger_put("p/copy", "a/1.bin", "etag1b", &json!({"size": 11}), &fw)
         .await
         .unwrap();
     let a = s.ledger_list("p/copy", "a/").await.unwrap();
@@ -229,28 +312,16 @@ async fn suite(s: Arc<dyn StateStore>) {
     s.kv_set("release/version", "2.0").await.unwrap();
     assert_eq!(waiter.await.unwrap().unwrap().unwrap().value, "2.0");
 
-    // Leases: one holder until expiry.
-    let lt = Duration::from_millis(300);
-    assert!(s.acquire_lease("run/x", "w1", lt).await.unwrap());
-    assert!(
-        s.acquire_lease("run/x", "w1", lt).await.unwrap(),
-        "the holder renews"
-    );
-    assert!(!s.acquire_lease("run/x", "w2", lt).await.unwrap());
-    assert_eq!(s.get_lease("run/x").await.unwrap().unwrap().holder, "w1");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(
-        s.acquire_lease("run/x", "w2", lt).await.unwrap(),
-        "an expired lease is taken over"
-    );
-    s.release_lease("run/x", "w1").await.unwrap();
+    // A value is stored exactly as given, secrets' text and all (redaction is
+    // for what is shown).
+    crate::secret::register("sup3r-secret-value");
+    s.set_watermark("p", "exact", &json!({"k": "a/sup3r-secret-value/b"}), &fw)
+        .await
+        .unwrap();
     assert_eq!(
-        s.get_lease("run/x").await.unwrap().unwrap().holder,
-        "w2",
-        "only the holder releases"
+        s.get_watermark("p", "exact").await.unwrap(),
+        Some(json!({"k": "a/sup3r-secret-value/b"}))
     );
-    s.release_lease("run/x", "w2").await.unwrap();
-    assert!(s.get_lease("run/x").await.unwrap().is_none());
 
     // Datasets.
     s.publish_dataset(
@@ -308,12 +379,13 @@ async fn postgres_backend_passes_the_suite() {
 }
 
 #[tokio::test]
-async fn postgres_claims_are_exclusive_under_concurrency() {
+async fn postgres_lanes_and_claims_are_exclusive_under_concurrency() {
     let url = crate::testing::fresh_postgres_db().await;
     let s = open(&url).await.unwrap();
     for i in 0..40 {
         s.record_event(NewEvent {
             pipeline: "p".into(),
+            lane: format!("p#{}", i % 4),
             kind: "k".into(),
             dedupe_key: format!("e{i}"),
             payload: json!({}),
@@ -326,12 +398,18 @@ async fn postgres_claims_are_exclusive_under_concurrency() {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
-            while let Some(e) = s
-                .claim_event("p", &format!("w{w}"), Duration::from_secs(60))
-                .await
-                .unwrap()
-            {
-                got.push(e.id);
+            for lane in s.open_lanes("p").await.unwrap() {
+                let Some(f) = s
+                    .acquire_lease(&lane, &format!("w{w}"), Duration::from_secs(60))
+                    .await
+                    .unwrap()
+                else {
+                    continue;
+                };
+                while let Some(e) = s.claim_event(&f).await.unwrap() {
+                    assert_eq!(e.lane, lane);
+                    got.push(e.id);
+                }
             }
             got
         }));

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::model::Verify;
 use crate::engine::{StepContext, StepOutput};
-use crate::error::StepError;
+use crate::error::{ErrorKind, StepError};
 use crate::plan::CopyPlan;
 use crate::state::StepReport;
 use crate::store::{StoreHandle, join_key as join};
@@ -46,8 +46,10 @@ enum Done {
     Vanished,
 }
 
-/// How the reason of an object that could not be decrypted begins.
-const UNDECRYPTABLE: &str = "cannot decrypt";
+/// An object that could not be decrypted: a user error (quarantined), never retried.
+fn undecryptable(why: String) -> StepError {
+    StepError::user(format!("cannot decrypt: {why}")).with_kind(ErrorKind::Undecryptable)
+}
 
 fn render_prefix(ctx: &StepContext<'_>, template: &str) -> Result<String, StepError> {
     let p = crate::template::render(template, ctx.template).map_err(StepError::user)?;
@@ -196,6 +198,9 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
                         );
                     }
                 };
+                if let Err(e) = ctx.claim.check() {
+                    return (i, Err(e));
+                }
                 // Unchanged since a verified copy: skip.
                 if let Some(entry) = ledger.get(&item.relative)
                     && entry.fingerprint == fp
@@ -229,16 +234,17 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
                         merge(&mut detail, &check);
                         if let Err(e) = ctx
                             .state
-                            .ledger_put(scope, &item.relative, &fp, &detail)
+                            .ledger_put(scope, &item.relative, &fp, &detail, ctx.fence())
                             .await
                         {
                             return (i, Err(e.into()));
                         }
                         (i, Ok(Done::Copied { bytes, check }))
                     }
-                    Err(e) if e.message.contains("vanished") => (i, Ok(Done::Vanished)),
+                    Err(e) if e.kind == ErrorKind::SourceVanished => (i, Ok(Done::Vanished)),
+                    Err(e) if e.kind == ErrorKind::ClaimLost => (i, Err(e)),
                     Err(e) if !e.class.retriable => {
-                        let undecryptable = e.message.starts_with(UNDECRYPTABLE);
+                        let undecryptable = e.kind == ErrorKind::Undecryptable;
                         match quarantine_one(ctx, src, quarantine, from_prefix, item, e).await {
                             // A file that cannot be decrypted fails the transfer
                             // (after it is quarantined with the reason).
@@ -429,7 +435,6 @@ async fn transfer(
         && ss.works.load(std::sync::atomic::Ordering::Relaxed)
         && let (Some(from), Some(to)) = (&src.s3, &dst.s3)
     {
-        use crate::store::server_side::UNSUPPORTED;
         let copied = ss
             .copier
             .copy(
@@ -450,7 +455,7 @@ async fn transfer(
                     verify_server_side(src, writer, item, dest, plan.verify, c.etag).await?;
                 return Ok((item.meta.size, check));
             }
-            Err(e) if e.message.starts_with(UNSUPPORTED) => {
+            Err(e) if e.kind == ErrorKind::Unsupported => {
                 tracing::info!(reason = %e.message, "copying through flowgate instead");
                 ss.works.store(false, std::sync::atomic::Ordering::Relaxed);
             }
@@ -559,7 +564,10 @@ async fn copy_one(
 ) -> Result<(u64, String), StepError> {
     let got = match src.reader().get(&item.meta.location).await {
         Ok(g) => g,
-        Err(object_store::Error::NotFound { .. }) => return Err(StepError::external("vanished")),
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(StepError::external("the source object no longer exists")
+                .with_kind(ErrorKind::SourceVanished));
+        }
         Err(e) => return Err(e.into()),
     };
     let stream: futures::stream::BoxStream<'static, Result<bytes::Bytes, StepError>> =
@@ -595,15 +603,15 @@ async fn decrypting(
     let reader = input.map_err(std::io::Error::other).into_async_read();
     let decryptor = age::Decryptor::new_async(reader)
         .await
-        .map_err(|e| StepError::user(format!("{UNDECRYPTABLE}: not an age file: {e}")))?;
+        .map_err(|e| undecryptable(format!("not an age file: {e}")))?;
     let plain = decryptor
         .decrypt_async(std::iter::once(identity as &dyn age::Identity))
-        .map_err(|e| StepError::user(format!("{UNDECRYPTABLE}: {e}")))?;
+        .map_err(|e| undecryptable(e.to_string()))?;
     Ok(futures::stream::try_unfold(plain, |mut r| async move {
         let mut buf = vec![0u8; 256 * 1024];
         let n = r.read(&mut buf).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::InvalidData {
-                StepError::user(format!("{UNDECRYPTABLE}: the file is damaged: {e}"))
+                undecryptable(format!("the file is damaged: {e}"))
             } else {
                 crate::store::io_error(e)
             }

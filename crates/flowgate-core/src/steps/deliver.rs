@@ -14,7 +14,7 @@ use object_store::{ObjectMeta, ObjectStoreExt};
 use serde_json::json;
 
 use crate::engine::{StepContext, StepOutput};
-use crate::error::{ErrorClass, ErrorDomain, StepError, chain};
+use crate::error::{ErrorClass, ErrorDomain, ErrorKind, StepError, chain};
 use crate::plan::{DeliverPlan, PathIn, RecipientPlan};
 use crate::state::StepReport;
 use crate::store::{StoreHandle, join_key as join};
@@ -143,6 +143,9 @@ pub async fn run(ctx: &StepContext<'_>, plan: &DeliverPlan) -> Result<StepOutput
             async move {
                 let key = join(prefix, rel);
                 let fp = crate::store::version_of(meta);
+                if let Err(e) = ctx.claim.check() {
+                    return (i, Err(e));
+                }
                 // Sent before a crash, but not yet removed: remove it now.
                 if ledger.get(&key).is_some_and(|e| e.fingerprint == fp) {
                     let r = remove(writer, &meta.location).await;
@@ -152,12 +155,12 @@ pub async fn run(ctx: &StepContext<'_>, plan: &DeliverPlan) -> Result<StepOutput
                 let done = match sent {
                     Ok((bytes, status)) => {
                         let detail = json!({"recipient": recipient.name, "status": status, "size": bytes, "run_id": ctx.run_id});
-                        if let Err(e) = ctx.state.ledger_put(scope, &key, &fp, &detail).await {
+                        if let Err(e) = ctx.state.ledger_put(scope, &key, &fp, &detail, ctx.fence()).await {
                             return (i, Err(e.into()));
                         }
                         remove(writer, &meta.location).await.map(|_| Done::Delivered { bytes, status })
                     }
-                    Err(e) if ctx.cancel.is_cancelled() => Err(e),
+                    Err(e) if ctx.cancel.is_cancelled() || e.kind == ErrorKind::ClaimLost => Err(e),
                     Err(reason) => {
                         tracing::warn!(object = %rel, recipient = %recipient.name, reason = %reason.message, "delivery refused; quarantining the file");
                         let context = json!({"pipeline": ctx.plan.name, "run_id": ctx.run_id, "step": ctx.step.id, "recipient": recipient.name});

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use arrow::array::{Array, AsArray, BooleanArray};
 use arrow::compute::filter_record_batch;
 use arrow::record_batch::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -20,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::engine::{StepContext, StepOutput};
 use crate::error::StepError;
 use crate::formats::{Format, LazyWriter};
-use crate::plan::ExtractPlan;
+use crate::plan::{ExtractPlan, NullCursors};
 use crate::sql::{SqlSource, Window};
 use crate::state::StepReport;
 
@@ -36,7 +37,9 @@ struct Watermark {
     columns: Vec<String>,
 }
 
-fn fingerprint(cursor: &str, keys: &[&str]) -> String {
+/// What identifies one version of a row: its cursor, its key and its content
+/// (a second update that leaves the cursor as it was is a new version).
+fn fingerprint(cursor: &str, keys: &[&str], content: &[u8]) -> String {
     let mut h = Sha256::new();
     for k in keys {
         h.update(k.as_bytes());
@@ -44,7 +47,25 @@ fn fingerprint(cursor: &str, keys: &[&str]) -> String {
     }
     h.update([0x1e]);
     h.update(cursor.as_bytes());
+    h.update([0x1d]);
+    h.update(content);
     hex::encode(&h.finalize()[..8])
+}
+
+/// The content of row `row` of `data` as bytes to hash: each value as Arrow
+/// prints it, NULL told apart from the text "null".
+fn row_content(fmts: &[ArrayFormatter<'_>], data: &RecordBatch, row: usize, out: &mut Vec<u8>) {
+    use std::io::Write;
+    out.clear();
+    for (f, col) in fmts.iter().zip(data.columns()) {
+        if col.is_null(row) {
+            out.push(0);
+        } else {
+            out.push(1);
+            let _ = write!(out, "{}", f.value(row));
+        }
+        out.push(0x1f);
+    }
 }
 
 pub async fn run(ctx: &StepContext<'_>, plan: &ExtractPlan) -> Result<StepOutput, StepError> {
@@ -68,6 +89,7 @@ pub async fn run(ctx: &StepContext<'_>, plan: &ExtractPlan) -> Result<StepOutput
         if ctx.cancel.is_cancelled() {
             return Err(StepError::external("interrupted between tables"));
         }
+        ctx.claim.check()?;
         let one = extract_table(ctx, plan, &src, dst, &writer_store, &table)
             .await
             .map_err(|e| e.context(format!("table `{table}`")))?;
@@ -95,41 +117,28 @@ async fn extract_table(
 ) -> Result<StepReport, StepError> {
     let mut report = StepReport::default();
     let info = src.describe(&plan.schema, table).await?;
-    let key = plan.key.clone().unwrap_or_else(|| info.primary_key.clone());
-    if key.is_empty() {
-        return Err(StepError::user(
-            "it has no primary key; set `key = [\"col\", …]` on the extract step",
-        ));
-    }
-    for c in std::iter::once(&plan.cursor).chain(&key) {
-        if !info.columns.iter().any(|col| &col.name == c) {
-            let names: Vec<&str> = info.columns.iter().map(|c| c.name.as_str()).collect();
-            return Err(StepError::user(format!(
-                "no column `{c}`; its columns are: {}",
-                names.join(", ")
-            )));
-        }
-    }
+    let key = key_of(plan, &info)?;
     let columns: Vec<String> = info.columns.iter().map(|c| c.name.clone()).collect();
     let wm_name = format!("{}/{}", ctx.step.id, table);
-    let old: Option<Watermark> = match ctx.state.get_watermark(&ctx.plan.name, &wm_name).await? {
-        Some(v) => Some(
-            serde_json::from_value(v)
-                .map_err(|e| StepError::internal(format!("watermark: {e}")))?,
-        ),
-        None => None,
-    };
+    let old: Option<Watermark> = ctx
+        .state
+        .get_watermark(&ctx.plan.name, &wm_name)
+        .await?
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| StepError::internal(format!("watermark: {e}")))?;
     // A table with nothing new is current as of when it was read.
     let read_at = chrono::Utc::now();
-    let recent_old: HashSet<String> = old
-        .as_ref()
-        .map(|w| w.recent.iter().cloned().collect())
-        .unwrap_or_default();
+    let recent_old: HashSet<String> = old.iter().flat_map(|w| w.recent.clone()).collect();
+    let null_rows = src.count_nulls(&plan.schema, &info, &plan.cursor).await?;
+    let (nulls, note) = null_rule(plan, old.is_none(), null_rows, table)?;
+    report.notes.extend(note);
     let window = Window {
         cursor: plan.cursor.clone(),
         key: key.clone(),
         after: old.as_ref().map(|w| (w.cursor.clone(), w.key.clone())),
-        lookback: plan.lookback,
+        lookback: plan.lookback.unwrap_or_default(),
+        nulls,
     };
 
     let mut tctx = ctx.template.clone();
@@ -163,7 +172,6 @@ async fn extract_table(
         });
         set
     };
-    let lookback = plan.lookback.is_some();
     let consume = async {
         let mut writer = LazyWriter::new(store.clone(), path.clone(), format, PART_SIZE);
         let mut recent_new: Vec<String> = Vec::new();
@@ -171,39 +179,7 @@ async fn extract_table(
             while let Some(batch) = rx.recv().await {
                 let batch = batch?;
                 report.rows_in += batch.num_rows() as u64;
-                // Only a look-back needs fingerprints, and only of rows that came
-                // with their cursor and key as text.
-                if !lookback {
-                    writer.write(&batch).await?;
-                    continue;
-                }
-                let cursor = batch.column(data_cols).as_string::<i32>();
-                let keys: Vec<_> = (0..nkeys)
-                    .map(|i| batch.column(data_cols + 1 + i).as_string::<i32>())
-                    .collect();
-                let in_window = batch.column(data_cols + 1 + nkeys).as_boolean();
-                let data = batch
-                    .project(&(0..data_cols).collect::<Vec<_>>())
-                    .map_err(|e| StepError::internal(e.to_string()))?;
-                if cursor.null_count() == cursor.len() {
-                    writer.write(&data).await?;
-                    continue;
-                }
-                let mut keep = Vec::with_capacity(batch.num_rows());
-                for row in 0..batch.num_rows() {
-                    if cursor.is_null(row) {
-                        keep.push(true);
-                        continue;
-                    }
-                    let kv: Vec<&str> = keys.iter().map(|k| k.value(row)).collect();
-                    let fp = fingerprint(cursor.value(row), &kv);
-                    keep.push(!recent_old.contains(&fp));
-                    if in_window.is_valid(row) && in_window.value(row) {
-                        recent_new.push(fp);
-                    }
-                }
-                let data = filter_record_batch(&data, &BooleanArray::from(keep))
-                    .map_err(|e| StepError::internal(e.to_string()))?;
+                let data = new_rows(&batch, data_cols, nkeys, &recent_old, &mut recent_new)?;
                 writer.write(&data).await?;
             }
             Ok(())
@@ -225,44 +201,36 @@ async fn extract_table(
             return Err(e);
         }
     };
-    let Some(top) = end.top else {
-        report.notes.push(format!("`{table}` is empty"));
+    if end.top.is_none() && report.rows_in == 0 {
+        writer.abort().await;
+        report
+            .notes
+            .push(format!("`{table}` has no rows to extract"));
         report.newest_change = Some(read_at);
         return Ok(report);
-    };
+    }
+    // The object becomes visible only while the claim holds.
+    if let Err(e) = ctx.claim.check() {
+        writer.abort().await;
+        return Err(e);
+    }
     // Every row up to the table's newest position was read (same snapshot).
-    let last = (report.rows_in > 0).then_some(top);
+    let last = end.top.filter(|_| report.rows_in > 0);
     if let Some((rows, bytes)) = writer.finish().await? {
-        report.rows_out = rows;
-        report.bytes_out = bytes;
-        report.objects_out = 1;
-        let over = match end.streams {
-            n if n > 1 => format!(" (read over {n} connections)"),
-            _ => String::new(),
-        };
-        report.notes.push(format!(
-            "`{table}`: {} rows → {}{over}",
-            report.rows_out,
-            dst.display(&key_path)
-        ));
+        (report.rows_out, report.bytes_out, report.objects_out) = (rows, bytes, 1);
+        let over = read_over(end.streams);
+        let to = dst.display(&key_path);
+        report
+            .notes
+            .push(format!("`{table}`: {rows} rows → {to}{over}"));
     } else {
         report
             .notes
             .push(format!("`{table}`: no changes, no object written"));
     }
-    // A source that grew columns: they are kept in landing; say so.
-    if let Some(old) = &old
-        && !old.columns.is_empty()
-    {
-        let added: Vec<&String> = columns
-            .iter()
-            .filter(|c| !old.columns.contains(c))
-            .collect();
-        for c in added {
-            tracing::warn!(table, column = %c, "the source table has a new column; it is kept in landing");
-            report.notes.push(format!("warning: `{table}` has a new column `{c}` (kept in landing; models that do not select it are unaffected)"));
-        }
-    }
+    report
+        .notes
+        .extend(new_columns(old.as_ref(), &columns, table));
     // What the position covers after this run, as a time (for freshness).
     let covered = last
         .as_ref()
@@ -283,10 +251,146 @@ async fn extract_table(
         };
         let value = serde_json::to_value(&wm).map_err(|e| StepError::internal(e.to_string()))?;
         ctx.state
-            .set_watermark(&ctx.plan.name, &wm_name, &value)
+            .set_watermark(&ctx.plan.name, &wm_name, &value, ctx.fence())
             .await?;
     }
     Ok(report)
+}
+
+/// The table's columns of the rows of `batch` not extracted before (by
+/// fingerprint, see [`fingerprint`]); the fingerprints of rows in the look-back
+/// window go to `recent_new`. The batch carries the read's helper columns after
+/// the table's `data_cols` (see `SqlSource::read_schema`).
+fn new_rows(
+    batch: &RecordBatch,
+    data_cols: usize,
+    nkeys: usize,
+    recent_old: &HashSet<String>,
+    recent_new: &mut Vec<String>,
+) -> Result<RecordBatch, StepError> {
+    let internal = |e: arrow::error::ArrowError| StepError::internal(e.to_string());
+    let cursor = batch.column(data_cols).as_string::<i32>();
+    let keys: Vec<_> = (0..nkeys)
+        .map(|i| batch.column(data_cols + 1 + i).as_string::<i32>())
+        .collect();
+    let in_window = batch.column(data_cols + 1 + nkeys).as_boolean();
+    let data = batch
+        .project(&(0..data_cols).collect::<Vec<_>>())
+        .map_err(internal)?;
+    // No row here needs a fingerprint (most of a first snapshot).
+    if cursor.null_count() == cursor.len() {
+        return Ok(data);
+    }
+    let opts = FormatOptions::default();
+    let fmts: Vec<ArrayFormatter<'_>> = data
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
+        .collect::<Result<_, _>>()
+        .map_err(internal)?;
+    let mut content = Vec::new();
+    let mut keep = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        if cursor.is_null(row) {
+            keep.push(true);
+            continue;
+        }
+        let kv: Vec<&str> = keys.iter().map(|k| k.value(row)).collect();
+        row_content(&fmts, &data, row, &mut content);
+        let fp = fingerprint(cursor.value(row), &kv, &content);
+        keep.push(!recent_old.contains(&fp));
+        if in_window.is_valid(row) && in_window.value(row) {
+            recent_new.push(fp);
+        }
+    }
+    filter_record_batch(&data, &BooleanArray::from(keep)).map_err(internal)
+}
+
+/// How a read was spread, when it was.
+fn read_over(streams: usize) -> String {
+    match streams {
+        n if n > 1 => format!(" (read over {n} connections)"),
+        _ => String::new(),
+    }
+}
+
+/// The table's key (the step's, else its primary key), with the cursor and key
+/// checked to be columns of it.
+fn key_of(plan: &ExtractPlan, info: &crate::sql::TableInfo) -> Result<Vec<String>, StepError> {
+    let key = plan.key.clone().unwrap_or_else(|| info.primary_key.clone());
+    if key.is_empty() {
+        return Err(StepError::user(
+            "it has no primary key; set `key = [\"col\", …]` on the extract step",
+        ));
+    }
+    for c in std::iter::once(&plan.cursor).chain(&key) {
+        if !info.columns.iter().any(|col| &col.name == c) {
+            let names: Vec<&str> = info.columns.iter().map(|c| c.name.as_str()).collect();
+            return Err(StepError::user(format!(
+                "no column `{c}`; its columns are: {}",
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(key)
+}
+
+/// A source that grew columns since the last position: they are kept in
+/// landing; say so.
+fn new_columns(old: Option<&Watermark>, columns: &[String], table: &str) -> Vec<String> {
+    let Some(old) = old.filter(|o| !o.columns.is_empty()) else {
+        return Vec::new();
+    };
+    columns
+        .iter()
+        .filter(|c| !old.columns.contains(c))
+        .map(|c| {
+            tracing::warn!(table, column = %c, "the source table has a new column; it is kept in landing");
+            format!("warning: `{table}` has a new column `{c}` (kept in landing; models that do not select it are unaffected)")
+        })
+        .collect()
+}
+
+/// Rows with a NULL cursor have no position: the step's `nulls` rule says
+/// whether this read takes them (`first`: no position yet), and a note says what
+/// became of them whenever there are any.
+fn null_rule(
+    plan: &ExtractPlan,
+    first: bool,
+    null_rows: u64,
+    table: &str,
+) -> Result<(bool, Option<String>), StepError> {
+    let nulls = match plan.nulls {
+        NullCursors::Always => true,
+        NullCursors::Snapshot => first,
+        NullCursors::Error if null_rows > 0 => {
+            return Err(StepError::user(format!(
+                "{null_rows} row(s) have a NULL `{}`, so no position can cover them; \
+                 set `nulls = \"always\"` on the extract step to take them on every run, or \
+                 `nulls = \"snapshot\"` to take them on the first run only",
+                plan.cursor
+            )));
+        }
+        NullCursors::Error => false,
+    };
+    if null_rows == 0 {
+        return Ok((nulls, None));
+    }
+    let what = match (nulls, plan.nulls) {
+        (true, NullCursors::Always) => "extracted again on every run (nulls = \"always\")",
+        (true, _) => "extracted with this first snapshot (nulls = \"snapshot\")",
+        (false, _) => {
+            tracing::warn!(table, rows = null_rows, cursor = %plan.cursor, "rows with a NULL cursor are not extracted (nulls = \"snapshot\")");
+            "NOT extracted: nulls = \"snapshot\" takes them on the first run only"
+        }
+    };
+    Ok((
+        nulls,
+        Some(format!(
+            "`{table}`: {null_rows} row(s) with a NULL `{}` {what}",
+            plan.cursor
+        )),
+    ))
 }
 
 /// Multipart part size of extracted objects (S3's minimum is 5 MiB).

@@ -1,11 +1,14 @@
 //! `load`: objects (JSON lines or Parquet) → SQL tables.
 //!
 //! Inputs under the `from` prefix (or, with `tables`, under each table's folder)
-//! are loaded in key order, each in one transaction that also records it in the
-//! target's `flowgate_loaded` ledger; an input loaded before (same version) is not
-//! loaded again. Modes: append, upsert by key, append-versions, replace.
+//! are loaded in key order, each streamed in one transaction that also records it
+//! in the target's `flowgate_loaded` ledger; an input loaded before (same version)
+//! is not loaded again. Modes: append, upsert by key, append-versions, replace
+//! (the newest pending input becomes the table; older pending ones are superseded).
+//! Rows whose key is NULL are dead-lettered as they stream past.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{Array, BooleanArray};
 use arrow::compute::filter_record_batch;
@@ -21,7 +24,7 @@ use crate::formats::{Format, read_batches};
 use crate::plan::LoadPlan;
 use crate::quarantine::DeadRecord;
 use crate::sql::SqlSource;
-use crate::sql::target::{Input, LoadMode, LoadTarget};
+use crate::sql::target::{Input, LoadClaim, LoadMode, LoadTarget};
 use crate::state::StepReport;
 use crate::store::StoreHandle;
 
@@ -36,19 +39,27 @@ pub async fn run(ctx: &StepContext<'_>, plan: &LoadPlan) -> Result<StepOutput, S
         .ok_or_else(|| StepError::internal(format!("store `{}`", plan.into)))?;
     let target = SqlSource::open(&spec.url, &ctx.plan.dir).map_err(StepError::user)?;
     let done = target.loaded_inputs(&ctx.plan.name, &ctx.step.id).await?;
+    let claim = LoadClaim {
+        pipeline: ctx.plan.name.clone(),
+        step: ctx.step.id.clone(),
+        lane: ctx.fence().lease.clone(),
+        token: ctx.fence().token,
+    };
     let mut report = StepReport::default();
+    let job = Job {
+        ctx,
+        src,
+        target: &target,
+        done: &done,
+        claim: &claim,
+        batch_rows: plan.batch_rows,
+        dead_batches: AtomicU64::new(0),
+    };
     for (folder, t) in &plan.targets {
         let prefix = match folder {
             Some(f) if root.is_empty() => f.clone(),
             Some(f) => format!("{root}/{f}"),
             None => root.clone(),
-        };
-        let job = Job {
-            ctx,
-            src,
-            target: &target,
-            done: &done,
-            batch_rows: plan.batch_rows,
         };
         job.load_table(&prefix, t, &mut report)
             .await
@@ -62,83 +73,73 @@ struct Job<'a> {
     src: &'a StoreHandle,
     target: &'a SqlSource,
     done: &'a HashMap<String, String>,
+    claim: &'a LoadClaim,
     batch_rows: usize,
+    /// Dead-letter objects written by this attempt (their keys are numbered, so a
+    /// retried attempt writes the same keys again).
+    dead_batches: AtomicU64,
 }
+
+/// Batches in flight between the reader, the null-key check and the load: memory
+/// stays around this many batches, whatever the size of the input.
+const IN_FLIGHT: usize = 2;
 
 impl Job<'_> {
     /// Rows whose key is NULL cannot be loaded: they go to the dead-letter sink with
-    /// the reason and their position; the rest is loaded and the run is partial.
+    /// the reason and their position; the rest go on to the load.
     async fn set_aside_null_keys(
         &self,
         object: &str,
         t: &LoadTarget,
-        batches: Vec<RecordBatch>,
-        report: &mut StepReport,
-    ) -> Result<Vec<RecordBatch>, StepError> {
+        b: RecordBatch,
+        row_base: u64,
+        set_aside: &mut u64,
+    ) -> Result<RecordBatch, StepError> {
         let key: Vec<&String> = t.key.iter().chain(t.version.iter()).collect();
-        let mut kept = Vec::with_capacity(batches.len());
-        let mut dead = Vec::new();
-        let mut row_base = 0u64;
-        for b in batches {
-            let mut bad = vec![false; b.num_rows()];
-            let mut why = vec![String::new(); b.num_rows()];
-            for k in &key {
-                if let Ok(i) = b.schema().index_of(k) {
-                    let col = b.column(i);
-                    for (r, flag) in bad.iter_mut().enumerate() {
-                        if col.is_null(r) && !*flag {
-                            *flag = true;
-                            why[r] = format!("key column `{k}` is null");
-                        }
+        let mut why: Vec<Option<&String>> = vec![None; b.num_rows()];
+        for k in &key {
+            if let Ok(i) = b.schema().index_of(k) {
+                let col = b.column(i);
+                for (r, w) in why.iter_mut().enumerate() {
+                    if col.is_null(r) && w.is_none() {
+                        *w = Some(k);
                     }
                 }
             }
-            if bad.iter().any(|x| *x) {
-                let mask: BooleanArray = bad.iter().map(|x| Some(!*x)).collect();
-                let rejected: BooleanArray = bad.iter().map(|x| Some(*x)).collect();
-                let rows = filter_record_batch(&b, &rejected)
-                    .map_err(|e| StepError::internal(e.to_string()))?;
-                let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
-                w.write(&rows)
-                    .map_err(|e| StepError::internal(e.to_string()))?;
-                w.finish().map_err(|e| StepError::internal(e.to_string()))?;
-                let text = String::from_utf8(w.into_inner()).unwrap_or_default();
-                let positions = bad.iter().enumerate().filter(|(_, x)| **x).map(|(r, _)| r);
-                for (line, r) in text.lines().zip(positions) {
-                    dead.push(DeadRecord {
-                        record: serde_json::from_str(line).unwrap_or(Value::Null),
-                        reason: format!("{} (table `{}`)", why[r], t.table),
-                        position: json!({"object": object, "row": row_base + r as u64}),
-                    });
-                }
-                kept.push(
-                    filter_record_batch(&b, &mask)
-                        .map_err(|e| StepError::internal(e.to_string()))?,
-                );
-            } else {
-                kept.push(b.clone());
-            }
-            row_base += b.num_rows() as u64;
         }
-        if !dead.is_empty() {
-            let sink = self.ctx.stores.dead_letter(self.ctx.template)?;
-            let batch_no = report.quarantined;
-            let at = sink
-                .write(
-                    &self.ctx.plan.name,
-                    self.ctx.run_id,
-                    &self.ctx.step.id,
-                    batch_no,
-                    &dead,
-                )
-                .await?;
-            report.quarantined += dead.len() as u64;
-            report.notes.push(format!(
-                "{} row(s) of {object} set aside (null key): see {at}",
-                dead.len()
-            ));
+        if why.iter().all(Option::is_none) {
+            return Ok(b);
         }
-        Ok(kept)
+        let internal = |e: arrow::error::ArrowError| StepError::internal(e.to_string());
+        let rejected: BooleanArray = why.iter().map(|w| Some(w.is_some())).collect();
+        let kept: BooleanArray = why.iter().map(|w| Some(w.is_none())).collect();
+        let rows = filter_record_batch(&b, &rejected).map_err(internal)?;
+        let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
+        w.write(&rows).map_err(internal)?;
+        w.finish().map_err(internal)?;
+        let text = String::from_utf8(w.into_inner()).unwrap_or_default();
+        let bad = why.iter().enumerate().filter_map(|(r, k)| Some((r, (*k)?)));
+        let dead: Vec<DeadRecord> = text
+            .lines()
+            .zip(bad)
+            .map(|(line, (r, k))| DeadRecord {
+                record: serde_json::from_str(line).unwrap_or(Value::Null),
+                reason: format!("key column `{k}` is null (table `{}`)", t.table),
+                position: json!({"object": object, "row": row_base + r as u64}),
+            })
+            .collect();
+        let sink = self.ctx.stores.dead_letter(self.ctx.template)?;
+        let n = self.dead_batches.fetch_add(1, Ordering::SeqCst);
+        sink.write(
+            &self.ctx.plan.name,
+            self.ctx.run_id,
+            &self.ctx.step.id,
+            n,
+            &dead,
+        )
+        .await?;
+        *set_aside += dead.len() as u64;
+        filter_record_batch(&b, &kept).map_err(internal)
     }
 
     async fn load_table(
@@ -164,7 +165,7 @@ impl Job<'_> {
             })
             .collect();
         objects.sort_by(|a, b| a.0.cmp(&b.0));
-        let todo: Vec<_> = objects
+        let mut todo: Vec<_> = objects
             .into_iter()
             .filter(|(rel, m, _)| {
                 self.done.get(&src.display(rel)) != Some(&crate::store::version_of(m))
@@ -178,54 +179,35 @@ impl Job<'_> {
             ));
             return Ok(());
         }
-        // Replace takes the whole input of the run in one transaction; other modes
-        // commit input by input, so a crash leaves only whole inputs behind.
-        let groups: Vec<Vec<_>> = if t.mode == LoadMode::Replace {
-            vec![todo]
-        } else {
-            todo.into_iter().map(|o| vec![o]).collect()
-        };
-        let mut inputs_loaded = 0;
-        for group in groups {
+        // Replace: the newest input (written last) is the table; older pending
+        // ones are recorded as superseded by it, in its transaction.
+        let mut superseded = Vec::new();
+        if t.mode == LoadMode::Replace {
+            todo.sort_by(|a, b| (a.1.last_modified, &a.0).cmp(&(b.1.last_modified, &b.0)));
+            let newest = todo.pop().into_iter().collect();
+            superseded = std::mem::replace(&mut todo, newest)
+                .into_iter()
+                .map(|(rel, m, _)| (src.display(&rel), crate::store::version_of(&m)))
+                .collect();
+        }
+        let (mut loaded_inputs, mut skipped) = (0, 0);
+        for (rel, meta, format) in todo {
             if self.ctx.cancel.is_cancelled() {
                 return Err(StepError::external("interrupted between inputs"));
             }
-            let mut inputs = Vec::new();
-            for (rel, meta, format) in group {
-                let (tx, mut rx) = mpsc::channel(4);
-                let reader = read_batches(
-                    src.reader().clone(),
-                    meta.location.clone(),
-                    format,
-                    self.batch_rows,
-                    tx,
-                );
-                let collect = async {
-                    let mut batches = Vec::new();
-                    while let Some(b) = rx.recv().await {
-                        batches.push(b?);
-                    }
-                    Ok::<_, StepError>(batches)
-                };
-                let (r, batches) = tokio::join!(reader, collect);
-                r.map_err(|e| e.context(src.display(&rel)))?;
-                let object = src.display(&rel);
-                let batches = self
-                    .set_aside_null_keys(&object, t, batches?, report)
-                    .await?;
-                inputs.push(Input {
-                    object,
-                    fingerprint: crate::store::version_of(&meta),
-                    batches,
-                });
-                report.objects_in += 1;
-                report.bytes_in += meta.size;
-                inputs_loaded += 1;
-            }
-            let loaded = self
-                .target
-                .load(&self.ctx.plan.name, &self.ctx.step.id, t, inputs)
-                .await?;
+            self.ctx.claim.check()?;
+            let input = Input {
+                object: src.display(&rel),
+                fingerprint: crate::store::version_of(&meta),
+                superseded: std::mem::take(&mut superseded),
+            };
+            let Some(loaded) = self.load_one(t, &input, &meta, format, report).await? else {
+                skipped += 1;
+                continue;
+            };
+            report.objects_in += 1;
+            report.bytes_in += meta.size;
+            loaded_inputs += 1;
             report.rows_in += loaded.rows_in;
             report.rows_out += loaded.rows_written;
             for c in loaded.added_columns {
@@ -236,10 +218,89 @@ impl Job<'_> {
                 ));
             }
         }
-        report.notes.push(format!(
-            "`{}`: {inputs_loaded} input(s) loaded ({:?})",
+        let mut note = format!(
+            "`{}`: {loaded_inputs} input(s) loaded ({:?})",
             t.table, t.mode
-        ));
+        );
+        if skipped > 0 {
+            note.push_str(&format!(
+                "; {skipped} found loaded by another run meanwhile"
+            ));
+        }
+        report.notes.push(note);
         Ok(())
+    }
+
+    /// One input: read, null keys set aside, loaded, all streaming at once.
+    async fn load_one(
+        &self,
+        t: &LoadTarget,
+        input: &Input,
+        meta: &ObjectMeta,
+        format: Format,
+        report: &mut StepReport,
+    ) -> Result<Option<crate::sql::target::Loaded>, StepError> {
+        let (raw_tx, mut raw_rx) = mpsc::channel(IN_FLIGHT);
+        let (tx, rx) = mpsc::channel(IN_FLIGHT);
+        // A read that fails part-way must reach the load as an error, never as the
+        // end of the input: the load would commit what it had.
+        let reader = {
+            let failed = raw_tx.clone();
+            let read = read_batches(
+                self.src.reader().clone(),
+                meta.location.clone(),
+                format,
+                self.batch_rows,
+                raw_tx,
+            );
+            async move {
+                let r = read.await;
+                if let Err(e) = &r {
+                    let _ = failed.send(Err(e.clone())).await;
+                }
+                r
+            }
+        };
+        let mut set_aside = 0;
+        let check = async {
+            // Owned here: the load sees the input end when this stage ends.
+            let tx = tx;
+            let mut row_base = 0;
+            while let Some(b) = raw_rx.recv().await {
+                let b = match b {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return Ok(());
+                    }
+                };
+                let rows = b.num_rows() as u64;
+                let kept = self
+                    .set_aside_null_keys(&input.object, t, b, row_base, &mut set_aside)
+                    .await?;
+                row_base += rows;
+                if tx.send(Ok(kept)).await.is_err() {
+                    break; // the load stopped; it says why
+                }
+            }
+            Ok::<(), StepError>(())
+        };
+        let load = self.target.load(self.claim, t, input, rx);
+        let (read, checked, loaded) = tokio::join!(reader, check, load);
+        // The load's own error says most; a reader's explains a truncated input.
+        let loaded = loaded.map_err(|e| match &read {
+            Err(r) => r.clone().context(&input.object),
+            Ok(()) => e,
+        })?;
+        read.map_err(|e| e.context(&input.object))?;
+        checked?;
+        if set_aside > 0 {
+            report.quarantined += set_aside;
+            report.notes.push(format!(
+                "{set_aside} row(s) of {} set aside (null key): see the dead-letter sink",
+                input.object
+            ));
+        }
+        Ok(loaded)
     }
 }

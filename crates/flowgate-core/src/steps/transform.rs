@@ -2,8 +2,9 @@
 //!
 //! Each folder directly under the inputs prefix is a table: `<table>` holds all
 //! of its objects, `<table>_new` only those no transform of this step has
-//! consumed before. Each model writes one object per run (Parquet by default);
-//! inputs are marked consumed only after every model's output is complete.
+//! consumed before. When something new landed, each model writes one object per
+//! run (Parquet by default), an empty one too; when nothing did, no model runs.
+//! Inputs are marked consumed only after every model's output is complete.
 
 use std::collections::BTreeMap;
 
@@ -114,10 +115,19 @@ pub async fn run(ctx: &StepContext<'_>, plan: &TransformPlan) -> Result<StepOutp
         new_inputs.extend(fresh.iter().map(|o| (o.0.clone(), version_of(&o.1))));
     }
 
+    // Nothing new landed: every model would compute what it did last time.
+    if new_inputs.is_empty() {
+        report.notes.push(format!(
+            "no new input under {}: the models were not run",
+            src.display(&prefix)
+        ));
+        return Ok(StepOutput::from(report));
+    }
     for model in &models {
         if ctx.cancel.is_cancelled() {
             return Err(StepError::external("interrupted between models"));
         }
+        ctx.claim.check()?;
         let mut stream = session
             .run(model)
             .await
@@ -130,6 +140,8 @@ pub async fn run(ctx: &StepContext<'_>, plan: &TransformPlan) -> Result<StepOutp
         let format = Format::from_key(&key).unwrap_or(Format::Parquet);
         let path = dst.path(&key).map_err(StepError::user)?;
         let mut writer = LazyWriter::new(writer_store.clone(), path, format, PART_SIZE);
+        // An empty result is written too: a table replaced from it becomes empty.
+        writer.keep_when_empty(stream.schema())?;
         let result: Result<(), StepError> = async {
             while let Some(batch) = stream.next().await {
                 let batch =
@@ -139,7 +151,7 @@ pub async fn run(ctx: &StepContext<'_>, plan: &TransformPlan) -> Result<StepOutp
             Ok(())
         }
         .await;
-        if let Err(e) = result {
+        if let Err(e) = result.and_then(|()| ctx.claim.check()) {
             writer.abort().await;
             return Err(e);
         }
@@ -154,16 +166,18 @@ pub async fn run(ctx: &StepContext<'_>, plan: &TransformPlan) -> Result<StepOutp
                     dst.display(&key)
                 ));
             }
-            None => report.notes.push(format!(
-                "model `{}`: no rows, no object written",
-                model.name
-            )),
+            None => {
+                return Err(StepError::internal(format!(
+                    "model `{}`: its output was not written",
+                    model.name
+                )));
+            }
         }
     }
     // Every output is complete: only now are the inputs consumed.
     for (rel, version) in new_inputs {
         ctx.state
-            .ledger_put(&scope, &rel, &version, &json!({}))
+            .ledger_put(&scope, &rel, &version, &json!({}), ctx.fence())
             .await?;
     }
     Ok(StepOutput::from(report))

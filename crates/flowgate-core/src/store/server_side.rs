@@ -9,7 +9,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use futures::{StreamExt, TryStreamExt};
 
 use super::{S3Info, StoreHandle};
-use crate::error::{ErrorClass, StepError};
+use crate::error::{ErrorClass, ErrorKind, StepError};
 
 /// The largest object one CopyObject may copy.
 const COPY_OBJECT_MAX: u64 = 5 << 30;
@@ -26,7 +26,7 @@ pub struct Copied {
 }
 
 /// The copy could not start because the server does not do it; stream instead.
-pub const UNSUPPORTED: &str = "server-side copy is not supported here";
+const UNSUPPORTED: &str = "server-side copy is not supported here";
 
 impl ServerSide {
     /// A client for copying from `src` to `dst`, when both are S3 buckets behind
@@ -230,10 +230,12 @@ fn s3_error<E: std::error::Error + ProvideErrorMetadata + 'static>(
     let status = e.raw_response().map(|r| r.status().as_u16());
     let class = match (code.as_deref(), status) {
         (Some("NotImplemented"), _) | (_, Some(501)) => {
-            return StepError::new(ErrorClass::USER, format!("{UNSUPPORTED}: {what}"));
+            return StepError::new(ErrorClass::USER, format!("{UNSUPPORTED}: {what}"))
+                .with_kind(ErrorKind::Unsupported);
         }
         (Some("NoSuchKey"), _) => {
-            return StepError::external("vanished");
+            return StepError::external(format!("{what}: the source object no longer exists"))
+                .with_kind(ErrorKind::SourceVanished);
         }
         (Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch"), _) => {
             ErrorClass::EXTERNAL_FATAL

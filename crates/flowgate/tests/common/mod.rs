@@ -20,6 +20,9 @@ pub fn flowgate(dir: &Path) -> Command {
     c.env_remove("FLOWGATE_STATE")
         .env_remove("FLOWGATE_ENV")
         .env_remove("RUST_LOG");
+    // A killed run's pipeline is free again after this long (30s by default):
+    // the crash tests restart at once.
+    c.env("FLOWGATE_LEASE_TTL", "5s");
     // Always some credentials: without them the AWS client would ask the EC2
     // metadata service, which no test may reach.
     let ak = std::env::var("FLOWGATE_TEST_S3_ACCESS_KEY")
@@ -89,6 +92,17 @@ pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     walk(dir, dir, &mut out);
     out.sort();
     out
+}
+
+/// The data objects directly in `dir`, sorted (the `.schema` flowgate writes
+/// beside each JSON-lines object left out); none when `dir` does not exist.
+pub fn data_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_none_or(|e| e != "schema"));
+    files.sort();
+    files
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so data differs per file.
