@@ -8,10 +8,10 @@ use std::time::Duration;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::config::diagnostic::{Diagnostics, nearest};
-pub use crate::config::model::NullCursors;
 use crate::config::model::{
     Access, CopySpec, NotifyEvent, ParamSpec, RetrySpec, StoreSpec, Verify,
 };
+pub use crate::config::model::{CatchUp, NullCursors, OnMissed};
 use crate::config::{Diagnostic, LoadOptions, Loaded, load_file};
 use crate::store::{Location, is_object_store_url};
 use crate::units::{Backoff, Schedule, parse_duration, parse_size};
@@ -49,6 +49,7 @@ pub struct Plan {
     pub stores: BTreeMap<String, StoreSpec>,
     pub schedule: Option<Schedule>,
     pub schedule_text: Option<String>,
+    pub catch_up: CatchUp,
     pub watch: Option<WatchPlan>,
     pub arrival: Option<ArrivalPlan>,
     /// Steps in an order that respects `needs`.
@@ -66,6 +67,7 @@ pub struct Plan {
 #[derive(Debug, Clone)]
 pub struct WatchPlan {
     pub key: String,
+    pub on_missed: OnMissed,
 }
 
 #[derive(Debug, Clone)]
@@ -454,7 +456,10 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
             );
             return None;
         }
-        Some(WatchPlan { key: w.key.clone() })
+        Some(WatchPlan {
+            key: w.key.clone(),
+            on_missed: w.on_missed.unwrap_or_default(),
+        })
     });
     let arrival = t.arrival.as_ref().and_then(|a| {
         let poll = match a.poll.as_deref().map(parse_duration).transpose() {
@@ -1066,6 +1071,7 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
         stores: f.stores.clone(),
         schedule,
         schedule_text: t.schedule.clone(),
+        catch_up: t.catch_up.unwrap_or_default(),
         watch,
         arrival,
         steps,

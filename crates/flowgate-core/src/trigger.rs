@@ -1,7 +1,10 @@
 //! Triggers turn the outside world into ledger events: arrival (listing a store,
 //! or S3 event notifications from an SQS queue: see `queue`), schedule (cron or
-//! interval ticks), watch (a key of the built-in KV). Every pass also runs the
-//! freshness watchdog.
+//! interval ticks, by the state store's clock), watch (a key of the built-in KV,
+//! one event per revision). Schedule and watch keep a position in the built-in KV
+//! and move it only once the events up to it are in the ledger; what they missed
+//! while busy or down follows `catch_up` and `on_missed`, and what is not run is
+//! recorded as a skipped run. Every pass also runs the freshness watchdog.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -12,7 +15,7 @@ use serde_json::json;
 
 use crate::engine::{Engine, EngineError, Outcome, Stores, Submission};
 use crate::error::StepError;
-use crate::plan::Plan;
+use crate::plan::{CatchUp, Plan};
 use crate::store::StoreHandle;
 
 /// Objects matching the arrival pattern, as submissions (key + etag dedupe).
@@ -126,14 +129,20 @@ pub async fn poll_once(
             }
         }
     }
-    if let Some(w) = &plan.watch
-        && let Some(entry) = engine.state.kv_get(&w.key).await?
-    {
-        subs.push(Submission::event(
-            "watch",
-            format!("watch:{}@{}", w.key, entry.revision),
-            json!({"kind": "watch", "key": w.key, "value": entry.value, "revision": entry.revision}),
-        ));
+    let mut positions = Vec::new();
+    let mut found = Vec::new();
+    if let Some(w) = &plan.watch {
+        found.push(watch_events(engine, plan, w).await?);
+    }
+    if let Some(s) = &plan.schedule {
+        found.push(due_ticks(engine, plan, s).await?);
+    }
+    for f in found {
+        for (sub, why) in f.skip {
+            engine.skip(plan, sub, &why).await?;
+        }
+        subs.extend(f.run);
+        positions.extend(f.position);
     }
     for sub in subs {
         if engine.cancel.is_cancelled() {
@@ -152,6 +161,14 @@ pub async fn poll_once(
             }
         }
     }
+    // Every event found is in the ledger: only now do the positions move (a
+    // stopped pass leaves them, and the next pass finds the same events again).
+    if engine.cancel.is_cancelled() {
+        return Ok(outcomes);
+    }
+    for (key, value) in positions {
+        engine.state.kv_set(&key, &value).await?;
+    }
     for run in engine.run_pending(plan).await? {
         outcomes.push(Outcome::Ran(Box::new(run)));
     }
@@ -159,6 +176,135 @@ pub async fn poll_once(
         tracing::warn!(pipeline = %plan.name, error = %e, "freshness check failed; will try again");
     }
     Ok(outcomes)
+}
+
+/// KV key of the newest revision of the watched key a pipeline has recorded.
+fn watch_position(pipeline: &str) -> String {
+    format!("flowgate/watch/{pipeline}")
+}
+
+/// KV key of the last schedule tick a pipeline has recorded.
+fn schedule_position(pipeline: &str) -> String {
+    format!("flowgate/schedule/{pipeline}")
+}
+
+fn watch_sub(e: &crate::state::KvEntry) -> Submission {
+    Submission::event(
+        "watch",
+        format!("watch:{}@{}", e.key, e.revision),
+        json!({"kind": "watch", "key": e.key, "value": e.value, "revision": e.revision}),
+    )
+}
+
+/// What one trigger found: events to run, events to record as skipped (with
+/// why), and the position to store once both are in the ledger.
+#[derive(Default)]
+struct Found {
+    run: Vec<Submission>,
+    skip: Vec<(Submission, String)>,
+    position: Option<(String, String)>,
+}
+
+/// The watched key's revisions since the last pass: each one to run (`each`), or
+/// the newest to run and the others to record as skipped (`latest`). On the
+/// first pass, the current value only.
+async fn watch_events(
+    engine: &Engine,
+    plan: &Plan,
+    w: &crate::plan::WatchPlan,
+) -> Result<Found, EngineError> {
+    let position = watch_position(&plan.name);
+    let after = engine
+        .state
+        .kv_get(&position)
+        .await?
+        .and_then(|e| e.value.parse::<i64>().ok());
+    let seen: Vec<crate::state::KvEntry> = match after {
+        Some(after) => engine.state.kv_history(&w.key, after, 10_000).await?,
+        None => engine.state.kv_get(&w.key).await?.into_iter().collect(),
+    };
+    let Some((newest, older)) = seen.split_last() else {
+        return Ok(Found::default());
+    };
+    let mut found = Found {
+        position: Some((position, newest.revision.to_string())),
+        ..Found::default()
+    };
+    match w.on_missed {
+        crate::plan::OnMissed::Each => found.run = seen.iter().map(watch_sub).collect(),
+        crate::plan::OnMissed::Latest => {
+            let why = format!(
+                "superseded by revision {} before it ran (on_missed = \"latest\")",
+                newest.revision
+            );
+            found.skip = older.iter().map(|e| (watch_sub(e), why.clone())).collect();
+            found.run = vec![watch_sub(newest)];
+        }
+    }
+    Ok(found)
+}
+
+/// How late a tick may be and still count as on time (`catch_up = "none"`).
+const ON_TIME: Duration = Duration::from_secs(60);
+
+/// Schedule ticks due since the last pass, by the state store's clock, under the
+/// plan's catch-up rule. The first pass starts counting from now.
+async fn due_ticks(
+    engine: &Engine,
+    plan: &Plan,
+    schedule: &crate::units::Schedule,
+) -> Result<Found, EngineError> {
+    let now = engine.state.now().await?;
+    let position = schedule_position(&plan.name);
+    let last = engine
+        .state
+        .kv_get(&position)
+        .await?
+        .and_then(|e| DateTime::parse_from_rfc3339(&e.value).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let Some(last) = last else {
+        engine.state.kv_set(&position, &now.to_rfc3339()).await?;
+        return Ok(Found::default());
+    };
+    let mut due = Vec::new();
+    let mut at = last;
+    while let Some(next) = schedule.next_after(at).filter(|n| *n <= now) {
+        due.push(next);
+        at = next;
+        if due.len() >= 10_000 {
+            break;
+        }
+    }
+    let Some((&newest, older)) = due.split_last() else {
+        return Ok(Found::default());
+    };
+    let mut found = Found {
+        position: Some((position, newest.to_rfc3339())),
+        ..Found::default()
+    };
+    let late = (now - newest).to_std().unwrap_or_default() > ON_TIME;
+    let stamp = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    match plan.catch_up {
+        CatchUp::All => found.run = due.iter().map(|t| tick(*t)).collect(),
+        CatchUp::Latest => {
+            let why = format!(
+                "missed while the pipeline was busy or no worker ran; the tick of {} ran instead (catch_up = \"latest\")",
+                stamp(&newest)
+            );
+            found.skip = older.iter().map(|t| (tick(*t), why.clone())).collect();
+            found.run = vec![tick(newest)];
+        }
+        CatchUp::None => {
+            let why = "missed while the pipeline was busy or no worker ran (catch_up = \"none\")";
+            found.skip = older.iter().map(|t| (tick(*t), why.to_string())).collect();
+            if late {
+                found.skip.push((tick(newest), why.to_string()));
+            } else {
+                found.run = vec![tick(newest)];
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Serve one pipeline until the engine is cancelled.
@@ -174,26 +320,17 @@ pub async fn serve(engine: &Engine, plan: &Plan) -> Result<(), EngineError> {
         } else {
             Duration::from_secs(30)
         });
-    let mut next_tick = plan
-        .schedule
-        .as_ref()
-        .and_then(|s| s.next_after(Utc::now()));
     loop {
         if let Err(e) = poll_once(engine, plan, &mut poller).await {
             tracing::error!(pipeline = %plan.name, error = %e, "trigger pass failed; will try again");
         }
-        if let (Some(s), Some(at)) = (&plan.schedule, next_tick)
-            && Utc::now() >= at
-        {
-            if let Err(e) = engine.submit_all(plan, tick(at)).await {
-                tracing::error!(pipeline = %plan.name, error = %e, "scheduled run could not start");
-            }
-            next_tick = s.next_after(Utc::now());
-        }
         let mut wait = poll;
-        if let Some(at) = next_tick {
-            let until = (at - Utc::now()).to_std().unwrap_or_default();
-            wait = wait.min(until.max(Duration::from_millis(50)));
+        if let Some(s) = &plan.schedule
+            && let Ok(now) = engine.state.now().await
+            && let Some(at) = s.next_after(now)
+        {
+            let until = (at - now).to_std().unwrap_or_default();
+            wait = wait.min(until + Duration::from_millis(20));
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

@@ -270,3 +270,355 @@ fn finding_10_a_second_update_within_the_same_cursor_value_is_extracted() {
         }
     }
 }
+
+/// Runs of the pipeline in `dir`, oldest first, as (status, trigger value or tick).
+fn run_list(dir: &std::path::Path) -> Vec<(String, String)> {
+    let out = run(flowgate(dir).args(["runs", "--json", "--limit", "100"]));
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+    let mut list: Vec<(String, String, String)> = v
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap_or_default().to_string(),
+                r["status"].as_str().unwrap_or_default().to_string(),
+                r["error"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    list.sort();
+    list.into_iter().map(|(_, s, e)| (s, e)).collect()
+}
+
+fn watch_pipeline(dir: &std::path::Path, on_missed: &str) {
+    write(&dir.join("src/journal.txt"), b"journal");
+    write(
+        &dir.join("p.toml"),
+        format!(
+            r#"name = "rollout"
+[trigger]
+watch = {{ key = "release/version"{on_missed} }}
+[stores]
+src = {{ url = "file://./src" }}
+dst = {{ url = "file://./dst", access = "read-write" }}
+[[steps]]
+id = "copy"
+copy = {{ from = "src:", to = "dst:{{{{ trigger.value }}}}", manifest = "" }}
+"#
+        )
+        .as_bytes(),
+    );
+}
+
+#[test]
+fn finding_14_a_watch_runs_every_revision_set_while_no_worker_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    watch_pipeline(dir.path(), "");
+    let kv_set = |v: &str| {
+        let out = run(flowgate(dir.path()).args(["kv", "set", "release/version", v]));
+        assert_eq!(out.code, 0, "{}", out.all());
+    };
+    kv_set("1.0");
+    assert_eq!(run(flowgate(dir.path()).args(["poll", "p.toml"])).code, 0);
+    // Three releases while nobody polls (the worker was down, or busy).
+    for v in ["1.1", "1.2", "1.3"] {
+        kv_set(v);
+    }
+    let out = run(flowgate(dir.path()).args(["poll", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    for v in ["1.0", "1.1", "1.2", "1.3"] {
+        assert!(
+            dir.path().join(format!("dst/{v}/journal.txt")).exists(),
+            "release {v} ran: {}",
+            out.all()
+        );
+    }
+    assert_eq!(run_list(dir.path()).len(), 4);
+    // Nothing new: nothing runs.
+    assert_eq!(run(flowgate(dir.path()).args(["poll", "p.toml"])).code, 0);
+    assert_eq!(run_list(dir.path()).len(), 4);
+
+    // `latest`: the newest runs, the others are recorded as skipped, with why.
+    let dir = tempfile::tempdir().unwrap();
+    watch_pipeline(dir.path(), ", on_missed = \"latest\"");
+    let kv_set = |v: &str| {
+        run(flowgate(dir.path()).args(["kv", "set", "release/version", v]));
+    };
+    kv_set("2.0");
+    assert_eq!(run(flowgate(dir.path()).args(["poll", "p.toml"])).code, 0);
+    kv_set("2.1");
+    kv_set("2.2");
+    assert_eq!(run(flowgate(dir.path()).args(["poll", "p.toml"])).code, 0);
+    assert!(dir.path().join("dst/2.2/journal.txt").exists());
+    assert!(!dir.path().join("dst/2.1").exists());
+    let runs = run_list(dir.path());
+    let skipped: Vec<&(String, String)> = runs.iter().filter(|r| r.0 == "skipped").collect();
+    assert_eq!(skipped.len(), 1, "{runs:?}");
+    assert!(skipped[0].1.contains("superseded by revision"), "{runs:?}");
+}
+
+#[test]
+fn finding_14_schedule_ticks_missed_while_down_follow_catch_up() {
+    for (rule, runs_expected) in [("all", None), ("latest", Some(1)), ("none", Some(1))] {
+        let dir = tempfile::tempdir().unwrap();
+        write(&dir.path().join("src/a.txt"), b"a");
+        write(
+            &dir.path().join("p.toml"),
+            format!(
+                r#"name = "ticks"
+[trigger]
+schedule = "every 1s"
+catch_up = "{rule}"
+[stores]
+src = {{ url = "file://./src" }}
+dst = {{ url = "file://./dst", access = "read-write" }}
+[[steps]]
+id = "copy"
+copy = {{ from = "src:", to = "dst:{{{{ trigger.tick }}}}", manifest = "" }}
+"#
+            )
+            .as_bytes(),
+        );
+        // The first pass starts the count; then nobody polls for a while.
+        assert_eq!(run(flowgate(dir.path()).args(["poll", "p.toml"])).code, 0);
+        std::thread::sleep(std::time::Duration::from_millis(3500));
+        let out = run(flowgate(dir.path()).args(["poll", "p.toml"]));
+        assert_eq!(out.code, 0, "{}", out.all());
+        let list = run_list(dir.path());
+        let ran = list.iter().filter(|r| r.0 == "succeeded").count();
+        let skipped: Vec<&(String, String)> = list.iter().filter(|r| r.0 == "skipped").collect();
+        assert!(
+            ran + skipped.len() >= 3,
+            "{rule}: every tick due is accounted for: {list:?}"
+        );
+        match runs_expected {
+            Some(n) => assert_eq!(ran, n, "{rule}: {list:?}"),
+            None => assert!(skipped.is_empty() && ran >= 3, "{rule}: {list:?}"),
+        }
+        assert!(
+            skipped
+                .iter()
+                .all(|s| s.1.contains(&format!("catch_up = \"{rule}\""))),
+            "{rule}: {list:?}"
+        );
+    }
+}
+
+/// A load of `./landing/snap/*.jsonl` into `table` of `into`, with `extra` options.
+fn load_pipeline(dir: &std::path::Path, into: &str, extra: &str) {
+    write(
+        &dir.join("p.toml"),
+        format!(
+            "name = \"loader\"\n[stores]\nlanding = {{ url = \"file://./landing\" }}\nwh = {{ url = \"{into}\", access = \"write\" }}\n[[steps]]\nid = \"load\"\nload = {{ from = \"landing:snap\", into = \"wh\", table = \"snapshot\"{extra} }}\n"
+        )
+        .as_bytes(),
+    );
+}
+
+/// Rows of `snapshot` in a SQLite or PostgreSQL warehouse, sorted, as text.
+fn warehouse_rows(url: &str, pg: Option<&Pg>) -> Vec<String> {
+    let mut rows: Vec<String> = match pg {
+        Some(pg) => pg
+            .rows("SELECT id::text || ':' || name FROM snapshot")
+            .into_iter()
+            .map(|r| r[0].clone().unwrap_or_default())
+            .collect(),
+        None => {
+            let c = rusqlite::Connection::open(url.trim_start_matches("sqlite://")).unwrap();
+            let mut st = c
+                .prepare("SELECT CAST(id AS TEXT) || ':' || name FROM snapshot")
+                .unwrap();
+            st.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect()
+        }
+    };
+    rows.sort();
+    rows
+}
+
+#[test]
+fn finding_07_replace_takes_the_newest_snapshot_with_or_without_a_key() {
+    let pg = Pg::new();
+    for (with_key, target) in [
+        (false, "sqlite"),
+        (true, "sqlite"),
+        (false, "pg"),
+        (true, "pg"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let url = match target {
+            "pg" => pg.url.clone(),
+            _ => format!("sqlite://{}", dir.path().join("wh.db").display()),
+        };
+        if target == "pg" {
+            pg.exec("DROP TABLE IF EXISTS snapshot");
+        }
+        let key = if with_key { ", key = [\"id\"]" } else { "" };
+        load_pipeline(dir.path(), &url, &format!(", mode = \"replace\"{key}"));
+        let snap = |name: &str, body: &str| {
+            write(
+                &dir.path().join(format!("landing/snap/{name}.jsonl")),
+                body.as_bytes(),
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        // Two snapshots waiting (a load failed or was killed between them): only
+        // the newest becomes the table.
+        snap(
+            "a",
+            "{\"id\":1,\"name\":\"x\"}\n{\"id\":2,\"name\":\"y\"}\n{\"id\":3,\"name\":\"z\"}\n",
+        );
+        snap(
+            "b",
+            "{\"id\":1,\"name\":\"x2\"}\n{\"id\":2,\"name\":\"y2\"}\n{\"id\":2,\"name\":\"y3\"}\n",
+        );
+        let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+        assert_eq!(out.code, 0, "{target} key={with_key}: {}", out.all());
+        let pg_ref = (target == "pg").then_some(&pg);
+        let want: Vec<String> = if with_key {
+            vec!["1:x2".into(), "2:y3".into()]
+        } else {
+            vec!["1:x2".into(), "2:y2".into(), "2:y3".into()]
+        };
+        assert_eq!(
+            warehouse_rows(&url, pg_ref),
+            want,
+            "{target} key={with_key}"
+        );
+        // Nothing new: the same table.
+        assert_eq!(run(flowgate(dir.path()).args(["run", "p.toml"])).code, 0);
+        assert_eq!(
+            warehouse_rows(&url, pg_ref),
+            want,
+            "{target} key={with_key}"
+        );
+        // The source became empty: so does the table.
+        snap("c", "");
+        let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+        assert_eq!(out.code, 0, "{}", out.all());
+        assert!(
+            warehouse_rows(&url, pg_ref).is_empty(),
+            "{target} key={with_key}"
+        );
+    }
+}
+
+#[test]
+fn finding_07_append_loads_each_input_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("wh.db").display());
+    load_pipeline(dir.path(), &url, ", mode = \"append\"");
+    write(
+        &dir.path().join("landing/snap/a.jsonl"),
+        b"{\"id\":1,\"name\":\"x\"}\n",
+    );
+    assert_eq!(run(flowgate(dir.path()).args(["run", "p.toml"])).code, 0);
+    write(
+        &dir.path().join("landing/snap/b.jsonl"),
+        b"{\"id\":1,\"name\":\"x\"}\n",
+    );
+    assert_eq!(run(flowgate(dir.path()).args(["run", "p.toml"])).code, 0);
+    assert_eq!(run(flowgate(dir.path()).args(["run", "p.toml"])).code, 0);
+    assert_eq!(warehouse_rows(&url, None), ["1:x", "1:x"]);
+}
+
+#[test]
+fn finding_08_a_failed_manual_run_runs_again_with_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    local_copy(dir.path(), "");
+    // No source yet: the run fails.
+    let out = run(flowgate(dir.path()).args(["run", "p.toml", "--key", "nightly"]));
+    assert_eq!(out.code, 1, "{}", out.all());
+    write(&dir.path().join("src/export/a.csv"), b"1\n");
+    let out = run(flowgate(dir.path()).args(["run", "p.toml", "--key", "nightly", "--json"]));
+    assert_eq!(
+        out.code,
+        0,
+        "the same key runs the failed event again: {}",
+        out.all()
+    );
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v[0]["outcome"], "ran", "{v:#}");
+    assert_eq!(
+        v[0]["run"]["attempt"], 2,
+        "a new attempt of the same event: {v:#}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("dst/export/a.csv")).unwrap(),
+        b"1\n"
+    );
+    // Done now: the key does not run a third time.
+    let out = run(flowgate(dir.path()).args(["run", "p.toml", "--key", "nightly"]));
+    assert_eq!(out.code, 0);
+    assert!(out.stdout.contains("already handled"), "{}", out.stdout);
+}
+
+#[test]
+fn finding_12_a_json_field_first_set_after_line_10000_is_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("wh.db").display());
+    load_pipeline(dir.path(), &url, ", key = [\"id\"]");
+    // Another producer: `late` is null until line 15,000, `extra` appears only there.
+    let mut body = String::new();
+    for i in 0..15_000 {
+        body.push_str(&format!("{{\"id\":{i},\"name\":\"n{i}\",\"late\":null}}\n"));
+    }
+    body.push_str("{\"id\":15000,\"name\":\"last\",\"late\":\"set\",\"extra\":7}\n");
+    write(&dir.path().join("landing/snap/a.jsonl"), body.as_bytes());
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let c = rusqlite::Connection::open(dir.path().join("wh.db")).unwrap();
+    let (late, extra): (String, i64) = c
+        .query_row(
+            "SELECT late, extra FROM snapshot WHERE id = 15000",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((late.as_str(), extra), ("set", 7));
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM snapshot", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 15_001);
+}
+
+#[test]
+fn finding_12_what_flowgate_extracted_loads_with_its_recorded_types() {
+    let pg = Pg::new();
+    pg.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, price numeric(10,2), updated timestamp(6) NOT NULL, note text);
+         INSERT INTO t VALUES (1, 2.50, '2026-01-01 10:00:00.000001', NULL), (2, 3.75, '2026-01-01 11:00:00', 'b')",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("p.toml"),
+        format!(
+            "name = \"typed\"\n[stores]\nsrc = {{ url = \"{0}\" }}\nlanding = {{ url = \"file://./landing\", access = \"read-write\" }}\nwh = {{ url = \"{0}\", access = \"write\" }}\n[[steps]]\nid = \"ingest\"\nextract = {{ from = \"src\", tables = [\"t\"], cursor = \"updated\", to = \"landing:{{{{ table }}}}/{{{{ run.id }}}}.jsonl\" }}\n[[steps]]\nid = \"load\"\nneeds = [\"ingest\"]\nload = {{ from = \"landing:t\", into = \"wh\", table = \"t_copy\", key = [\"id\"] }}\n",
+            pg.url
+        )
+        .as_bytes(),
+    );
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let types = pg.rows(
+        "SELECT column_name || ' ' || data_type FROM information_schema.columns WHERE table_name = 't_copy' ORDER BY column_name",
+    );
+    let types: Vec<String> = types.into_iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "id integer",
+            "note text",
+            "price numeric",
+            "updated timestamp without time zone"
+        ]
+    );
+    assert_eq!(
+        pg.rows("SELECT updated::text FROM t_copy WHERE id = 1")[0][0].as_deref(),
+        Some("2026-01-01 10:00:00.000001")
+    );
+}

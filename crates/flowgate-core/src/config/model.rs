@@ -76,6 +76,12 @@ pub struct TriggerSpec {
     /// Time zone of the cron schedule, as an offset such as `"+02:00"`. Default UTC.
     #[serde(default)]
     pub timezone: Option<String>,
+    /// Schedule ticks that came due while the pipeline was busy or no worker ran:
+    /// `latest` (default) runs the newest of them, `all` runs each in turn,
+    /// `none` runs none (only a tick that is on time runs). Ticks not run are
+    /// recorded as skipped runs, with why.
+    #[serde(default)]
+    pub catch_up: Option<CatchUp>,
     /// Watch a key of a KV store: one run per new value.
     #[serde(default)]
     pub watch: Option<WatchSpec>,
@@ -93,6 +99,30 @@ pub struct WatchSpec {
     pub store: String,
     /// The key to watch.
     pub key: String,
+    /// Values set while the pipeline was busy or no worker ran: `each` (default)
+    /// runs one run per revision, in order; `latest` runs the newest and records
+    /// the others as skipped runs.
+    #[serde(default)]
+    pub on_missed: Option<OnMissed>,
+}
+
+/// What a schedule does with ticks it missed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    None,
+    #[default]
+    Latest,
+    All,
+}
+
+/// What a watch does with revisions it did not see as they came.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissed {
+    #[default]
+    Each,
+    Latest,
 }
 
 fn default_state_kv() -> String {

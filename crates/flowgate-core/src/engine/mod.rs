@@ -528,6 +528,40 @@ impl Engine {
         outcome
     }
 
+    /// Record an event that is not run (a missed tick under the catch-up rule, a
+    /// superseded revision) as a skipped run saying why, so `runs` shows it.
+    pub async fn skip(&self, plan: &Plan, sub: Submission, why: &str) -> Result<(), EngineError> {
+        let now = Utc::now();
+        let run = RunRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            pipeline: plan.name.clone(),
+            env: plan.env.clone(),
+            event_id: None,
+            trigger: sub.kind.clone(),
+            params: json!({ "trigger": sub.trigger }),
+            status: RunStatus::Skipped,
+            attempt: 0,
+            worker: self.worker.clone(),
+            started_at: now,
+            finished_at: Some(now),
+            error: Some(why.to_string()),
+            steps: Vec::new(),
+            lane: None,
+            fence: None,
+        };
+        let event = NewEvent {
+            pipeline: plan.name.clone(),
+            lane: lane_of(&plan.name, &sub.matrix),
+            kind: sub.kind,
+            dedupe_key: sub.dedupe_key,
+            payload: json!({ "trigger": sub.trigger, "params": {}, "matrix": sub.matrix, "env": plan.env }),
+        };
+        if self.state.record_skipped(event, &run).await? {
+            tracing::info!(pipeline = %plan.name, reason = why, "trigger event recorded as skipped");
+        }
+        Ok(())
+    }
+
     /// Hold `lane`: at once, or (with `wait`) once its current run ends. `None`
     /// when it is busy and not waited for, or when the engine is stopping.
     async fn take_lane(&self, lane: &str, wait: bool) -> Result<Option<Claim>, EngineError> {

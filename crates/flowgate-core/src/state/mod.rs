@@ -357,6 +357,10 @@ pub trait StateStore: Send + Sync {
         run_id: &str,
         fence: &Fence,
     ) -> StateResult<()>;
+    /// Record an event that is not run (a missed schedule tick, a revision a
+    /// newer one superseded) as done, with its skipped run: `false` when its
+    /// dedupe key was recorded before.
+    async fn record_skipped(&self, event: NewEvent, run: &RunRecord) -> StateResult<bool>;
     async fn get_event(&self, id: i64) -> StateResult<Option<TriggerEvent>>;
     async fn list_events(&self, pipeline: &str, limit: usize) -> StateResult<Vec<TriggerEvent>>;
 
@@ -402,6 +406,9 @@ pub trait StateStore: Send + Sync {
     /// Set a value; returns its new revision.
     async fn kv_set(&self, key: &str, value: &str) -> StateResult<i64>;
     async fn kv_list(&self, prefix: &str) -> StateResult<Vec<KvEntry>>;
+    /// Every value `key` was set to with a revision above `after`, oldest first
+    /// (at most `limit`).
+    async fn kv_history(&self, key: &str, after: i64, limit: usize) -> StateResult<Vec<KvEntry>>;
 
     // --- leases (expiry judged by the store's clock) ---
     /// Take `name` for `holder` (unique to this claim) for `ttl`, with a token

@@ -58,6 +58,14 @@ CREATE INDEX runs_running ON flowgate.runs (pipeline) WHERE status = 'running';
 ALTER TABLE flowgate.leases ADD COLUMN token BIGINT NOT NULL DEFAULT 0;
 "#,
     ),
+    (
+        3,
+        r#"
+CREATE TABLE flowgate.kv_history (key TEXT NOT NULL, value TEXT NOT NULL, revision BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL, PRIMARY KEY (key, revision));
+INSERT INTO flowgate.kv_history SELECT key, value, revision, updated_at FROM flowgate.kv;
+"#,
+    ),
 ];
 
 /// The database's clock in milliseconds since the epoch.
@@ -367,6 +375,27 @@ impl StateStore for PostgresState {
         Ok(())
     }
 
+    async fn record_skipped(&self, event: NewEvent, run: &RunRecord) -> StateResult<bool> {
+        let client = self.client().await?;
+        let id: Option<i64> = client
+            .query_opt(
+                &format!(
+                    "INSERT INTO flowgate.events (pipeline, lane, kind, dedupe_key, payload, status, run_id, created_at)
+                     VALUES ($1, $2, $3, $4, $5, 'done', $6, {NOW}) ON CONFLICT (pipeline, dedupe_key) DO NOTHING RETURNING id"
+                ),
+                &[&event.pipeline, &event.lane, &event.kind, &event.dedupe_key, &json_text(&event.payload), &run.id],
+            )
+            .await
+            .map_err(pg_err)?
+            .map(|r| r.get(0));
+        let Some(id) = id else { return Ok(false) };
+        let mut run = run.clone();
+        run.event_id = Some(id);
+        drop(client);
+        self.save_run(&run).await?;
+        Ok(true)
+    }
+
     async fn get_event(&self, id: i64) -> StateResult<Option<TriggerEvent>> {
         let client = self.client().await?;
         let row = client
@@ -552,14 +581,33 @@ impl StateStore for PostgresState {
 
     async fn kv_set(&self, key: &str, value: &str) -> StateResult<i64> {
         let client = self.client().await?;
+        // The value and its place in the key's history, in one statement.
         let row = client
             .query_one(
-                "INSERT INTO flowgate.kv (key, value, revision, updated_at) VALUES ($1, $2, nextval('flowgate.kv_revision'), $3) ON CONFLICT (key) DO UPDATE SET value = excluded.value, revision = excluded.revision, updated_at = excluded.updated_at RETURNING revision",
-                &[&key, &value, &ms(Utc::now())],
+                &format!(
+                    "WITH r AS (SELECT nextval('flowgate.kv_revision') AS rev),
+                     h AS (INSERT INTO flowgate.kv_history (key, value, revision, updated_at) SELECT $1, $2, rev, {NOW} FROM r)
+                     INSERT INTO flowgate.kv (key, value, revision, updated_at) SELECT $1, $2, rev, {NOW} FROM r
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, revision = excluded.revision, updated_at = excluded.updated_at
+                     RETURNING revision"
+                ),
+                &[&key, &value],
             )
             .await
             .map_err(pg_err)?;
         Ok(row.get(0))
+    }
+
+    async fn kv_history(&self, key: &str, after: i64, limit: usize) -> StateResult<Vec<KvEntry>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT key, value, revision, updated_at FROM flowgate.kv_history WHERE key = $1 AND revision > $2 ORDER BY revision LIMIT $3",
+                &[&key, &after, &(limit as i64)],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter().map(kv_row).collect()
     }
 
     async fn kv_list(&self, prefix: &str) -> StateResult<Vec<KvEntry>> {

@@ -57,6 +57,14 @@ ALTER TABLE runs ADD COLUMN fence INTEGER;
 ALTER TABLE leases ADD COLUMN token INTEGER NOT NULL DEFAULT 0;
 "#,
     ),
+    (
+        3,
+        r#"
+CREATE TABLE kv_history (key TEXT NOT NULL, value TEXT NOT NULL, revision INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL, PRIMARY KEY (key, revision));
+INSERT INTO kv_history SELECT key, value, revision, updated_at FROM kv;
+"#,
+    ),
 ];
 
 /// SQLite's clock in milliseconds since the epoch.
@@ -367,6 +375,28 @@ impl StateStore for SqliteState {
         Ok(())
     }
 
+    async fn record_skipped(&self, event: NewEvent, run: &RunRecord) -> StateResult<bool> {
+        let run_id = run.id.clone();
+        let id: Option<i64> = self
+            .with(move |c| {
+                c.query_row(
+                    &format!(
+                        "INSERT INTO events (pipeline, lane, kind, dedupe_key, payload, status, run_id, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 'done', ?6, {NOW}) ON CONFLICT (pipeline, dedupe_key) DO NOTHING RETURNING id"
+                    ),
+                    params![event.pipeline, event.lane, event.kind, event.dedupe_key, json_text(&event.payload), run_id],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await?;
+        let Some(id) = id else { return Ok(false) };
+        let mut run = run.clone();
+        run.event_id = Some(id);
+        self.save_run(&run).await?;
+        Ok(true)
+    }
+
     async fn get_event(&self, id: i64) -> StateResult<Option<TriggerEvent>> {
         self.with(move |c| {
             c.query_row(
@@ -563,8 +593,23 @@ impl StateStore for SqliteState {
                 "INSERT INTO kv (key, value, revision, updated_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO UPDATE SET value = excluded.value, revision = excluded.revision, updated_at = excluded.updated_at",
                 params![key, value, rev, ms(Utc::now())],
             )?;
+            tx.execute(
+                "INSERT INTO kv_history (key, value, revision, updated_at) VALUES (?1, ?2, ?3, ?4)",
+                params![key, value, rev, ms(Utc::now())],
+            )?;
             tx.commit()?;
             Ok(rev)
+        })
+        .await
+    }
+
+    async fn kv_history(&self, key: &str, after: i64, limit: usize) -> StateResult<Vec<KvEntry>> {
+        let key = key.to_string();
+        self.with(move |c| {
+            let mut st = c.prepare(
+                "SELECT key, value, revision, updated_at FROM kv_history WHERE key = ?1 AND revision > ?2 ORDER BY revision LIMIT ?3",
+            )?;
+            st.query_map(params![key, after, limit as i64], kv_row)?.collect()
         })
         .await
     }
