@@ -531,7 +531,7 @@ impl Engine {
     /// Record an event that is not run (a missed tick under the catch-up rule, a
     /// superseded revision) as a skipped run saying why, so `runs` shows it.
     pub async fn skip(&self, plan: &Plan, sub: Submission, why: &str) -> Result<(), EngineError> {
-        let now = Utc::now();
+        let now = crate::clock::now();
         let run = RunRecord {
             id: uuid::Uuid::now_v7().to_string(),
             pipeline: plan.name.clone(),
@@ -653,7 +653,7 @@ impl Engine {
         event: TriggerEvent,
         claim: &Claim,
     ) -> Result<RunRecord, EngineError> {
-        let started = Utc::now();
+        let started = crate::clock::now();
         let run_id = uuid::Uuid::now_v7().to_string();
         let params = event
             .payload
@@ -738,7 +738,7 @@ impl Engine {
                 }
             });
         }
-        run.finished_at = Some(Utc::now());
+        run.finished_at = Some(crate::clock::now());
         self.state.save_run(&run).await?;
         if !lost {
             match self
@@ -882,7 +882,7 @@ impl Engine {
         else {
             return Ok(None);
         };
-        let age = (Utc::now() - newest).to_std().unwrap_or_default();
+        let age = (crate::clock::now() - newest).to_std().unwrap_or_default();
         let stale = age > threshold;
         let alert_key = crate::state::stale_key(&plan.name);
         let was_stale = |state: Option<crate::state::KvEntry>| {
@@ -904,7 +904,7 @@ impl Engine {
         };
         if stale != was_stale(self.state.kv_get(&alert_key).await?) {
             let value = if stale {
-                format!("stale since {}", Utc::now().to_rfc3339())
+                format!("stale since {}", crate::clock::now().to_rfc3339())
             } else {
                 "fresh".to_string()
             };
