@@ -175,6 +175,9 @@ pub async fn poll_once(
     if let Err(e) = engine.check_freshness(plan).await {
         tracing::warn!(pipeline = %plan.name, error = %e, "freshness check failed; will try again");
     }
+    if let Err(e) = engine.prune_if_due().await {
+        tracing::warn!(error = %e, "pruning the state store failed; will try again");
+    }
     Ok(outcomes)
 }
 

@@ -72,6 +72,11 @@ pub struct Cli {
     /// shorter means faster takeover, and more writes to the state store.
     #[arg(long, global = true, env = "FLOWGATE_LEASE_TTL", default_value = "30s", value_parser = lease_ttl)]
     lease_ttl: std::time::Duration,
+    /// How long finished runs, ended schedule/watch/manual events, copy and
+    /// delivery ledger entries and old KV values are kept; `serve` and `poll`
+    /// prune what is older, at most once an hour (`off`: never by themselves).
+    #[arg(long, global = true, env = "FLOWGATE_RETENTION", default_value = "30d", value_parser = retention)]
+    retention: Retention,
     #[command(subcommand)]
     command: Command,
 }
@@ -145,6 +150,11 @@ enum Command {
         #[command(subcommand)]
         command: KvCommand,
     },
+    /// The state store itself.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     /// Run the examples on embedded defaults in a fresh folder and print a summary.
     Demo {
         /// Where to put the demo's data and state.
@@ -197,6 +207,35 @@ enum KvCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// Remove runs that finished, schedule/watch/manual events that ended, copy
+    /// and delivery ledger entries, and old KV values, older than a time
+    /// (each pipeline keeps its newest run; arrival events stay, their keys keep
+    /// an object still in its store from running twice).
+    #[command(
+        after_help = "Example:\n  flowgate state prune --older-than 90d --state postgres://…"
+    )]
+    Prune {
+        /// Age past which things go (default: the --retention, 30d).
+        #[arg(long, value_parser = flowgate_core::units::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--retention`: a duration, or `off`.
+#[derive(Clone, Copy, Debug)]
+struct Retention(Option<std::time::Duration>);
+
+fn retention(text: &str) -> Result<Retention, String> {
+    if text.trim() == "off" {
+        return Ok(Retention(None));
+    }
+    flowgate_core::units::parse_duration(text).map(|d| Retention(Some(d)))
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -368,7 +407,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 Err(code) => return Ok(code),
             };
             let state = open_state(&cli.state, &plan.dir).await?;
-            let engine = engine(state, !json, cli.lease_ttl);
+            let mut engine = engine(state, !json, cli.lease_ttl);
+            engine.retention = cli.retention.0;
             let params: BTreeMap<String, String> = params.into_iter().collect();
             if continuous {
                 return continuous_runs(&engine, &plan, &params, every, json).await;
@@ -389,7 +429,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 Err(code) => return Ok(code),
             };
             let state = open_state(&cli.state, &plan.dir).await?;
-            let engine = engine(state, !json, cli.lease_ttl);
+            let mut engine = engine(state, !json, cli.lease_ttl);
+            engine.retention = cli.retention.0;
             let mut poller = Default::default();
             let outcomes = flowgate_core::trigger::poll_once(&engine, &plan, &mut poller).await?;
             if outcomes.is_empty() && !json {
@@ -401,7 +442,15 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(output::outcomes(&outcomes, json))
         }
         Command::Serve { dir, listen } => {
-            crate::serve::serve(&dir, &listen, &cli.state, &cli.env_name, cli.lease_ttl).await
+            crate::serve::serve(
+                &dir,
+                &listen,
+                &cli.state,
+                &cli.env_name,
+                cli.lease_ttl,
+                cli.retention.0,
+            )
+            .await
         }
         Command::Runs(args) => {
             let Some(state) = open_existing_state(&cli.state).await? else {
@@ -515,6 +564,33 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 },
             };
             kv(state, command).await
+        }
+        Command::State {
+            command: StateCommand::Prune { older_than, json },
+        } => {
+            let Some(state) = open_existing_state(&cli.state).await? else {
+                return Ok(exit::USAGE);
+            };
+            let Some(age) = older_than.or(cli.retention.0) else {
+                eprintln!("error: --retention is off: say how old with --older-than (e.g. 30d)");
+                return Ok(exit::USAGE);
+            };
+            let cutoff = state.now().await?
+                - chrono::TimeDelta::from_std(age).unwrap_or(chrono::TimeDelta::MAX);
+            let pruned = state.prune(cutoff).await?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&pruned)?);
+            } else {
+                say!(
+                    "pruned what ended before {}: {} run(s), {} event(s), {} ledger entr(ies), {} old KV value(s)",
+                    cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    pruned.runs,
+                    pruned.events,
+                    pruned.ledger_entries,
+                    pruned.kv_revisions
+                );
+            }
+            Ok(exit::OK)
         }
         Command::Demo { dir } => crate::demo::run(&dir).await,
     }

@@ -44,6 +44,7 @@ pub async fn serve(
     state_url: &Option<String>,
     env: &Option<String>,
     lease_ttl: std::time::Duration,
+    retention: Option<std::time::Duration>,
 ) -> Result<u8> {
     let files = pipeline_files(dir)?;
     if files.is_empty() {
@@ -84,6 +85,7 @@ pub async fn serve(
         .context("opening the state store")?;
     let mut engine = Engine::new(state.clone());
     engine.lease_ttl = lease_ttl;
+    engine.retention = retention;
     let engine = Arc::new(engine);
     stop_on_signals(&engine);
 

@@ -8,32 +8,6 @@ use common::*;
 
 use std::path::{Path, PathBuf};
 
-struct Receiver {
-    /// Base URL of this test's own folder on the receiver.
-    url: String,
-    /// Where the receiver stores what it is sent for this test.
-    root: PathBuf,
-    tls: PathBuf,
-}
-
-fn receiver_folder() -> Receiver {
-    let id = uuid_like();
-    let base = service_var("FLOWGATE_TEST_HTTPS_URL");
-    Receiver {
-        url: format!("{}{id}/", base),
-        root: PathBuf::from(service_var("FLOWGATE_TEST_HTTPS_ROOT")).join(&id),
-        tls: PathBuf::from(service_var("FLOWGATE_TEST_TLS_DIR")),
-    }
-}
-
-fn uuid_like() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("t{t:x}{}", std::process::id())
-}
-
 /// A dataset under `exports/sales/run1/` and its flag.
 fn produce(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let files = vec![

@@ -622,3 +622,29 @@ fn finding_12_what_flowgate_extracted_loads_with_its_recorded_types() {
         Some("2026-01-01 10:00:00.000001")
     );
 }
+
+#[test]
+fn finding_13_state_prune_keeps_what_is_still_needed_and_drops_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    local_copy(dir.path(), "");
+    write(&dir.path().join("src/export/a.csv"), b"1\n");
+    for _ in 0..3 {
+        assert_eq!(run(flowgate(dir.path()).args(["run", "p.toml"])).code, 0);
+    }
+    assert_eq!(run_list(dir.path()).len(), 3);
+    let out = run(flowgate(dir.path()).args(["state", "prune", "--older-than", "0s", "--json"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let pruned: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(pruned["runs"], 2, "{pruned:#}");
+    assert_eq!(
+        pruned["events"], 3,
+        "three manual events that ended: {pruned:#}"
+    );
+    assert_eq!(run_list(dir.path()).len(), 1, "the newest run stays");
+    // The copy's ledger went too: the next run copies again, and is right.
+    assert_eq!(run(flowgate(dir.path()).args(["run", "p.toml"])).code, 0);
+    assert_eq!(
+        std::fs::read(dir.path().join("dst/export/a.csv")).unwrap(),
+        b"1\n"
+    );
+}

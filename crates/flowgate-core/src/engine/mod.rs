@@ -297,6 +297,9 @@ pub struct Engine {
     pub cancel: CancellationToken,
     pub progress: Arc<dyn Progress>,
     pub lease_ttl: Duration,
+    /// How long finished runs, ended events, ledger entries and old KV values
+    /// are kept (see `state::RETENTION_RULES`); `None`: never pruned by itself.
+    pub retention: Option<Duration>,
 }
 
 /// This process's worker id (`host:pid:nonce`), for people reading runs: who
@@ -371,6 +374,7 @@ impl Engine {
             cancel: CancellationToken::new(),
             progress: Arc::new(NoProgress),
             lease_ttl: Duration::from_secs(30),
+            retention: None,
         }
     }
 
@@ -921,6 +925,54 @@ impl Engine {
         }
         self.state.release_lease(&fence).await?;
         Ok(Some(age))
+    }
+
+    /// Prune the state store by the retention, at most once an hour across all
+    /// workers (judged by the store's clock, under a lease).
+    pub async fn prune_if_due(&self) -> Result<Option<crate::state::Pruned>, EngineError> {
+        let Some(retention) = self.retention else {
+            return Ok(None);
+        };
+        const EVERY: Duration = Duration::from_secs(3600);
+        const LAST: &str = "flowgate/pruned_at";
+        let now = self.state.now().await?;
+        let due = |e: Option<crate::state::KvEntry>| {
+            e.and_then(|e| chrono::DateTime::parse_from_rfc3339(&e.value).ok())
+                .is_none_or(|at| {
+                    (now - at.with_timezone(&Utc)).to_std().unwrap_or_default() >= EVERY
+                })
+        };
+        if !due(self.state.kv_get(LAST).await?) {
+            return Ok(None);
+        }
+        let holder = format!("{}/{}", self.worker, uuid::Uuid::now_v7().simple());
+        let Some(fence) = self
+            .state
+            .acquire_lease("flowgate/prune", &holder, Duration::from_secs(600))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let result = async {
+            if !due(self.state.kv_get(LAST).await?) {
+                return Ok(None);
+            }
+            let cutoff =
+                now - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
+            let pruned = self.state.prune(cutoff).await?;
+            self.state.kv_set(LAST, &now.to_rfc3339()).await?;
+            tracing::info!(
+                runs = pruned.runs,
+                events = pruned.events,
+                ledger_entries = pruned.ledger_entries,
+                kv_revisions = pruned.kv_revisions,
+                "pruned the state store"
+            );
+            Ok(Some(pruned))
+        }
+        .await;
+        self.state.release_lease(&fence).await?;
+        result
     }
 
     /// An event no routing row matches: dead-letter it with the reason, and fail

@@ -425,6 +425,11 @@ pub trait StateStore: Send + Sync {
     async fn release_lease(&self, fence: &Fence) -> StateResult<()>;
     async fn get_lease(&self, name: &str) -> StateResult<Option<Lease>>;
 
+    // --- retention ---
+    /// Remove what is older than `before` by the rules of [`Pruned`]'s doc (see
+    /// [`RETENTION_RULES`]).
+    async fn prune(&self, before: DateTime<Utc>) -> StateResult<Pruned>;
+
     // --- datasets ---
     async fn publish_dataset(
         &self,
@@ -435,6 +440,29 @@ pub trait StateStore: Send + Sync {
     ) -> StateResult<()>;
     async fn list_datasets(&self, name: &str) -> StateResult<Vec<Dataset>>;
 }
+
+/// What a prune removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pruned {
+    pub runs: u64,
+    pub events: u64,
+    pub ledger_entries: u64,
+    pub kv_revisions: u64,
+}
+
+/// What [`StateStore::prune`] removes once it is older than the retention, and
+/// what it keeps whatever its age:
+/// - runs that finished before the cutoff, except each pipeline's newest;
+/// - schedule, watch and manual events that ended (done or failed) before it,
+///   whose keys cannot come again (ticks and revisions only move on; a manual
+///   key used again after that long runs again). Arrival events stay: their keys
+///   keep an object still in its store from running twice;
+/// - copy and delivery ledger entries recorded before it (a later copy of the
+///   same unchanged object copies it again, a delivery sends nothing twice
+///   that was removed from its outbox); transform input ledgers stay, as long as
+///   the inputs they name can be listed;
+/// - old values of KV keys set before it (each key keeps its newest).
+pub const RETENTION_RULES: &str = "runs finished, schedule/watch/manual events ended, copy/deliver ledger entries and superseded KV values older than the retention";
 
 /// Wait until `key` has a revision above `after`, polling; `None` when `timeout` passes.
 pub async fn kv_wait(

@@ -699,6 +699,38 @@ impl StateStore for PostgresState {
         }))
     }
 
+    async fn prune(&self, before: DateTime<Utc>) -> StateResult<Pruned> {
+        let client = self.client().await?;
+        let mut pruned = Pruned::default();
+        for (what, sql) in [
+            (
+                "runs",
+                "DELETE FROM flowgate.runs WHERE finished_at IS NOT NULL AND finished_at < $1 AND id <> (SELECT r2.id FROM flowgate.runs r2 WHERE r2.pipeline = flowgate.runs.pipeline ORDER BY r2.started_at DESC, r2.id DESC LIMIT 1)",
+            ),
+            (
+                "events",
+                "DELETE FROM flowgate.events WHERE status IN ('done', 'failed') AND created_at < $1 AND kind IN ('schedule', 'watch', 'manual')",
+            ),
+            (
+                "ledger_entries",
+                "DELETE FROM flowgate.object_ledger WHERE recorded_at < $1 AND scope NOT LIKE '%/inputs'",
+            ),
+            (
+                "kv_revisions",
+                "DELETE FROM flowgate.kv_history WHERE updated_at < $1 AND revision < (SELECT max(h2.revision) FROM flowgate.kv_history h2 WHERE h2.key = flowgate.kv_history.key)",
+            ),
+        ] {
+            let n = client.execute(sql, &[&ms(before)]).await.map_err(pg_err)?;
+            match what {
+                "runs" => pruned.runs = n,
+                "events" => pruned.events = n,
+                "ledger_entries" => pruned.ledger_entries = n,
+                _ => pruned.kv_revisions = n,
+            }
+        }
+        Ok(pruned)
+    }
+
     async fn publish_dataset(
         &self,
         name: &str,

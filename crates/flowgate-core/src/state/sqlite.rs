@@ -708,6 +708,35 @@ impl StateStore for SqliteState {
         .await
     }
 
+    async fn prune(&self, before: DateTime<Utc>) -> StateResult<Pruned> {
+        let cutoff = ms(before);
+        let n = self
+            .with(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut n = [0u64; 4];
+                for (i, sql) in [
+                "DELETE FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?1 AND id <> (SELECT r2.id FROM runs r2 WHERE r2.pipeline = runs.pipeline ORDER BY r2.started_at DESC, r2.id DESC LIMIT 1)",
+                "DELETE FROM events WHERE status IN ('done', 'failed') AND created_at < ?1 AND kind IN ('schedule', 'watch', 'manual')",
+                "DELETE FROM object_ledger WHERE recorded_at < ?1 AND scope NOT LIKE '%/inputs'",
+                "DELETE FROM kv_history WHERE updated_at < ?1 AND revision < (SELECT max(h2.revision) FROM kv_history h2 WHERE h2.key = kv_history.key)",
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    n[i] = tx.execute(sql, params![cutoff])? as u64;
+                }
+                tx.commit()?;
+                Ok(n)
+            })
+            .await?;
+        Ok(Pruned {
+            runs: n[0],
+            events: n[1],
+            ledger_entries: n[2],
+            kv_revisions: n[3],
+        })
+    }
+
     async fn publish_dataset(
         &self,
         name: &str,

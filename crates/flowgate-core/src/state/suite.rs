@@ -344,6 +344,67 @@ async fn suite(s: Arc<dyn StateStore>) {
     let ds = s.list_datasets("acme").await.unwrap();
     assert_eq!(ds.len(), 2);
     assert_eq!(ds[0].version, "20260102_000000_utc", "newest first");
+
+    // Retention: everything here is older than a cutoff an hour ahead.
+    let fi = s
+        .acquire_lease("p", "w9/in", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let fi = match fi {
+        Some(f) => f,
+        None => fw.clone(),
+    };
+    s.ledger_put("p/model/inputs", "orders/1.jsonl", "e", &json!({}), &fi)
+        .await
+        .unwrap();
+    let tick = NewEvent {
+        pipeline: "p".into(),
+        lane: "p".into(),
+        kind: "schedule".into(),
+        dedupe_key: "schedule:2026-01-01T00:00:00Z".into(),
+        payload: json!({}),
+    };
+    let mut skipped = run("0190eeee-skipped", "p", RunStatus::Skipped);
+    skipped.finished_at = Some(Utc::now());
+    assert!(s.record_skipped(tick, &skipped).await.unwrap());
+    let pruned = s
+        .prune(Utc::now() + chrono::TimeDelta::hours(1))
+        .await
+        .unwrap();
+    assert!(pruned.runs >= 1 && pruned.events >= 1, "{pruned:?}");
+    assert!(
+        pruned.ledger_entries >= 3 && pruned.kv_revisions >= 2,
+        "{pruned:?}"
+    );
+    let left = s
+        .list_runs(&RunFilter {
+            pipeline: Some("p".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<&str> = left.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["0190eeee-skipped", "0190bbbb-run-two"],
+        "the newest run stays, and one that never finished; older finished ones go"
+    );
+    assert_eq!(
+        s.get_event(first.id).await.unwrap().map(|e| e.status),
+        Some(EventStatus::Done),
+        "arrival events stay"
+    );
+    assert_eq!(
+        s.ledger_list("p/model/inputs", "").await.unwrap().len(),
+        1,
+        "transform input ledgers stay"
+    );
+    assert!(s.ledger_list("p/copy", "").await.unwrap().is_empty());
+    assert_eq!(
+        s.kv_history("release/version", 0, 10).await.unwrap().len(),
+        1,
+        "each key keeps its newest value"
+    );
 }
 
 #[tokio::test]

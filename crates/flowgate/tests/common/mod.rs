@@ -74,17 +74,19 @@ pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
         let Ok(rd) = std::fs::read_dir(dir) else {
             return;
         };
-        for e in rd {
-            let p = e.unwrap().path();
+        // A file that goes while the tree is walked (a delivered file leaving
+        // its outbox) is simply not in it.
+        for e in rd.flatten() {
+            let p = e.path();
             if p.is_dir() {
                 walk(base, &p, out);
-            } else {
+            } else if let Ok(bytes) = std::fs::read(&p) {
                 let rel = p
                     .strip_prefix(base)
                     .unwrap()
                     .to_string_lossy()
                     .replace('\\', "/");
-                out.push((rel, std::fs::read(&p).unwrap()));
+                out.push((rel, bytes));
             }
         }
     }
@@ -267,4 +269,31 @@ needs = ["stage"]
 deliver = {{ from = "outbox:{{{{ route.recipient_name }}}}", recipient = "{{{{ route.recipient_name }}}}"{deliver} }}
 "#
     )
+}
+
+/// A folder of its own on the HTTPS receiver (nginx, client certificates required).
+pub struct Receiver {
+    /// Base URL of this test's own folder on the receiver.
+    pub url: String,
+    /// Where the receiver stores what it is sent for this test.
+    pub root: PathBuf,
+    pub tls: PathBuf,
+}
+
+pub fn receiver_folder() -> Receiver {
+    let id = uuid_like();
+    let base = service_var("FLOWGATE_TEST_HTTPS_URL");
+    Receiver {
+        url: format!("{}{id}/", base),
+        root: PathBuf::from(service_var("FLOWGATE_TEST_HTTPS_ROOT")).join(&id),
+        tls: PathBuf::from(service_var("FLOWGATE_TEST_TLS_DIR")),
+    }
+}
+
+pub fn uuid_like() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("t{t:x}{}", std::process::id())
 }
