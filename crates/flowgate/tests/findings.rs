@@ -648,3 +648,96 @@ fn finding_13_state_prune_keeps_what_is_still_needed_and_drops_the_rest() {
         b"1\n"
     );
 }
+
+/// Peak resident memory of a running process (VmHWM), polled until it exits.
+fn peak_rss_mib(child: &mut std::process::Child) -> u64 {
+    let mut peak = 0;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            && let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak = peak.max(kb / 1024);
+        }
+        if child.try_wait().unwrap().is_some() {
+            return peak;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn finding_11_a_load_streams_an_input_far_larger_than_its_memory() {
+    use arrow::array::{Int64Array, StringArray};
+    use std::sync::Arc;
+    let pg = Pg::new();
+    let dir = tempfile::tempdir().unwrap();
+    // 8M rows of four 64-character strings: about 2 GiB once decoded, a few MB
+    // as zstd Parquet (each column repeats itself).
+    let rows: usize = 8_000_000;
+    let path = dir.path().join("landing/snap/big.parquet");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, false),
+        arrow::datatypes::Field::new("a", arrow::datatypes::DataType::Utf8, false),
+        arrow::datatypes::Field::new("b", arrow::datatypes::DataType::Utf8, false),
+        arrow::datatypes::Field::new("c", arrow::datatypes::DataType::Utf8, false),
+        arrow::datatypes::Field::new("d", arrow::datatypes::DataType::Utf8, false),
+    ]));
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+        .build();
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&path).unwrap(),
+        schema.clone(),
+        Some(props),
+    )
+    .unwrap();
+    let chunk = 100_000;
+    for start in (0..rows).step_by(chunk) {
+        let text = |c: char| {
+            StringArray::from_iter_values((0..chunk).map(|i| format!("{c}{:063}", (start + i) % 7)))
+        };
+        let batch = arrow::record_batch::RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(
+                    (start..start + chunk).map(|i| i as i64),
+                )),
+                Arc::new(text('a')),
+                Arc::new(text('b')),
+                Arc::new(text('c')),
+                Arc::new(text('d')),
+            ],
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+    }
+    w.close().unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() < 50 << 20);
+    load_pipeline(dir.path(), &pg.url, ", mode = \"append\"");
+    let mut child = flowgate(dir.path())
+        .args(["run", "p.toml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let peak = peak_rss_mib(&mut child);
+    eprintln!("load of 8M rows (about 2 GiB decoded): peak RSS {peak} MiB");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        pg.rows("SELECT count(*)::text FROM snapshot")[0][0].as_deref(),
+        Some("8000000")
+    );
+    assert!(
+        peak < 300,
+        "the load peaked at {peak} MiB for an input of about 2 GiB decoded"
+    );
+}
