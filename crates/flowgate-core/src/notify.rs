@@ -49,6 +49,12 @@ impl Notice {
                     .map(|e| format!(": {e}"))
                     .unwrap_or_default()
             ));
+            // What was set aside, and where: the reader acts on it.
+            if s.quarantined > 0 {
+                for n in &s.notes {
+                    text.push_str(&format!("\n  {n}"));
+                }
+            }
         }
         Notice {
             event,

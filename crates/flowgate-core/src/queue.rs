@@ -156,8 +156,12 @@ fn sqs_error<E: std::error::Error + 'static>(
     )
 }
 
-/// Receive one batch (long polling up to `wait`) and handle every message in it.
-/// Returns the outcomes of the runs it started.
+/// How long one pass keeps taking messages while the queue still has some.
+const DRAIN_FOR: Duration = Duration::from_secs(60);
+
+/// Take what the queue holds (the first receive long-polls up to `wait`), batch
+/// after batch until it is empty or [`DRAIN_FOR`] has passed, and handle every
+/// message. Returns the outcomes of the runs it started.
 pub async fn poll_queue(
     engine: &Engine,
     plan: &Plan,
@@ -166,18 +170,58 @@ pub async fn poll_queue(
     client: &Client,
     wait: Duration,
 ) -> Result<Vec<Outcome>, EngineError> {
-    let visibility = arrival.visibility;
-    let got = client
-        .receive_message()
-        .queue_url(queue_url)
-        .max_number_of_messages(10)
-        .wait_time_seconds(wait.as_secs().min(20) as i32)
-        .visibility_timeout(visibility.as_secs() as i32)
-        .send()
-        .await
-        .map_err(|e| EngineError::Step(sqs_error("receiving from the queue", e)))?;
+    let started = tokio::time::Instant::now();
     let mut outcomes = Vec::new();
-    for m in got.messages() {
+    let mut wait = wait;
+    while !engine.cancel.is_cancelled() && started.elapsed() < DRAIN_FOR {
+        let got = client
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(wait.as_secs().min(20) as i32)
+            .visibility_timeout(arrival.visibility.as_secs() as i32)
+            .send()
+            .await
+            .map_err(|e| EngineError::Step(sqs_error("receiving from the queue", e)))?;
+        if got.messages().is_empty() {
+            break;
+        }
+        // Later batches only take what is already there.
+        wait = Duration::ZERO;
+        handle_batch(
+            engine,
+            plan,
+            arrival,
+            queue_url,
+            client,
+            got.messages(),
+            &mut outcomes,
+        )
+        .await?;
+    }
+    Ok(outcomes)
+}
+
+/// Handle one received batch: messages that need no run (test events, objects
+/// the pattern leaves out) are deleted in one request first; each other message
+/// is deleted once its runs ended well (before its visibility runs out).
+async fn handle_batch(
+    engine: &Engine,
+    plan: &Plan,
+    arrival: &ArrivalPlan,
+    queue_url: &str,
+    client: &Client,
+    messages: &[aws_sdk_sqs::types::Message],
+    outcomes: &mut Vec<Outcome>,
+) -> Result<(), EngineError> {
+    let visibility = arrival.visibility;
+    // Messages that ask for no run go first, in one batch delete.
+    let (idle, busy): (Vec<_>, Vec<_>) = messages
+        .iter()
+        .filter(|m| m.body().is_some() && m.receipt_handle().is_some())
+        .partition(|m| !needs_run(arrival, m.body().unwrap_or_default()));
+    delete_batch(queue_url, client, &idle).await?;
+    for m in busy {
         if engine.cancel.is_cancelled() {
             break;
         }
@@ -204,7 +248,7 @@ pub async fn poll_queue(
                 }
             })
         };
-        let handled = handle_message(engine, plan, arrival, &id, body, &mut outcomes).await;
+        let handled = handle_message(engine, plan, arrival, &id, body, outcomes).await;
         keeper.abort();
         match handled {
             Ok(true) => {
@@ -225,7 +269,58 @@ pub async fn poll_queue(
             }
         }
     }
-    Ok(outcomes)
+    Ok(())
+}
+
+/// Does this message carry an object the arrival pattern takes (or is it one to
+/// dead-letter)? Test events and objects left out need no run.
+fn needs_run(arrival: &ArrivalPlan, body: &str) -> bool {
+    match parse(body) {
+        Parsed::TestEvent => false,
+        Parsed::Malformed(_) => true,
+        Parsed::Records(records) => records.iter().any(|r| {
+            arrival
+                .relative_key(&r.bucket, &r.key)
+                .is_some_and(|k| arrival.matcher.is_match(&k))
+        }),
+    }
+}
+
+/// Delete handled messages in one request (SQS takes up to ten).
+async fn delete_batch(
+    queue_url: &str,
+    client: &Client,
+    messages: &[&aws_sdk_sqs::types::Message],
+) -> Result<(), EngineError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let entries = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .set_receipt_handle(m.receipt_handle().map(str::to_string))
+                .build()
+                .map_err(|e| EngineError::Step(StepError::internal(e.to_string())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let deleted = client
+        .delete_message_batch()
+        .queue_url(queue_url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+        .map_err(|e| EngineError::Step(sqs_error("deleting handled messages", e)))?;
+    for f in deleted.failed() {
+        tracing::warn!(message = %f.id(), reason = %f.message().unwrap_or_default(), "a message that needed no run could not be deleted; it comes back and is deleted then");
+    }
+    tracing::debug!(
+        messages = messages.len(),
+        "messages that needed no run deleted in one batch"
+    );
+    Ok(())
 }
 
 /// Handle one message; true when it may be deleted.

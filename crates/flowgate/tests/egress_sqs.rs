@@ -489,3 +489,44 @@ url = "https://127.0.0.1:9/"
         );
     }
 }
+
+/// A dataset of many objects sends one S3 event per object before its flag: one
+/// `poll` takes them all (not ten at a time), deletes the ones that need no run in
+/// batches, and runs the flag's transfer.
+#[test]
+fn one_poll_drains_a_dataset_of_many_object_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = bucket_with_queue();
+    let moto_endpoint = service_var("FLOWGATE_TEST_MOTO_ENDPOINT");
+    let parts = 45;
+    let script: String = (0..parts)
+        .map(|i| format!("s3.put_object(Bucket='{}', Key='exports/many/run1/part-{i:03}.csv', Body=b'{i}')\n", s.bucket))
+        .collect();
+    moto(&script);
+    upload(&s.bucket, "exports/many/run1/pipeline_success.flag", b"");
+    write(
+        &dir.path().join("drain.toml"),
+        format!(
+            r#"name = "drain"
+[trigger]
+arrival = {{ store = "source", pattern = "**/pipeline_success.flag", queue = "{queue}", poll = "1s" }}
+[stores]
+source = {{ url = "s3://{src}", endpoint = "{moto_endpoint}" }}
+local = {{ url = "file://./local", access = "write" }}
+[[steps]]
+id = "copy"
+copy = {{ from = "source:{{{{ trigger.prefix }}}}", to = "local:{{{{ trigger.prefix }}}}", exclude = ["pipeline_success.flag"] }}
+"#,
+            queue = s.queue,
+            src = s.bucket,
+        )
+        .as_bytes(),
+    );
+    let out = run(flowgate(dir.path()).args(["poll", "drain.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(queue_depth(&s.queue), 0, "one poll drained the queue");
+    let copied = std::fs::read_dir(dir.path().join("local/exports/many/run1"))
+        .unwrap()
+        .count();
+    assert_eq!(copied, parts + 1, "every part and the manifest");
+}

@@ -700,25 +700,32 @@ impl Engine {
             "route": event.payload.get("route").cloned().unwrap_or(Value::Null),
         });
         let stores = match (&plan.routing, event.payload.get("route")) {
-            (Some(routing), None) => {
-                let (e, dead_lettered) = self
-                    .unrouted(plan, &run_id, &event, routing, &template)
-                    .await;
-                // The event is set aside (a dead letter), not lost: the report
-                // says so, and the event is not run again by itself.
-                run.steps.push(StepReport {
-                    step: "routing".into(),
-                    status: "failed".into(),
-                    quarantined: u64::from(dead_lettered),
-                    error: Some(e.message.clone()),
-                    ..Default::default()
-                });
-                Err(e)
-            }
-            _ => Stores::open(plan, &template),
+            (Some(routing), None) => Err(self
+                .unrouted(plan, &run_id, &event, routing, &template)
+                .await),
+            _ => Stores::open(plan, &template).map_err(|e| (e, false)),
         };
         let failed = match &stores {
-            Err(e) => {
+            // No routing row: the event is set aside (a dead letter), not lost,
+            // so the run is partial, as for any input set aside, and its event is
+            // not run again by itself.
+            Err((e, true)) => {
+                run.steps.push(StepReport {
+                    step: "routing".into(),
+                    status: "partial".into(),
+                    quarantined: 1,
+                    notes: vec![e.message.clone()],
+                    ..Default::default()
+                });
+                run.steps.extend(plan.steps.iter().map(|s| StepReport {
+                    step: s.id.clone(),
+                    status: "skipped".into(),
+                    notes: vec!["not run: no routing row matches the event".into()],
+                    ..Default::default()
+                }));
+                HashSet::new()
+            }
+            Err((e, false)) => {
                 run.error = Some(e.message.clone());
                 plan.steps.iter().map(|s| s.id.clone()).collect()
             }
