@@ -741,3 +741,65 @@ fn finding_11_a_load_streams_an_input_far_larger_than_its_memory() {
         "the load peaked at {peak} MiB for an input of about 2 GiB decoded"
     );
 }
+
+#[test]
+fn finding_16_objects_set_aside_from_two_datasets_keep_their_own_place() {
+    use age::secrecy::ExposeSecret;
+    let dir = tempfile::tempdir().unwrap();
+    let identity = age::x25519::Identity::generate();
+    write(
+        &dir.path().join("p.toml"),
+        br#"name = "decrypting"
+[params]
+day = {}
+[stores]
+src = { url = "file://./src", access = "read-write" }
+dst = { url = "file://./dst", access = "read-write" }
+[[steps]]
+id = "copy"
+copy = { from = "src:{{ params.day }}", to = "dst:{{ params.day }}", decrypt = { age_identity = "${secret:FG_AGE}" } }
+"#,
+    );
+    for day in ["day1", "day2"] {
+        write(
+            &dir.path().join(format!("src/{day}/part-0.csv.age")),
+            format!("not age, {day}").as_bytes(),
+        );
+        let out = run(flowgate(dir.path())
+            .args(["run", "p.toml", "-p", &format!("day={day}")])
+            .env("FG_AGE", identity.to_string().expose_secret()));
+        assert_eq!(out.code, 1, "{}", out.all());
+    }
+    for day in ["day1", "day2"] {
+        let kept = dir.path().join(format!("src/failed/{day}/part-0.csv.age"));
+        assert_eq!(
+            std::fs::read(&kept).unwrap(),
+            format!("not age, {day}").as_bytes()
+        );
+        assert!(kept.with_extension("age.error.json").exists());
+    }
+}
+
+#[test]
+fn finding_17_positions_read_back_the_same_whatever_the_database_date_style() {
+    let pg = Pg::new();
+    pg.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, note text, updated timestamp(0) NOT NULL);
+         INSERT INTO t VALUES (1, 'a', '2026-01-02 10:00:00')",
+    );
+    let db = pg.url.rsplit('/').next().unwrap().to_string();
+    pg.exec(&format!("ALTER DATABASE {db} SET DateStyle = 'SQL, DMY'"));
+    let dir = tempfile::tempdir().unwrap();
+    extract_pipeline(dir.path(), &pg.url, "");
+    assert_eq!(run(flowgate(dir.path()).args(["run", "p.toml"])).code, 0);
+    // Someone changes the style: 02/01 would now read as 1 February.
+    pg.exec(&format!("ALTER DATABASE {db} SET DateStyle = 'SQL, MDY'"));
+    pg.exec("INSERT INTO t VALUES (2, 'b', '2026-01-15 10:00:00')");
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(
+        landed_rows(dir.path()).get(1),
+        Some(&vec![(2, "b".to_string())]),
+        "exactly the new row"
+    );
+}

@@ -154,6 +154,24 @@ impl StepContext<'_> {
     }
 }
 
+/// A store URL rendered from run data (a routing row from a table someone else
+/// writes) stays where its pipeline file put it: no `..` or empty segment, no
+/// control character.
+fn confined(url: String) -> Result<String, String> {
+    let path = url.split_once("://").map(|(_, p)| p).unwrap_or(&url);
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let bad = path
+        .split('/')
+        .enumerate()
+        .any(|(i, s)| s == ".." || (s.is_empty() && i > 0 && i + 1 < path.split('/').count()));
+    if bad || url.chars().any(char::is_control) {
+        return Err(format!(
+            "the store URL `{url}` leaves where the pipeline puts it (a `..` or empty segment, or a control character came from the run's data)"
+        ));
+    }
+    Ok(url)
+}
+
 /// What a step reports when it finishes.
 #[derive(Debug, Default, Clone)]
 pub struct StepOutput {
@@ -196,7 +214,7 @@ impl Stores {
         {
             let rendered;
             let spec = if spec.url.contains("{{") {
-                match crate::template::render(&spec.url, template) {
+                match crate::template::render(&spec.url, template).and_then(confined) {
                     Ok(url) => {
                         rendered = StoreSpec {
                             url,
@@ -1240,6 +1258,31 @@ async fn run_step(ctx: &StepContext<'_>) -> StepReport {
                     _ = ctx.cancel.cancelled() => {}
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::confined;
+
+    #[test]
+    fn a_rendered_store_url_cannot_leave_its_place() {
+        for ok in [
+            "file://./data/buckets/partner-a",
+            "s3://partner-a/",
+            "file:///srv/out/a",
+            "s3://b/in?x=1",
+        ] {
+            assert_eq!(confined(ok.to_string()).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "file://./data/buckets/../../etc",
+            "file://./data/buckets/..",
+            "file://./data//x",
+            "s3://b/\u{7}",
+        ] {
+            assert!(confined(bad.to_string()).is_err(), "{bad}");
         }
     }
 }

@@ -210,7 +210,11 @@ impl SqlSource {
             }
         });
         client
-            .batch_execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3")
+            // Positions are kept as the server prints them: in one style, whatever
+            // the role or database says, so they read back the same tomorrow.
+            .batch_execute(
+                "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 3",
+            )
             .await
             .map_err(pg_error)?;
         Ok(client)

@@ -202,10 +202,16 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
                     return (i, Err(e));
                 }
                 // Unchanged since a verified copy: skip.
+                // The size written (decrypted: not the source's) is in the ledger.
                 if let Some(entry) = ledger.get(&item.relative)
                     && entry.fingerprint == fp
                     && let Ok(head) = writer.head(&dest).await
-                    && head.size == item.meta.size
+                    && head.size
+                        == entry
+                            .detail
+                            .get("size")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(item.meta.size)
                 {
                     ctx.progress.advance(item.meta.size);
                     return (
@@ -538,14 +544,11 @@ async fn quarantine_one(
 ) -> Result<Done, StepError> {
     let context = json!({"pipeline": ctx.plan.name, "run_id": ctx.run_id, "step": ctx.step.id});
     tracing::warn!(object = %item.relative, reason = %reason.message, "quarantining input object");
+    // Set aside under its whole key: `day1/part-0.csv` and `day2/part-0.csv`
+    // never overwrite each other there.
+    let key = join(from_prefix, &item.relative);
     let report = quarantine
-        .object(
-            src,
-            &join(from_prefix, &item.relative),
-            &item.relative,
-            &reason,
-            &context,
-        )
+        .object(src, &key, &key, &reason, &context)
         .await?;
     Ok(Done::Quarantined { report })
 }

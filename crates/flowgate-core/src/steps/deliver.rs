@@ -142,7 +142,13 @@ pub async fn run(ctx: &StepContext<'_>, plan: &DeliverPlan) -> Result<StepOutput
                 (&client, &writer, &ledger, &scope, &quarantine, &prefix);
             async move {
                 let key = join(prefix, rel);
-                let fp = crate::store::version_of(meta);
+                // When it was written too: the same bytes staged again later (S3's
+                // ETag is their MD5) are a new file to send, not one sent before.
+                let fp = format!(
+                    "{}@{}",
+                    crate::store::version_of(meta),
+                    meta.last_modified.timestamp_micros()
+                );
                 if let Err(e) = ctx.claim.check() {
                     return (i, Err(e));
                 }
@@ -164,7 +170,7 @@ pub async fn run(ctx: &StepContext<'_>, plan: &DeliverPlan) -> Result<StepOutput
                     Err(reason) => {
                         tracing::warn!(object = %rel, recipient = %recipient.name, reason = %reason.message, "delivery refused; quarantining the file");
                         let context = json!({"pipeline": ctx.plan.name, "run_id": ctx.run_id, "step": ctx.step.id, "recipient": recipient.name});
-                        match quarantine.object(outbox, &key, rel, &reason, &context).await {
+                        match quarantine.object(outbox, &key, &key, &reason, &context).await {
                             Ok(at) => remove(writer, &meta.location).await.map(|_| Done::Quarantined { at }),
                             Err(e) => Err(e),
                         }
