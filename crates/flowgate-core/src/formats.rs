@@ -252,6 +252,11 @@ impl LazyWriter {
         }
     }
 
+    /// `finish` will write an object.
+    pub fn started(&self) -> bool {
+        self.inner.is_some()
+    }
+
     /// Write the object even if no batch had rows: an empty object of `schema`
     /// (a result that is empty now is news, e.g. for a table that is replaced).
     pub fn keep_when_empty(

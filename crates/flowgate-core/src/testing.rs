@@ -42,3 +42,13 @@ pub fn fresh_s3_bucket() -> (String, String) {
         .unwrap_or_else(|e| panic!("cannot create bucket directory under {root}: {e}"));
     (bucket, endpoint)
 }
+
+/// A named point where a test may have the process die at once, as a SIGKILL
+/// would there: `FLOWGATE_TEST_CRASH_AT=<name>`. Used where a kill timed from
+/// outside could not land reliably (between two writes that follow each other).
+pub fn crash_point(name: &str) {
+    if std::env::var("FLOWGATE_TEST_CRASH_AT").is_ok_and(|v| v == name) {
+        eprintln!("flowgate: crashing at `{name}` (FLOWGATE_TEST_CRASH_AT)");
+        std::process::abort();
+    }
+}

@@ -567,33 +567,40 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::State {
             command: StateCommand::Prune { older_than, json },
-        } => {
-            let Some(state) = open_existing_state(&cli.state).await? else {
-                return Ok(exit::USAGE);
-            };
-            let Some(age) = older_than.or(cli.retention.0) else {
-                eprintln!("error: --retention is off: say how old with --older-than (e.g. 30d)");
-                return Ok(exit::USAGE);
-            };
-            let cutoff = state.now().await?
-                - chrono::TimeDelta::from_std(age).unwrap_or(chrono::TimeDelta::MAX);
-            let pruned = state.prune(cutoff).await?;
-            if json {
-                say!("{}", serde_json::to_string_pretty(&pruned)?);
-            } else {
-                say!(
-                    "pruned what ended before {}: {} run(s), {} event(s), {} ledger entr(ies), {} old KV value(s)",
-                    cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    pruned.runs,
-                    pruned.events,
-                    pruned.ledger_entries,
-                    pruned.kv_revisions
-                );
-            }
-            Ok(exit::OK)
-        }
+        } => prune(&cli.state, older_than.or(cli.retention.0), json).await,
         Command::Demo { dir } => crate::demo::run(&dir).await,
     }
+}
+
+/// `state prune`: what is older than `age` goes (see `state::RETENTION_RULES`).
+async fn prune(
+    state_url: &Option<String>,
+    age: Option<std::time::Duration>,
+    json: bool,
+) -> Result<u8> {
+    let Some(state) = open_existing_state(state_url).await? else {
+        return Ok(exit::USAGE);
+    };
+    let Some(age) = age else {
+        eprintln!("error: --retention is off: say how old with --older-than (e.g. 30d)");
+        return Ok(exit::USAGE);
+    };
+    let cutoff =
+        state.now().await? - chrono::TimeDelta::from_std(age).unwrap_or(chrono::TimeDelta::MAX);
+    let pruned = state.prune(cutoff).await?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&pruned)?);
+    } else {
+        say!(
+            "pruned what ended before {}: {} run(s), {} event(s), {} ledger entr(ies), {} old KV value(s)",
+            cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            pruned.runs,
+            pruned.events,
+            pruned.ledger_entries,
+            pruned.kv_revisions
+        );
+    }
+    Ok(exit::OK)
 }
 
 /// `run --continuous`: one manual run after another until stopped.

@@ -149,8 +149,9 @@ fn an_untrusted_client_certificate_is_retried_then_quarantined_with_the_tls_reas
     assert!(!r.root.exists(), "nothing may arrive at the receiver");
     assert_eq!(put_count(&r), 0);
 
-    // Each file quarantined with a report that names the TLS failure.
-    let q = dir.path().join("outbox/failed");
+    // Each file quarantined under its whole outbox key, with a report that
+    // names the TLS failure.
+    let q = dir.path().join("outbox/failed/receiver");
     for (k, v) in &files {
         let kept = std::fs::read(q.join("run1").join(k)).unwrap_or_else(|e| panic!("{k}: {e}"));
         assert!(&kept == v);

@@ -803,3 +803,85 @@ fn finding_17_positions_read_back_the_same_whatever_the_database_date_style() {
         "exactly the new row"
     );
 }
+
+#[test]
+fn finding_15_a_crash_between_an_extracts_object_and_its_position_lands_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("source.db");
+    rusqlite::Connection::open(&src)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, note TEXT, updated TEXT NOT NULL);
+             INSERT INTO t VALUES (1, 'a', '2026-01-01 10:00:00'), (2, 'b', '2026-01-01 11:00:00');",
+        )
+        .unwrap();
+    extract_pipeline(dir.path(), &format!("sqlite://{}", src.display()), "");
+    // Dies right after the object is whole, before the position moves.
+    let out = run(flowgate(dir.path())
+        .args(["run", "p.toml"])
+        .env("FLOWGATE_TEST_CRASH_AT", "extract:object-written"));
+    assert_ne!(out.code, 0, "{}", out.all());
+    assert_eq!(landed_rows(dir.path()).len(), 1);
+    // The next run (once the crashed run's lease has run out) takes the position
+    // that object completes: no second copy of the same rows.
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(
+        landed_rows(dir.path()),
+        [vec![(1, "a".to_string()), (2, "b".to_string())]],
+        "{}",
+        out.all()
+    );
+}
+
+#[test]
+fn finding_15_a_transform_that_crashed_part_way_turns_no_input_into_two_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("landing/t/a.jsonl"),
+        b"{\"id\":1,\"v\":10}\n{\"id\":2,\"v\":20}\n",
+    );
+    write(
+        &dir.path().join("models/m1.sql"),
+        b"SELECT id, v FROM t_new\n",
+    );
+    write(
+        &dir.path().join("models/m2.sql"),
+        b"SELECT id, v * 2 AS w FROM t_new\n",
+    );
+    let wh = dir.path().join("wh.db");
+    write(
+        &dir.path().join("p.toml"),
+        format!(
+            r#"name = "models"
+[stores]
+landing = {{ url = "file://./landing" }}
+processed = {{ url = "file://./processed", access = "read-write" }}
+wh = {{ url = "sqlite://{}", access = "write" }}
+[[steps]]
+id = "model"
+transform = {{ models = "models", inputs = "landing:", to = "processed:{{{{ model }}}}/{{{{ run.id }}}}.parquet" }}
+[[steps]]
+id = "load"
+needs = ["model"]
+load = {{ from = "processed:", into = "wh", tables = {{ m1 = {{ mode = "append" }}, m2 = {{ mode = "append" }} }} }}
+"#,
+            wh.display()
+        )
+        .as_bytes(),
+    );
+    // Dies once the first model's output is whole, before the second's.
+    let out = run(flowgate(dir.path())
+        .args(["run", "p.toml"])
+        .env("FLOWGATE_TEST_CRASH_AT", "transform:model-written"));
+    assert_ne!(out.code, 0, "{}", out.all());
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let c = rusqlite::Connection::open(&wh).unwrap();
+    for table in ["m1", "m2"] {
+        let n: i64 = c
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2, "`{table}` holds each row once (append)");
+    }
+}

@@ -142,13 +142,7 @@ pub async fn run(ctx: &StepContext<'_>, plan: &DeliverPlan) -> Result<StepOutput
                 (&client, &writer, &ledger, &scope, &quarantine, &prefix);
             async move {
                 let key = join(prefix, rel);
-                // When it was written too: the same bytes staged again later (S3's
-                // ETag is their MD5) are a new file to send, not one sent before.
-                let fp = format!(
-                    "{}@{}",
-                    crate::store::version_of(meta),
-                    meta.last_modified.timestamp_micros()
-                );
+                let fp = staged_version(meta);
                 if let Err(e) = ctx.claim.check() {
                     return (i, Err(e));
                 }
@@ -236,6 +230,17 @@ pub async fn run(ctx: &StepContext<'_>, plan: &DeliverPlan) -> Result<StepOutput
         ));
     }
     Ok(StepOutput::from(report))
+}
+
+/// Which staging of a file this is: its version and when it was written, so the
+/// same bytes staged again later (S3's ETag is their MD5) are a new file to send,
+/// not one sent before.
+fn staged_version(meta: &ObjectMeta) -> String {
+    format!(
+        "{}@{}",
+        crate::store::version_of(meta),
+        meta.last_modified.timestamp_micros()
+    )
 }
 
 async fn remove(

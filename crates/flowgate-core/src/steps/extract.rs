@@ -14,7 +14,7 @@ use arrow::array::{Array, AsArray, BooleanArray};
 use arrow::compute::filter_record_batch;
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -120,14 +120,7 @@ async fn extract_table(
     let key = key_of(plan, &info)?;
     let columns: Vec<String> = info.columns.iter().map(|c| c.name.clone()).collect();
     let wm_name = format!("{}/{}", ctx.step.id, table);
-    let old: Option<Watermark> = ctx
-        .state
-        .get_watermark(&ctx.plan.name, &wm_name)
-        .await?
-        .map(serde_json::from_value)
-        .transpose()
-        .map_err(|e| StepError::internal(format!("watermark: {e}")))?;
-    // A table with nothing new is current as of when it was read.
+    let old = settle_pending(ctx, dst, &wm_name).await?;
     let read_at = chrono::Utc::now();
     let recent_old: HashSet<String> = old.iter().flat_map(|w| w.recent.clone()).collect();
     let null_rows = src.count_nulls(&plan.schema, &info, &plan.cursor).await?;
@@ -216,7 +209,27 @@ async fn extract_table(
     }
     // Every row up to the table's newest position was read (same snapshot).
     let last = end.top.filter(|_| report.rows_in > 0);
-    if let Some((rows, bytes)) = writer.finish().await? {
+    let next = last.map(|(cursor, key)| Watermark {
+        cursor,
+        key,
+        recent: recent_new,
+        columns: columns.clone(),
+    });
+    // Before the object becomes visible, say which position it completes: a
+    // crash between the two is settled by the next run (see `settle_pending`),
+    // which moves on instead of extracting the same rows into a second object.
+    let pending_name = format!("{wm_name}#pending");
+    if writer.started()
+        && let Some(next) = &next
+    {
+        let pending = json!({ "object": key_path, "next": next });
+        ctx.state
+            .set_watermark(&ctx.plan.name, &pending_name, &pending, ctx.fence())
+            .await?;
+    }
+    let finished = writer.finish().await?;
+    crate::testing::crash_point("extract:object-written");
+    if let Some((rows, bytes)) = finished {
         (report.rows_out, report.bytes_out, report.objects_out) = (rows, bytes, 1);
         let over = read_over(end.streams);
         let to = dst.display(&key_path);
@@ -231,30 +244,70 @@ async fn extract_table(
     report
         .notes
         .extend(new_columns(old.as_ref(), &columns, table));
-    // What the position covers after this run, as a time (for freshness).
-    let covered = last
-        .as_ref()
-        .map(|l| l.0.as_str())
-        .or(old.as_ref().map(|w| w.cursor.as_str()));
-    report.newest_change = if report.objects_out == 0 {
-        Some(read_at)
-    } else {
-        covered.and_then(crate::sql::parse_source_timestamp)
+    // What the position covers after this run, as a time (for freshness): a
+    // table with nothing new is current as of when it was read.
+    report.newest_change = match (report.objects_out, next.as_ref().or(old.as_ref())) {
+        (0, _) => Some(read_at),
+        (_, w) => w.and_then(|w| crate::sql::parse_source_timestamp(&w.cursor)),
     };
     // The object is complete: only now does the position move.
-    if let Some((cursor, key)) = last {
-        let wm = Watermark {
-            cursor,
-            key,
-            recent: recent_new,
-            columns: columns.clone(),
-        };
+    if let Some(wm) = next {
         let value = serde_json::to_value(&wm).map_err(|e| StepError::internal(e.to_string()))?;
         ctx.state
             .set_watermark(&ctx.plan.name, &wm_name, &value, ctx.fence())
             .await?;
+        if report.objects_out > 0 {
+            ctx.state
+                .set_watermark(&ctx.plan.name, &pending_name, &Value::Null, ctx.fence())
+                .await?;
+        }
     }
     Ok(report)
+}
+
+/// The table's position, after settling what a run that stopped between
+/// writing its object and moving the position left behind: if that object is
+/// in the store it is complete (objects appear whole), so the position it
+/// completes is taken; if not, nothing of it is visible and it is forgotten.
+async fn settle_pending(
+    ctx: &StepContext<'_>,
+    dst: &crate::store::StoreHandle,
+    wm_name: &str,
+) -> Result<Option<Watermark>, StepError> {
+    let read = |v: Value| {
+        serde_json::from_value::<Watermark>(v)
+            .map_err(|e| StepError::internal(format!("watermark: {e}")))
+    };
+    let pending_name = format!("{wm_name}#pending");
+    let current = ctx.state.get_watermark(&ctx.plan.name, wm_name).await?;
+    let pending = ctx
+        .state
+        .get_watermark(&ctx.plan.name, &pending_name)
+        .await?
+        .filter(|v| !v.is_null());
+    let Some(pending) = pending else {
+        return current.map(read).transpose();
+    };
+    let object = pending["object"].as_str().unwrap_or_default();
+    let landed = match dst.path(object) {
+        Ok(path) => object_store::ObjectStoreExt::head(dst.reader().as_ref(), &path)
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    let settled = if landed {
+        let next = pending["next"].clone();
+        ctx.state
+            .set_watermark(&ctx.plan.name, wm_name, &next, ctx.fence())
+            .await?;
+        Some(next)
+    } else {
+        current
+    };
+    ctx.state
+        .set_watermark(&ctx.plan.name, &pending_name, &Value::Null, ctx.fence())
+        .await?;
+    settled.map(read).transpose()
 }
 
 /// The table's columns of the rows of `batch` not extracted before (by

@@ -43,31 +43,11 @@ pub async fn run(ctx: &StepContext<'_>, plan: &TransformPlan) -> Result<StepOutp
         .try_collect()
         .await
         .map_err(|e| StepError::from(e).context(format!("listing `{}`", src.display(&prefix))))?;
-    let mut tables: BTreeMap<String, Vec<(String, ObjectMeta, FileKind)>> = BTreeMap::new();
-    for meta in listed {
-        let Some(rel) = StoreHandle::relative_to(&base, &meta.location) else {
-            continue;
-        };
-        let Some((table, _)) = rel.split_once('/') else {
-            continue;
-        };
-        let kind = match Format::from_key(&rel) {
-            Some(Format::Jsonl) => FileKind::JsonLines,
-            Some(Format::Parquet) => FileKind::Parquet,
-            Some(_) => {
-                return Err(StepError::user(format!(
-                    "`{rel}`: transforms read plain .jsonl and .parquet; compressed JSON lines are not supported yet"
-                )));
-            }
-            None => continue,
-        };
-        tables
-            .entry(table.to_string())
-            .or_default()
-            .push((rel, meta, kind));
-    }
+    let tables = by_table(&base, listed)?;
 
     let scope = format!("{}/{}/inputs", ctx.plan.name, ctx.step.id);
+    let pending_name = format!("{}#pending", ctx.step.id);
+    settle_pending(ctx, dst, &writer_store, &scope, &pending_name).await?;
     let consumed = ctx.state.ledger_list(&scope, "").await?;
     let session = Session::new();
     session
@@ -123,7 +103,23 @@ pub async fn run(ctx: &StepContext<'_>, plan: &TransformPlan) -> Result<StepOutp
         ));
         return Ok(StepOutput::from(report));
     }
-    for model in &models {
+    let keys = models
+        .iter()
+        .map(|model| {
+            let mut tctx = ctx.template.clone();
+            if let Value::Object(m) = &mut tctx {
+                m.insert("model".into(), json!(model.name));
+            }
+            crate::template::render(&plan.to.prefix, &tctx).map_err(StepError::user)
+        })
+        .collect::<Result<Vec<String>, _>>()?;
+    // Before any output is written, say which outputs consume which inputs: a
+    // crash before the inputs are marked is settled by the next run.
+    let pending = json!({ "outputs": keys, "inputs": new_inputs });
+    ctx.state
+        .set_watermark(&ctx.plan.name, &pending_name, &pending, ctx.fence())
+        .await?;
+    for (model, key) in models.iter().zip(keys) {
         if ctx.cancel.is_cancelled() {
             return Err(StepError::external("interrupted between models"));
         }
@@ -132,11 +128,6 @@ pub async fn run(ctx: &StepContext<'_>, plan: &TransformPlan) -> Result<StepOutp
             .run(model)
             .await
             .map_err(|e| StepError::user(e.to_string()))?;
-        let mut tctx = ctx.template.clone();
-        if let Value::Object(m) = &mut tctx {
-            m.insert("model".into(), json!(model.name));
-        }
-        let key = crate::template::render(&plan.to.prefix, &tctx).map_err(StepError::user)?;
         let format = Format::from_key(&key).unwrap_or(Format::Parquet);
         let path = dst.path(&key).map_err(StepError::user)?;
         let mut writer = LazyWriter::new(writer_store.clone(), path, format, PART_SIZE);
@@ -173,12 +164,107 @@ pub async fn run(ctx: &StepContext<'_>, plan: &TransformPlan) -> Result<StepOutp
                 )));
             }
         }
+        crate::testing::crash_point("transform:model-written");
     }
     // Every output is complete: only now are the inputs consumed.
-    for (rel, version) in new_inputs {
-        ctx.state
-            .ledger_put(&scope, &rel, &version, &json!({}), ctx.fence())
-            .await?;
-    }
+    consume(ctx, &scope, &new_inputs).await?;
+    ctx.state
+        .set_watermark(&ctx.plan.name, &pending_name, &Value::Null, ctx.fence())
+        .await?;
     Ok(StepOutput::from(report))
 }
+
+async fn consume(
+    ctx: &StepContext<'_>,
+    scope: &str,
+    inputs: &[(String, String)],
+) -> Result<(), StepError> {
+    for (rel, version) in inputs {
+        ctx.state
+            .ledger_put(scope, rel, version, &json!({}), ctx.fence())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Settle what a run that stopped while writing its outputs left behind: when
+/// every output it meant to write is there, its inputs are consumed (the outputs
+/// are whole, the load takes them); when some are missing, the ones written go
+/// (no load has taken them: the load follows the transform) and the inputs are
+/// new again. Either way no input is turned into two outputs.
+async fn settle_pending(
+    ctx: &StepContext<'_>,
+    dst: &StoreHandle,
+    writer: &std::sync::Arc<dyn object_store::ObjectStore>,
+    scope: &str,
+    pending_name: &str,
+) -> Result<(), StepError> {
+    use object_store::ObjectStoreExt;
+    let Some(pending) = ctx
+        .state
+        .get_watermark(&ctx.plan.name, pending_name)
+        .await?
+        .filter(|v| !v.is_null())
+    else {
+        return Ok(());
+    };
+    let outputs: Vec<String> = serde_json::from_value(pending["outputs"].clone())
+        .map_err(|e| StepError::internal(format!("pending transform: {e}")))?;
+    let inputs: Vec<(String, String)> = serde_json::from_value(pending["inputs"].clone())
+        .map_err(|e| StepError::internal(format!("pending transform: {e}")))?;
+    let mut written = Vec::new();
+    for key in &outputs {
+        let path = dst.path(key).map_err(StepError::user)?;
+        if writer.head(&path).await.is_ok() {
+            written.push(path);
+        }
+    }
+    if written.len() == outputs.len() {
+        consume(ctx, scope, &inputs).await?;
+    } else {
+        for path in written {
+            match writer.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(StepError::from(e).context("removing an unfinished run's output"));
+                }
+            }
+        }
+    }
+    ctx.state
+        .set_watermark(&ctx.plan.name, pending_name, &Value::Null, ctx.fence())
+        .await?;
+    Ok(())
+}
+
+/// Landed objects grouped by table (the first folder under the prefix).
+fn by_table(base: &object_store::path::Path, listed: Vec<ObjectMeta>) -> Result<Tables, StepError> {
+    let mut tables: Tables = BTreeMap::new();
+    for meta in listed {
+        let Some(rel) = StoreHandle::relative_to(base, &meta.location) else {
+            continue;
+        };
+        let Some((table, _)) = rel.split_once('/') else {
+            continue;
+        };
+        let kind = match Format::from_key(&rel) {
+            Some(Format::Jsonl) => FileKind::JsonLines,
+            Some(Format::Parquet) => FileKind::Parquet,
+            Some(_) => {
+                return Err(StepError::user(format!(
+                    "`{rel}`: transforms read plain .jsonl and .parquet; compressed JSON lines are not supported yet"
+                )));
+            }
+            None => continue,
+        };
+        tables
+            .entry(table.to_string())
+            .or_default()
+            .push((rel, meta, kind));
+    }
+
+    Ok(tables)
+}
+
+/// Objects of each table: (key relative to the prefix, metadata, kind).
+type Tables = BTreeMap<String, Vec<(String, ObjectMeta, FileKind)>>;
