@@ -60,17 +60,32 @@ pub enum PgUrlError {
     Tls(String),
 }
 
-/// Advice to append to a connection error that a certificate check caused.
-pub fn advice(message: &str) -> &'static str {
-    if message.contains("not valid for name") {
-        "; connect by a name the certificate holds (hostaddr= can give the address), \
-         or check only the CA with sslmode=verify-ca"
-    } else if message.contains("invalid peer certificate") {
-        "; the server's certificate did not pass the check sslmode asks for: set sslrootcert \
-         to the CA that signed it (or sslmode=require to encrypt without checking)"
-    } else {
-        ""
+/// Advice to append to a connection error that a certificate check caused,
+/// found by the rustls error in its chain of causes (never by its text).
+pub fn advice(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    use rustls::CertificateError as C;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        let tls = c.downcast_ref::<rustls::Error>().or_else(|| {
+            c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        match tls {
+            Some(rustls::Error::InvalidCertificate(
+                C::NotValidForName | C::NotValidForNameContext { .. },
+            )) => {
+                return "; connect by a name the certificate holds (hostaddr= can give the address), \
+                        or check only the CA with sslmode=verify-ca";
+            }
+            Some(rustls::Error::InvalidCertificate(_)) => {
+                return "; the server's certificate did not pass the check sslmode asks for: set sslrootcert \
+                        to the CA that signed it (or sslmode=require to encrypt without checking)";
+            }
+            _ => cause = c.source(),
+        }
     }
+    ""
 }
 
 /// How to check the server's certificate.

@@ -156,7 +156,7 @@ fn pg_error(e: tokio_postgres::Error) -> StepError {
         // With its causes: "error performing TLS handshake" alone does not say why.
         None => {
             let text = crate::error::chain(&e);
-            let advice = crate::pg::advice(&text);
+            let advice = crate::pg::advice(&e);
             format!("{text}{advice}")
         }
     };

@@ -131,7 +131,7 @@ impl PostgresState {
             StateError::Postgres(format!(
                 "cannot connect to {}: {text}{}",
                 self.described,
-                crate::pg::advice(&text)
+                crate::pg::advice(&e)
             ))
         })
     }
