@@ -218,6 +218,8 @@ pub struct TransformPlan {
     pub models: String,
     pub inputs: Location,
     pub to: Location,
+    /// Only objects landed this recently are read (`None`: all of them).
+    pub history: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -675,8 +677,16 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
                     d.push(spans.key(&format!("{at}.transform")), "this flowgate was built without the transform step (cargo feature `transform`)", None);
                     ok = false;
                 }
+                let history = match t.history.as_deref().map(parse_duration).transpose() {
+                    Ok(h) => h,
+                    Err(e) => {
+                        d.push(spans.value(&format!("{at}.transform.history")), e, Some("a duration such as `30d`".into()));
+                        ok = false;
+                        None
+                    }
+                };
                 ok.then_some(())?;
-                Some(StepKind::Transform(TransformPlan { models: t.models.clone(), inputs: inputs?, to: to? }))
+                Some(StepKind::Transform(TransformPlan { models: t.models.clone(), inputs: inputs?, to: to?, history }))
             }),
             (None, None) if s.deliver.is_some() => s.deliver.as_ref().and_then(|dl| {
                 let from_store = dl.from.split_once(':').map(|(s, _)| s).unwrap_or(&dl.from);

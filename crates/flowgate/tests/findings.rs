@@ -885,3 +885,44 @@ load = {{ from = "processed:", into = "wh", tables = {{ m1 = {{ mode = "append" 
         assert_eq!(n, 2, "`{table}` holds each row once (append)");
     }
 }
+
+#[test]
+fn finding_13_a_transform_with_a_bounded_history_reads_only_recent_landing() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("landing/t/old.jsonl"),
+        b"{\"id\":1}\n{\"id\":2}\n",
+    );
+    write(&dir.path().join("landing/t/new.jsonl"), b"{\"id\":3}\n");
+    // Landed two days ago.
+    std::fs::File::options()
+        .write(true)
+        .open(dir.path().join("landing/t/old.jsonl"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400))
+        .unwrap();
+    write(
+        &dir.path().join("models/counted.sql"),
+        b"SELECT count(*) AS n FROM t\n",
+    );
+    write(
+        &dir.path().join("p.toml"),
+        br#"name = "recent"
+[stores]
+landing = { url = "file://./landing" }
+processed = { url = "file://./processed", access = "read-write" }
+[[steps]]
+id = "model"
+transform = { models = "models", inputs = "landing:", to = "processed:{{ model }}/{{ run.id }}.jsonl", history = "1d" }
+"#,
+    );
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let written = data_files(&dir.path().join("processed/counted"));
+    assert_eq!(written.len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&written[0]).unwrap().trim(),
+        "{\"n\":1}",
+        "only the object landed within a day is read"
+    );
+}

@@ -359,6 +359,14 @@ pub struct TransformSpec {
     /// Where each model's result goes, as `store:key` (template; `{{ model }}` is the
     /// model), e.g. `"processed:{{ model }}/{{ run.id }}.parquet"`.
     pub to: String,
+    /// Read only objects landed within this long, e.g. `"30d"` (default: all of
+    /// them, every run). Bounds each run's work as landing grows; models then see
+    /// recent history only: a dimension built from `<table>` updates the keys that
+    /// changed within it (its upsert keeps the others in the warehouse), and a
+    /// join to a row older than that finds nothing. Older objects are never read
+    /// again, so landing can expire them (an S3 lifecycle rule).
+    #[serde(default)]
+    pub history: Option<String>,
 }
 
 /// Load objects into a SQL table.

@@ -43,6 +43,15 @@ pub async fn run(ctx: &StepContext<'_>, plan: &TransformPlan) -> Result<StepOutp
         .try_collect()
         .await
         .map_err(|e| StepError::from(e).context(format!("listing `{}`", src.display(&prefix))))?;
+    // With a bounded history, older objects are out of sight for good.
+    let since = plan
+        .history
+        .and_then(|h| chrono::TimeDelta::from_std(h).ok())
+        .map(|h| chrono::Utc::now() - h);
+    let listed = listed
+        .into_iter()
+        .filter(|m| since.is_none_or(|t| m.last_modified >= t))
+        .collect();
     let tables = by_table(&base, listed)?;
 
     let scope = format!("{}/{}/inputs", ctx.plan.name, ctx.step.id);
