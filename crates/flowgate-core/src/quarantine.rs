@@ -32,30 +32,50 @@ impl Quarantine {
         reason: &StepError,
         context: &Value,
     ) -> Result<String, StepError> {
+        let src = from
+            .path(source)
+            .map_err(|e| StepError::user(e.to_string()))?;
+        // Gone meanwhile: the report alone says what became of it.
+        let bytes = match from.reader().get(&src).await {
+            Ok(got) => Some(
+                got.into_stream()
+                    .map(|c| c.map_err(StepError::from))
+                    .boxed(),
+            ),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        self.bytes(&from.display(source), relative, bytes, reason, context)
+            .await
+    }
+
+    /// Keep `bytes` (an object known as `shown`) at `<prefix>/<relative>` (its
+    /// segments made safe) with `<prefix>/<relative>.error.json` beside it, also for
+    /// an object no store path can name. Returns where the report went.
+    pub async fn bytes(
+        &self,
+        shown: &str,
+        relative: &str,
+        bytes: Option<futures::stream::BoxStream<'static, Result<Bytes, StepError>>>,
+        reason: &StepError,
+        context: &Value,
+    ) -> Result<String, StepError> {
         let writer = self
             .store
             .writer("the quarantine")
-            .map_err(|e| StepError::user(e.to_string()))?;
-        let src = from
-            .path(source)
             .map_err(|e| StepError::user(e.to_string()))?;
         let rel = sanitize(relative);
         let dst = self
             .store
             .path(&join(&self.prefix, &rel))
             .map_err(|e| StepError::user(e.to_string()))?;
-        match from.reader().get(&src).await {
-            Ok(got) => {
-                // Streamed: a quarantined object may be gigabytes.
-                let chunks = got.into_stream().map(|c| c.map_err(StepError::from));
-                crate::store::put_stream(writer, &dst, QUARANTINE_PART, chunks, |_| {}).await?;
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
+        // Streamed: a quarantined object may be gigabytes.
+        if let Some(bytes) = bytes {
+            crate::store::put_stream(writer, &dst, QUARANTINE_PART, bytes, |_| {}).await?;
         }
         let report_key = join(&self.prefix, &format!("{rel}.error.json"));
         let report = json!({
-            "source": from.display(source),
+            "source": shown,
             "reason": reason.message,
             "class": reason.class,
             "quarantined_at": Utc::now().to_rfc3339(),

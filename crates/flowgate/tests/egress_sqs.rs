@@ -399,10 +399,11 @@ url = "https://127.0.0.1:9/"
 }
 
 /// Keys that would leave the outbox (`..`, an empty segment as in an absolute
-/// path, a control character) are refused on an SFT route: the transfer fails
-/// with the reason and nothing is written outside the outbox.
+/// path, a control character) on an SFT route: that object is set aside with
+/// its reason, the rest is delivered, the run is partial and its message goes;
+/// nothing is written outside the outbox and the quarantine.
 #[test]
-fn keys_that_would_escape_the_outbox_are_refused() {
+fn an_object_whose_key_would_escape_the_outbox_is_set_aside_and_the_rest_delivered() {
     for (case, bad_key) in [
         ("dotdot", "exports/evil/run1/../../../escape.txt"),
         ("absolute", "exports/evil/run1//etc/escape.txt"),
@@ -410,10 +411,12 @@ fn keys_that_would_escape_the_outbox_are_refused() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let s = bucket_with_queue();
+        let r = receiver_folder();
         let moto_endpoint = service_var("FLOWGATE_TEST_MOTO_ENDPOINT");
         upload(&s.bucket, "exports/evil/run1/good.txt", b"fine");
         upload(&s.bucket, bad_key, b"escaped");
         upload(&s.bucket, "exports/evil/run1/pipeline_success.flag", b"");
+        let tls = r.tls.display();
         write(
             &dir.path().join("p.toml"),
             format!(
@@ -427,15 +430,19 @@ outbox = {{ url = "file://./box/outbox", access = "read-write" }}
 [routing]
 rows = [ {{ source_prefix = "exports/evil", pipeline_name = "evil#sft", transfer_type = "SFT", recipient_name = "receiver" }} ]
 [recipients.receiver]
-url = "https://127.0.0.1:9/"
+url = "{url}"
+client_cert = "{tls}/client.pem"
+client_key = "{tls}/client.key"
+ca = "{tls}/ca.pem"
 {steps}"#,
                 src = s.bucket,
                 queue = s.queue,
+                url = r.url,
                 steps = egress_steps("run1", ""),
             )
             .as_bytes(),
         );
-        // The flag's event (after the others, which are not flags).
+        // The flag's event comes after the others, which are not flags.
         let mut out = run(flowgate(dir.path()).args(["poll", "p.toml"]));
         for _ in 0..5 {
             if out.code != 0 {
@@ -443,31 +450,54 @@ url = "https://127.0.0.1:9/"
             }
             out = run(flowgate(dir.path()).args(["poll", "p.toml"]));
         }
+        assert_eq!(out.code, 3, "{case}: partial\n{}", out.all());
+        assert_eq!(queue_depth(&s.queue), 0, "{case}: the message goes");
         assert_eq!(
-            out.code,
-            1,
-            "{case}: the transfer is refused\n{}",
+            std::fs::read(r.root.join("run1/good.txt")).unwrap(),
+            b"fine",
+            "{case}: the rest is delivered"
+        );
+        assert!(
+            out.all().contains("no store path can name it"),
+            "{case}: the run says what was set aside\n{}",
             out.all()
         );
         assert!(
-            queue_depth(&s.queue) > 0,
-            "{case}: a refused transfer keeps its message"
-        );
-        assert!(
-            out.all().contains("invalid path")
-                && out.all().contains("exports/evil/run1/")
-                && out.all().contains("rename or move that object"),
-            "{case}: the reason names the key and what to do\n{}",
+            !out.all().contains('\u{7}'),
+            "{case}: a control character is shown escaped, never sent to the terminal\n{}",
             out.all()
         );
-        if case == "control" {
-            assert!(
-                !out.all().contains('\u{7}') && out.all().contains("bell\\u{7}.txt"),
-                "the control character is shown escaped, never sent to the terminal\n{}",
-                out.all()
-            );
+        // Kept with its reason, under a safe name.
+        let q = dir.path().join(".flowgate/quarantine/source");
+        let mut kept = Vec::new();
+        let mut stack = vec![q.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    kept.push(e.path());
+                }
+            }
         }
-        // Nothing anywhere but under the outbox (and flowgate's own state).
+        kept.sort();
+        assert_eq!(kept.len(), 2, "{case}: the object and its report: {kept:?}");
+        let object = kept
+            .iter()
+            .find(|p| !p.to_string_lossy().ends_with(".error.json"))
+            .unwrap();
+        assert_eq!(std::fs::read(object).unwrap(), b"escaped");
+        let report = kept
+            .iter()
+            .find(|p| p.to_string_lossy().ends_with(".error.json"))
+            .unwrap();
+        assert!(
+            std::fs::read_to_string(report)
+                .unwrap()
+                .contains("rename or move it at the source"),
+            "{case}"
+        );
+        // Nothing anywhere but under the outbox and flowgate's own folder.
         let mut stray = Vec::new();
         let mut stack = vec![dir.path().to_path_buf()];
         while let Some(d) = stack.pop() {
@@ -529,4 +559,69 @@ copy = {{ from = "source:{{{{ trigger.prefix }}}}", to = "local:{{{{ trigger.pre
         .unwrap()
         .count();
     assert_eq!(copied, parts + 1, "every part and the manifest");
+}
+
+/// A transfer that failed runs again when SQS delivers its message again (a new
+/// attempt of the same event), and its message goes once it succeeds.
+#[test]
+fn finding_08_a_redelivered_message_runs_a_failed_transfer_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = bucket_with_queue();
+    let moto_endpoint = service_var("FLOWGATE_TEST_MOTO_ENDPOINT");
+    upload(&s.bucket, "exports/retry/run1/a.csv", b"1\n");
+    upload(&s.bucket, "exports/retry/run1/pipeline_success.flag", b"");
+    write(
+        &dir.path().join("retry.toml"),
+        format!(
+            r#"name = "retry"
+[trigger]
+arrival = {{ store = "source", pattern = "**/pipeline_success.flag", queue = "{queue}", poll = "1s", visibility = "1s" }}
+[stores]
+source = {{ url = "s3://{src}", endpoint = "{moto_endpoint}" }}
+local = {{ url = "file://./local", access = "write" }}
+[[steps]]
+id = "copy"
+copy = {{ from = "source:{{{{ trigger.prefix }}}}", to = "local:{{{{ trigger.prefix }}}}", exclude = ["pipeline_success.flag"] }}
+[policy]
+retry = {{ attempts = 1 }}
+"#,
+            queue = s.queue,
+            src = s.bucket,
+        )
+        .as_bytes(),
+    );
+    // The destination is blocked: a file stands where a folder must go.
+    write(&dir.path().join("local/exports"), b"in the way");
+    let out = run(flowgate(dir.path()).args(["poll", "retry.toml"]));
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert_eq!(
+        queue_depth(&s.queue),
+        1,
+        "a failed transfer keeps its message"
+    );
+    std::fs::remove_file(dir.path().join("local/exports")).unwrap();
+    // SQS delivers it again once its visibility runs out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while queue_depth(&s.queue) > 0 {
+        assert!(std::time::Instant::now() < deadline, "never ran again");
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+        let out = run(flowgate(dir.path()).args(["poll", "retry.toml"]));
+        assert!(out.code == 0 || out.code == 1, "{}", out.all());
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("local/exports/retry/run1/a.csv")).unwrap(),
+        b"1\n"
+    );
+    let runs = run(flowgate(dir.path()).args(["runs", "--json"]));
+    let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
+    let ok = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["status"] == "succeeded")
+        .expect("a run succeeded");
+    assert_eq!(
+        ok["attempt"], 2,
+        "a new attempt of the same event: {runs:#}"
+    );
 }

@@ -102,15 +102,7 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
     // List what is there.
     // A listing that fails part-way cannot be trusted to be complete (the local
     // store ends its listing at the first bad name), so the step fails loudly.
-    let listed: Vec<ObjectMeta> = src.reader().list(Some(&base)).try_collect().await.map_err(|e| {
-        let hint = match &e {
-            object_store::Error::InvalidPath { .. } => {
-                "; rename or move that object: flowgate cannot read it under this name, and skips nothing silently"
-            }
-            _ => "",
-        };
-        StepError::from(e).context(format!("listing `{}`", src.display(&from_prefix))).context_suffix(hint)
-    })?;
+    let (listed, unnamed) = list_source(src, &base, &from_prefix).await?;
     let manifest_name = plan.manifest.as_deref();
     let same_place = src.url == dst.url && from_prefix == to_prefix;
     let mut items: Vec<Item> = listed
@@ -339,6 +331,14 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
     if let Some(e) = first_error {
         return Err(e);
     }
+    for (key, _) in &unnamed {
+        let at = set_aside_unnamed(ctx, src, &quarantine, &base, key).await?;
+        report.quarantined += 1;
+        report.notes.push(format!(
+            "quarantined `{}` (no store path can name it): see {at}",
+            key.escape_debug()
+        ));
+    }
     if let Some(e) = undecryptable {
         return Ok(StepOutput {
             report,
@@ -379,6 +379,76 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
             .map_err(|e| StepError::from(e).context("writing the manifest"))?;
     }
     Ok(StepOutput::from(report))
+}
+
+/// Objects under `base`. A listing that fails part-way cannot be trusted to be
+/// complete (the local store ends its listing at the first bad name), so the
+/// step fails loudly; except on S3, where the SDK lists every key as it is and
+/// those no store path can name (`..`, an empty segment, a control character)
+/// come back apart (full keys, with sizes), to be set aside.
+async fn list_source(
+    src: &StoreHandle,
+    base: &object_store::path::Path,
+    from_prefix: &str,
+) -> Result<(Vec<ObjectMeta>, Vec<(String, u64)>), StepError> {
+    match src.reader().list(Some(base)).try_collect().await {
+        Ok(listed) => Ok((listed, Vec::new())),
+        #[cfg(feature = "aws")]
+        Err(object_store::Error::InvalidPath { .. }) if src.s3.is_some() => {
+            let prefix = match base.as_ref() {
+                "" => String::new(),
+                b => format!("{b}/"),
+            };
+            let s3 = src
+                .s3
+                .as_ref()
+                .ok_or_else(|| StepError::internal("no S3 client"))?;
+            crate::store::server_side::list_raw(s3, &prefix).await
+        }
+        Err(e) => {
+            let hint = match &e {
+                object_store::Error::InvalidPath { .. } => {
+                    "; rename or move that object: flowgate cannot read it under this name, and skips nothing silently"
+                }
+                _ => "",
+            };
+            Err(StepError::from(e)
+                .context(format!("listing `{}`", src.display(from_prefix)))
+                .context_suffix(hint))
+        }
+    }
+}
+
+/// Set aside an object listed under a key no store path can name: its bytes and
+/// a report go to the quarantine, and the rest of the transfer goes on.
+async fn set_aside_unnamed(
+    ctx: &StepContext<'_>,
+    src: &StoreHandle,
+    quarantine: &crate::quarantine::Quarantine,
+    base: &object_store::path::Path,
+    key: &str,
+) -> Result<String, StepError> {
+    let relative = key
+        .strip_prefix(base.as_ref())
+        .unwrap_or(key)
+        .trim_start_matches('/');
+    let reason = StepError::user(format!(
+        "`{key}` cannot be a key here (an empty, `.` or `..` segment, or a control character): \
+         it was set aside; rename or move it at the source to transfer it"
+    ));
+    tracing::warn!(object = %key.escape_debug(), "quarantining an object no store path can name");
+    #[cfg(feature = "aws")]
+    let bytes = match &src.s3 {
+        Some(s3) => Some(crate::store::server_side::get_raw(s3, key).await?),
+        None => None,
+    };
+    #[cfg(not(feature = "aws"))]
+    let bytes = None;
+    let context = json!({"pipeline": ctx.plan.name, "run_id": ctx.run_id, "step": ctx.step.id});
+    let shown = format!("{}:{key}", src.name);
+    quarantine
+        .bytes(&shown, relative, bytes, &reason, &context)
+        .await
 }
 
 /// What identifies an object's bytes, from its ledger entry.

@@ -319,3 +319,80 @@ mod tests {
         );
     }
 }
+
+/// Objects of an S3 store under `prefix` (a full key prefix in the bucket),
+/// listed with the SDK so that keys object_store cannot name (a `..` or empty
+/// segment, a control character) are seen too: (nameable objects, other keys
+/// with their sizes).
+pub async fn list_raw(
+    s3: &S3Info,
+    prefix: &str,
+) -> Result<(Vec<object_store::ObjectMeta>, Vec<(String, u64)>), StepError> {
+    let client = client(s3).await;
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(&s3.bucket)
+        .prefix(prefix)
+        // Keys come URL-encoded: one with a control character cannot travel in
+        // XML as it is.
+        .encoding_type(aws_sdk_s3::types::EncodingType::Url)
+        .into_paginator()
+        .send();
+    let (mut named, mut unnamed) = (Vec::new(), Vec::new());
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| s3_error("listing", e))?;
+        for o in page.contents() {
+            let Some(key) = o.key().map(url_decoded) else {
+                continue;
+            };
+            let key = key.as_str();
+            let size = o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+            match object_store::path::Path::parse(key) {
+                Ok(location) => named.push(object_store::ObjectMeta {
+                    location,
+                    last_modified: o
+                        .last_modified()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+                        .unwrap_or_default(),
+                    size,
+                    e_tag: o.e_tag().map(str::to_string),
+                    version: None,
+                }),
+                Err(_) => unnamed.push((key.to_string(), size)),
+            }
+        }
+    }
+    Ok((named, unnamed))
+}
+
+/// The bytes of an object by its raw key (one object_store cannot name).
+pub async fn get_raw(
+    s3: &S3Info,
+    key: &str,
+) -> Result<futures::stream::BoxStream<'static, Result<bytes::Bytes, StepError>>, StepError> {
+    let got = client(s3)
+        .await
+        .get_object()
+        .bucket(&s3.bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| s3_error("reading", e))?;
+    Ok(
+        futures::stream::try_unfold(got.body, |mut body| async move {
+            let chunk = body.try_next().await.map_err(|e| {
+                StepError::external(format!("reading: {}", crate::error::chain(&e)))
+            })?;
+            Ok(chunk.map(|c| (c, body)))
+        })
+        .boxed(),
+    )
+}
+
+/// A key S3 sent URL-encoded (`+` is a space).
+fn url_decoded(key: &str) -> String {
+    url::form_urlencoded::parse(format!("k={key}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| key.to_string())
+}
