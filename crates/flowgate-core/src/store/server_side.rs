@@ -249,77 +249,6 @@ fn s3_error<E: std::error::Error + ProvideErrorMetadata + 'static>(
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::{fresh_s3_bucket, service_var};
-
-    fn info(bucket: &str) -> S3Info {
-        S3Info {
-            bucket: bucket.to_string(),
-            endpoint: Some(service_var("FLOWGATE_TEST_S3_ENDPOINT")),
-            region: "us-east-1".into(),
-            path_style: true,
-            access_key_id: Some(service_var("FLOWGATE_TEST_S3_ACCESS_KEY")),
-            secret_access_key: Some(service_var("FLOWGATE_TEST_S3_SECRET_KEY")),
-        }
-    }
-
-    /// On the real S3 server: a copy in one request and one in parts (ranges
-    /// copied three at a time, the last part short) are both byte-identical.
-    #[tokio::test]
-    async fn copies_in_one_request_and_in_parts_are_byte_identical() {
-        let ((a, _), (b, _)) = (fresh_s3_bucket(), fresh_s3_bucket());
-        let root = std::path::PathBuf::from(service_var("FLOWGATE_TEST_S3_ROOT"));
-        let data: Vec<u8> = (0..(13u32 << 20) + 777)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
-        let key = "in dir/x+y.bin";
-        std::fs::create_dir_all(root.join(&a).join("in dir")).unwrap();
-        std::fs::write(root.join(&a).join(key), &data).unwrap();
-        let (from, to) = (info(&a), info(&b));
-        let ss = ServerSide {
-            client: client(&to).await,
-        };
-        let job = Job {
-            src: &from,
-            src_key: key,
-            dst: &to,
-            dst_key: "single/x.bin",
-            size: data.len() as u64,
-            part_size: 5 << 20,
-            concurrency: 3,
-        };
-        ss.copy_up_to(&job, COPY_OBJECT_MAX).await.unwrap();
-        let parts = Job {
-            dst_key: "parts/x.bin",
-            ..job
-        };
-        let copied = ss.copy_up_to(&parts, 1 << 20).await.unwrap();
-        assert!(
-            copied.etag.as_deref().is_some_and(|t| t.contains("-3")),
-            "a three-part upload: {:?}",
-            copied.etag
-        );
-        for k in ["single/x.bin", "parts/x.bin"] {
-            let got = std::fs::read(root.join(&b).join(k)).unwrap();
-            assert!(
-                got == data,
-                "{k}: {} bytes, differs from the source",
-                got.len()
-            );
-        }
-    }
-
-    #[test]
-    fn copy_sources_encode_the_key_but_not_its_slashes() {
-        assert_eq!(
-            super::copy_source("b", "a dir/x+y%z.bin"),
-            "b/a%20dir/x%2By%25z.bin"
-        );
-    }
-}
-
 /// Objects of an S3 store under `prefix` (a full key prefix in the bucket),
 /// listed with the SDK so that keys object_store cannot name (a `..` or empty
 /// segment, a control character) are seen too: (nameable objects, other keys
@@ -395,4 +324,75 @@ fn url_decoded(key: &str) -> String {
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_else(|| key.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{fresh_s3_bucket, service_var};
+
+    fn info(bucket: &str) -> S3Info {
+        S3Info {
+            bucket: bucket.to_string(),
+            endpoint: Some(service_var("FLOWGATE_TEST_S3_ENDPOINT")),
+            region: "us-east-1".into(),
+            path_style: true,
+            access_key_id: Some(service_var("FLOWGATE_TEST_S3_ACCESS_KEY")),
+            secret_access_key: Some(service_var("FLOWGATE_TEST_S3_SECRET_KEY")),
+        }
+    }
+
+    /// On the real S3 server: a copy in one request and one in parts (ranges
+    /// copied three at a time, the last part short) are both byte-identical.
+    #[tokio::test]
+    async fn copies_in_one_request_and_in_parts_are_byte_identical() {
+        let ((a, _), (b, _)) = (fresh_s3_bucket(), fresh_s3_bucket());
+        let root = std::path::PathBuf::from(service_var("FLOWGATE_TEST_S3_ROOT"));
+        let data: Vec<u8> = (0..(13u32 << 20) + 777)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let key = "in dir/x+y.bin";
+        std::fs::create_dir_all(root.join(&a).join("in dir")).unwrap();
+        std::fs::write(root.join(&a).join(key), &data).unwrap();
+        let (from, to) = (info(&a), info(&b));
+        let ss = ServerSide {
+            client: client(&to).await,
+        };
+        let job = Job {
+            src: &from,
+            src_key: key,
+            dst: &to,
+            dst_key: "single/x.bin",
+            size: data.len() as u64,
+            part_size: 5 << 20,
+            concurrency: 3,
+        };
+        ss.copy_up_to(&job, COPY_OBJECT_MAX).await.unwrap();
+        let parts = Job {
+            dst_key: "parts/x.bin",
+            ..job
+        };
+        let copied = ss.copy_up_to(&parts, 1 << 20).await.unwrap();
+        assert!(
+            copied.etag.as_deref().is_some_and(|t| t.contains("-3")),
+            "a three-part upload: {:?}",
+            copied.etag
+        );
+        for k in ["single/x.bin", "parts/x.bin"] {
+            let got = std::fs::read(root.join(&b).join(k)).unwrap();
+            assert!(
+                got == data,
+                "{k}: {} bytes, differs from the source",
+                got.len()
+            );
+        }
+    }
+
+    #[test]
+    fn copy_sources_encode_the_key_but_not_its_slashes() {
+        assert_eq!(
+            super::copy_source("b", "a dir/x+y%z.bin"),
+            "b/a%20dir/x%2By%25z.bin"
+        );
+    }
 }
