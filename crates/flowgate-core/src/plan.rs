@@ -11,7 +11,7 @@ use crate::config::diagnostic::{Diagnostics, nearest};
 use crate::config::model::{
     Access, CopySpec, NotifyEvent, ParamSpec, RetrySpec, StoreSpec, Verify,
 };
-pub use crate::config::model::{CatchUp, NullCursors, OnMissed};
+pub use crate::config::model::{CatchUp, NullCursors, OnMissed, OneAtATime};
 use crate::config::{Diagnostic, LoadOptions, Loaded, load_file};
 use crate::store::{Location, is_object_store_url};
 use crate::units::{Backoff, Schedule, parse_duration, parse_size};
@@ -50,6 +50,8 @@ pub struct Plan {
     pub schedule: Option<Schedule>,
     pub schedule_text: Option<String>,
     pub catch_up: CatchUp,
+    /// What runs one at a time (`policy.one_at_a_time`).
+    pub one_at_a_time: OneAtATime,
     pub watch: Option<WatchPlan>,
     pub arrival: Option<ArrivalPlan>,
     /// Steps in an order that respects `needs`.
@@ -832,6 +834,24 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
             Vec::new()
         }
     };
+    if f.policy.one_at_a_time == Some(OneAtATime::Event)
+        && let Some(shared) = steps.iter().find(|s| {
+            matches!(
+                s.kind,
+                StepKind::Extract(_) | StepKind::Transform(_) | StepKind::Load(_)
+            )
+        })
+    {
+        d.push(
+            spans.value("policy.one_at_a_time"),
+            format!(
+                "step `{}` keeps a position all runs share (a watermark, the models' inputs \
+                 or a table), so runs of different events must not overlap",
+                shared.id
+            ),
+            Some("remove `one_at_a_time` (the default is \"pipeline\")".into()),
+        );
+    }
 
     // Notifications.
     let webhook = f.notify.webhook.clone().filter(|w| !w.trim().is_empty());
@@ -1082,6 +1102,7 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
         schedule,
         schedule_text: t.schedule.clone(),
         catch_up: t.catch_up.unwrap_or_default(),
+        one_at_a_time: f.policy.one_at_a_time.unwrap_or_default(),
         watch,
         arrival,
         steps,

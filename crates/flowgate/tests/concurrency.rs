@@ -142,15 +142,19 @@ fn finding_01_a_manual_run_beside_scheduled_ones_never_overlaps_them() {
     pipeline(dir.path(), port, Some("every 1s"));
     let state = dir.path().join("state.db").display().to_string();
     let _worker = serve(dir.path(), &state, None);
-    // Two people ask for a run while the schedule keeps ticking.
-    let manual: Vec<_> = (0..2)
-        .map(|_| {
-            let (d, s) = (dir.path().to_path_buf(), state.clone());
-            std::thread::spawn(move || run(flowgate(&d).args(["run", "p.toml", "--state", &s])))
-        })
-        .collect();
-    for m in manual {
-        let out = m.join().unwrap();
+    // Two people ask for a run while the schedule keeps ticking: they queue
+    // behind the run in progress, not behind every tick after theirs.
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..2 {
+        let (d, s, tx) = (dir.path().to_path_buf(), state.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(run(flowgate(&d).args(["run", "p.toml", "--state", &s])));
+        });
+    }
+    for _ in 0..2 {
+        let out = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a manual run waited 30 s behind a schedule of 1 s runs: starved");
         assert_eq!(out.code, 0, "{}", out.all());
     }
     wait_until("scheduled runs too", 30, || {
@@ -339,4 +343,37 @@ fn finding_06_a_failed_save_run_lets_go_of_the_claim_and_the_event_runs_again() 
             .any(|r| r["status"] == "succeeded")
     });
     assert_eq!(seen.requests.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn a_pipeline_that_declares_one_run_per_event_runs_events_side_by_side() {
+    let (port, seen) = slow_receiver(Duration::from_millis(400));
+    let dir = tempfile::tempdir().unwrap();
+    pipeline(dir.path(), port, None);
+    let p = dir.path().join("p.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    write(
+        &p,
+        format!("{text}\n[policy]\none_at_a_time = \"event\"\n").as_bytes(),
+    );
+    let state = dir.path().join("state.db").display().to_string();
+    let both: Vec<_> = ["one", "two"]
+        .into_iter()
+        .map(|key| {
+            let (d, s) = (dir.path().to_path_buf(), state.clone());
+            std::thread::spawn(move || {
+                run(flowgate(&d).args(["run", "p.toml", "--key", key, "--state", &s]))
+            })
+        })
+        .collect();
+    for t in both {
+        let out = t.join().unwrap();
+        assert_eq!(out.code, 0, "{}", out.all());
+    }
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 6);
+    assert_eq!(
+        seen.most_at_once.load(Ordering::SeqCst),
+        2,
+        "the two events ran side by side"
+    );
 }

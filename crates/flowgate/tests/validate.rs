@@ -235,3 +235,37 @@ fn an_arrival_pattern_that_can_never_match_is_refused() {
         );
     }
 }
+
+#[test]
+fn runs_side_by_side_are_refused_for_a_step_that_keeps_a_shared_position() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("p.toml"),
+        br#"name = "ingest"
+
+[stores]
+src = { url = "sqlite://./src.db" }
+landing = { url = "file://./landing", access = "read-write" }
+
+[[steps]]
+id = "ingest"
+extract = { from = "src", tables = ["t"], cursor = "updated", to = "landing:{{ table }}/{{ run.id }}.jsonl" }
+
+[policy]
+one_at_a_time = "event"
+"#,
+    );
+    let out = run(flowgate(dir.path()).args(["validate", "p.toml"]));
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("p.toml:12:17: step `ingest` keeps a position all runs share"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("the default is \"pipeline\""),
+        "{}",
+        out.stderr
+    );
+}

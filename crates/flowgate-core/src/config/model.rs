@@ -562,6 +562,22 @@ pub struct PolicySpec {
     /// and source position (default `.flowgate/dead-letter/` beside the pipeline).
     #[serde(default)]
     pub dead_letter: Option<String>,
+    /// What runs one at a time: `pipeline` (default: one run of the pipeline, per
+    /// matrix combination, at a time, on all workers together) or `event` (runs of
+    /// different trigger events may overlap). Take `event` only when runs never
+    /// share a position: an extract's watermark, a transform's inputs, a load's
+    /// table, a delivery's outbox (a copy of each arrival's own prefix is fine).
+    #[serde(default)]
+    pub one_at_a_time: Option<OneAtATime>,
+}
+
+/// The unit of "one run at a time".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OneAtATime {
+    #[default]
+    Pipeline,
+    Event,
 }
 
 /// Notifications.

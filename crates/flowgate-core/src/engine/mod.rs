@@ -338,13 +338,18 @@ pub fn worker_id() -> String {
 }
 
 /// The lane of a pipeline's event: the pipeline, or the pipeline and one matrix
-/// combination (combinations run side by side; runs of one lane never overlap).
-pub fn lane_of(pipeline: &str, matrix: &BTreeMap<String, String>) -> String {
-    if matrix.is_empty() {
-        return pipeline.to_string();
+/// combination (combinations run side by side; runs of one lane never overlap);
+/// with `one_at_a_time = "event"`, the event itself.
+pub fn lane_of(plan: &Plan, matrix: &BTreeMap<String, String>, dedupe_key: &str) -> String {
+    let mut lane = plan.name.clone();
+    if !matrix.is_empty() {
+        let label: Vec<String> = matrix.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        lane = format!("{lane}#{}", label.join(","));
     }
-    let label: Vec<String> = matrix.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!("{pipeline}#{}", label.join(","))
+    if plan.one_at_a_time == crate::plan::OneAtATime::Event {
+        lane = format!("{lane}@{dedupe_key}");
+    }
+    lane
 }
 
 /// Check manual parameters against the declared ones, filling defaults.
@@ -495,7 +500,7 @@ impl Engine {
         if let Some(route) = &sub.route {
             payload["route"] = route.clone();
         }
-        let lane = lane_of(&plan.name, &sub.matrix);
+        let lane = lane_of(plan, &sub.matrix, &sub.dedupe_key);
         let recorded = self
             .state
             .record_event(NewEvent {
@@ -516,7 +521,7 @@ impl Engine {
                 _ => e,
             },
         };
-        let Some(claim) = self.take_lane(&lane, sub.wait).await? else {
+        let Some(claim) = self.take_lane(&lane, sub.wait.then_some(event.id)).await? else {
             let holder = self.state.get_lease(&lane).await?.map(|l| l.holder);
             return Ok(Outcome::Queued {
                 event: Box::new(event),
@@ -533,12 +538,19 @@ impl Engine {
                 .execute(plan, claimed, &claim)
                 .await
                 .map(|r| Outcome::Ran(Box::new(r))),
-            // Handled meanwhile by the lane's previous holder.
+            // Handled meanwhile by the lane's previous holder, or (a trigger
+            // event) behind a manual run that waits for the lane: it runs later.
             Ok(None) => match self.state.get_event(event.id).await? {
                 Some(e) if e.status == EventStatus::Failed => {
                     Ok(Outcome::AlreadyFailed { event: Box::new(e) })
                 }
-                Some(e) => Ok(Outcome::AlreadyDone { event: Box::new(e) }),
+                Some(e) if e.status == EventStatus::Done => {
+                    Ok(Outcome::AlreadyDone { event: Box::new(e) })
+                }
+                Some(e) => Ok(Outcome::Queued {
+                    event: Box::new(e),
+                    holder: None,
+                }),
                 None => Err(EngineError::Step(StepError::internal(format!(
                     "event {} vanished from the ledger",
                     event.id
@@ -573,7 +585,7 @@ impl Engine {
         };
         let event = NewEvent {
             pipeline: plan.name.clone(),
-            lane: lane_of(&plan.name, &sub.matrix),
+            lane: lane_of(plan, &sub.matrix, &sub.dedupe_key),
             kind: sub.kind,
             dedupe_key: sub.dedupe_key,
             payload: json!({ "trigger": sub.trigger, "params": {}, "matrix": sub.matrix, "env": plan.env }),
@@ -584,9 +596,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Hold `lane`: at once, or (with `wait`) once its current run ends. `None`
+    /// Hold `lane`: at once, or (for a `waiter` event) once its current run ends,
+    /// holding back trigger events recorded after the waiter meanwhile. `None`
     /// when it is busy and not waited for, or when the engine is stopping.
-    async fn take_lane(&self, lane: &str, wait: bool) -> Result<Option<Claim>, EngineError> {
+    async fn take_lane(
+        &self,
+        lane: &str,
+        waiter: Option<i64>,
+    ) -> Result<Option<Claim>, EngineError> {
         let mut told = false;
         loop {
             if let Some(claim) = Claim::take(
@@ -600,9 +617,10 @@ impl Engine {
             {
                 return Ok(Some(claim));
             }
-            if !wait || self.cancel.is_cancelled() {
+            let Some(waiter) = waiter.filter(|_| !self.cancel.is_cancelled()) else {
                 return Ok(None);
-            }
+            };
+            self.state.wait_for_lane(waiter, self.lease_ttl).await?;
             if !told {
                 let holder = self.state.get_lease(lane).await?.map(|l| l.holder);
                 tracing::info!(
@@ -647,7 +665,7 @@ impl Engine {
             if self.cancel.is_cancelled() {
                 break;
             }
-            let Some(claim) = self.take_lane(&lane, false).await? else {
+            let Some(claim) = self.take_lane(&lane, None).await? else {
                 continue;
             };
             self.prepare_lane(&claim).await;

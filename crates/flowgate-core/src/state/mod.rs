@@ -334,9 +334,16 @@ pub trait StateStore: Send + Sync {
     /// or events claimed by a claim that may be gone. Oldest first.
     async fn open_lanes(&self, pipeline: &str) -> StateResult<Vec<String>>;
     /// Under the fence of a lane, claim its oldest trigger event (not manual) that
-    /// is pending or claimed under an older token (its worker lost the lane).
-    /// Manual events are only claimed by id.
+    /// is pending or claimed under an older token (its worker lost the lane), and
+    /// that no older manual event is waiting for the lane before (see
+    /// [`StateStore::wait_for_lane`]): a lane serves its events first come, first
+    /// served. Manual events are only claimed by id.
     async fn claim_event(&self, fence: &Fence) -> StateResult<Option<TriggerEvent>>;
+    /// Say that a pending manual event's process waits for its lane, for `ttl`
+    /// from now on the store's clock; trigger events recorded after it are not
+    /// claimed meanwhile. A waiter that stops saying so (killed) stops holding
+    /// them back once `ttl` has passed.
+    async fn wait_for_lane(&self, id: i64, ttl: Duration) -> StateResult<()>;
     /// Under the fence of its lane, claim one event: pending, claimed under an older
     /// token, or (when `retry_failed`) failed before: a new attempt of it.
     async fn claim_event_id(

@@ -269,6 +269,16 @@ fn kv_row(r: &Row) -> StateResult<KvEntry> {
     })
 }
 
+/// No manual event older than the candidate waits for the lane: a lane serves
+/// first come, first served (see
+/// `StateStore::wait_for_lane`).
+fn no_older_waiter() -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM flowgate.events w WHERE w.lane = $1 AND w.kind = 'manual' \
+         AND w.status = 'pending' AND w.lease_until > {NOW} AND w.id < events.id)"
+    )
+}
+
 #[async_trait::async_trait]
 impl StateStore for PostgresState {
     fn describe(&self) -> String {
@@ -325,10 +335,22 @@ impl StateStore for PostgresState {
     async fn claim_event(&self, fence: &Fence) -> StateResult<Option<TriggerEvent>> {
         self.claim_under(
             fence,
-            "kind <> 'manual' AND (status = 'pending' OR (status = 'claimed' AND COALESCE(claim_token, 0) < $3))",
+            &format!("kind <> 'manual' AND (status = 'pending' OR (status = 'claimed' AND COALESCE(claim_token, 0) < $3)) AND {}", no_older_waiter()),
             &[],
         )
         .await
+    }
+
+    async fn wait_for_lane(&self, id: i64, ttl: Duration) -> StateResult<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                &format!("UPDATE flowgate.events SET lease_until = {NOW} + $2 WHERE id = $1 AND status = 'pending'"),
+                &[&id, &ttl_ms(ttl)],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
     }
 
     async fn claim_event_id(
@@ -339,7 +361,7 @@ impl StateStore for PostgresState {
     ) -> StateResult<Option<TriggerEvent>> {
         self.claim_under(
             fence,
-            "id = $4 AND (status = 'pending' OR (status = 'claimed' AND COALESCE(claim_token, 0) < $3) OR ($5 AND status = 'failed'))",
+            &format!("id = $4 AND (status = 'pending' OR (status = 'claimed' AND COALESCE(claim_token, 0) < $3) OR ($5 AND status = 'failed')) AND (kind = 'manual' OR {})", no_older_waiter()),
             &[&id, &retry_failed],
         )
         .await

@@ -105,11 +105,20 @@ impl SqliteState {
             }
             let mut conn = Connection::open(&p).map_err(err)?;
             conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
-            conn.pragma_update(None, "journal_mode", "WAL")
-                .map_err(err)?;
-            conn.pragma_update(None, "synchronous", "NORMAL")
-                .map_err(err)?;
-            migrate(&mut conn).map_err(err)?;
+            // Switching a new file to WAL and migrating it can meet another
+            // process doing the same; SQLite then answers busy without waiting.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match prepare(&mut conn) {
+                    Err(e)
+                        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    other => break other.map_err(err)?,
+                }
+            }
             Ok(conn)
         })
         .await
@@ -156,6 +165,13 @@ impl SqliteState {
             .await?;
         held.ok_or(StateError::Fenced(lease))
     }
+}
+
+/// A connection's settings, and the schema brought up to date.
+fn prepare(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    migrate(conn)
 }
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -251,18 +267,29 @@ fn claim(
 async fn claim_fenced(
     s: &SqliteState,
     fence: &Fence,
-    condition: &'static str,
+    condition: &str,
     args: Vec<rusqlite::types::Value>,
 ) -> StateResult<Option<TriggerEvent>> {
     let f = fence.clone();
+    let condition = condition.to_string();
     match s
-        .with_fence(fence, move |tx| claim(tx, &f, condition, &args))
+        .with_fence(fence, move |tx| claim(tx, &f, &condition, &args))
         .await
     {
         Ok(row) => row.map(EventRow::into_event).transpose(),
         Err(StateError::Fenced(_)) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// No manual event older than the candidate waits for the lane: a lane serves
+/// first come, first served (see
+/// `StateStore::wait_for_lane`).
+fn no_older_waiter() -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM events w WHERE w.lane = ?1 AND w.kind = 'manual' \
+         AND w.status = 'pending' AND w.lease_until > {NOW} AND w.id < events.id)"
+    )
 }
 
 #[async_trait::async_trait]
@@ -320,9 +347,21 @@ impl StateStore for SqliteState {
         claim_fenced(
             self,
             fence,
-            "kind <> 'manual' AND (status = 'pending' OR (status = 'claimed' AND COALESCE(claim_token, 0) < ?2))",
+            &format!("kind <> 'manual' AND (status = 'pending' OR (status = 'claimed' AND COALESCE(claim_token, 0) < ?2)) AND {}", no_older_waiter()),
             Vec::new(),
         )
+        .await
+    }
+
+    async fn wait_for_lane(&self, id: i64, ttl: Duration) -> StateResult<()> {
+        let ttl = ttl_ms(ttl);
+        self.with(move |c| {
+            c.execute(
+                &format!("UPDATE events SET lease_until = {NOW} + ?2 WHERE id = ?1 AND status = 'pending'"),
+                params![id, ttl],
+            )
+            .map(|_| ())
+        })
         .await
     }
 
@@ -335,7 +374,7 @@ impl StateStore for SqliteState {
         claim_fenced(
             self,
             fence,
-            "id = ?3 AND (status = 'pending' OR (status = 'claimed' AND COALESCE(claim_token, 0) < ?2) OR (?4 AND status = 'failed'))",
+            &format!("id = ?3 AND (status = 'pending' OR (status = 'claimed' AND COALESCE(claim_token, 0) < ?2) OR (?4 AND status = 'failed')) AND (kind = 'manual' OR {})", no_older_waiter()),
             vec![id.into(), i64::from(retry_failed).into()],
         )
         .await
