@@ -4,10 +4,16 @@
 # printed and appended to bench/RESULTS.md with the date and machine.
 #
 #   scripts/bench.sh oltp-warehouse [--only extract,upsert,convert,freshness] [--orders N]
-#   scripts/bench.sh data-egress [--total-mb N] [--objects N]
+#                                   [--repeat N] [--fresh-runs N] [--fresh-seconds S]
+#   scripts/bench.sh data-egress [--total-mb N] [--objects N] [--repeat N]
 #
-# Peers come from PyPI into bench/.venv (bench/requirements.txt); PostgreSQL is the
-# one scripts/services.sh starts. Takes about 15 minutes on 2 cores.
+# Each cell is the median of --repeat runs (default 5), tools in rotating order.
+#
+# Peers come from PyPI into bench/.venv (bench/requirements.txt), rclone from apt,
+# the S3 server for data-egress (versitygw) from the Go module proxy into
+# $HOME/.cache/flowgate/bench-tools; PostgreSQL is the one scripts/services.sh
+# starts (oltp-warehouse only). On 2 cores: oltp-warehouse about 45 minutes,
+# data-egress about 20, after the first release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -15,7 +21,7 @@ ROOT=$PWD
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flowgate/target}"
 VENV="$ROOT/bench/.venv"
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 what=$1; shift
 
@@ -37,6 +43,31 @@ ensure_venv() {
     "$VENV/bin/pip" install -q -r bench/requirements.txt
     cp bench/requirements.txt "$stamp"
   fi
+}
+
+# The S3 server of the data-egress bench: versitygw, one pinned release, built
+# with `go install` (Go >= 1.25; the module proxy is the only download).
+VERSITYGW_VERSION=v1.8.0
+BENCH_TOOLS="${FLOWGATE_BENCH_TOOLS:-$HOME/.cache/flowgate/bench-tools}"
+VERSITYGW="$BENCH_TOOLS/versitygw"
+ensure_versitygw() {
+  if [ -x "$VERSITYGW" ]; then
+    command -v go >/dev/null || return 0  # no Go to read its version with: use it as it is
+    go version -m "$VERSITYGW" 2>/dev/null \
+      | grep -q "^[[:space:]]*mod[[:space:]]*github.com/versity/versitygw[[:space:]]*$VERSITYGW_VERSION[[:space:]]" \
+      && return 0
+  fi
+  local goversion
+  goversion=$(go env GOVERSION 2>/dev/null || true)
+  case "$goversion" in
+    go1.2[5-9]*|go1.[3-9][0-9]*|go[2-9]*) ;;
+    *) echo "bench: versitygw $VERSITYGW_VERSION (the S3 server) is built with Go >= 1.25, found '${goversion:-no go}':" \
+         "install Go >= 1.25 (https://go.dev/dl/; Debian's golang-go is older) and rerun, or put a versitygw" \
+         "$VERSITYGW_VERSION binary at $VERSITYGW" >&2; exit 1 ;;
+  esac
+  echo "bench: installing versitygw $VERSITYGW_VERSION into $BENCH_TOOLS (go install, about 2 minutes, once)" >&2
+  mkdir -p "$BENCH_TOOLS"
+  GOBIN="$BENCH_TOOLS" GOFLAGS=-buildvcs=false go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
 }
 
 # Sling writes Parquet through a DuckDB CLI; it must not download one (offline).
@@ -68,20 +99,19 @@ case "$what" in
     ;;
   data-egress)
     if ! command -v rclone >/dev/null; then
-      if [ "$(id -u)" = 0 ]; then apt-get install -y -qq rclone >/dev/null
-      else echo "bench: rclone is missing (apt-get install -y rclone)" >&2; exit 1; fi
+      if [ "$(id -u)" = 0 ]; then
+        apt-get install -y -qq rclone >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq rclone >/dev/null; }
+      else echo "bench: rclone is missing (sudo apt-get install -y rclone)" >&2; exit 1; fi
     fi
     ensure_time
     ensure_venv
+    ensure_versitygw
     echo "== building flowgate (release)" >&2
     cargo build --release --quiet -p flowgate
-    scripts/services.sh start >/dev/null
-    trap 'scripts/services.sh stop' EXIT
-    eval "$(scripts/services.sh env)"
+    # The bench starts and stops its own S3 servers (two versitygw processes on
+    # loopback, data under bench/data/data-egress); no other service is needed.
     "$VENV/bin/python" bench/data_egress.py \
-      --flowgate "$CARGO_TARGET_DIR/release/flowgate" --aws "$VENV/bin/aws" \
-      --endpoint "$FLOWGATE_TEST_S3_ENDPOINT" --s3-root "$FLOWGATE_TEST_S3_ROOT" \
-      --access-key "$FLOWGATE_TEST_S3_ACCESS_KEY" --secret-key "$FLOWGATE_TEST_S3_SECRET_KEY" "$@"
+      --flowgate "$CARGO_TARGET_DIR/release/flowgate" --aws "$VENV/bin/aws" --versitygw "$VERSITYGW" "$@"
     ;;
   *) usage ;;
 esac
