@@ -171,7 +171,7 @@ impl From<object_store::Error> for StepError {
 impl From<crate::state::StateError> for StepError {
     fn from(e: crate::state::StateError) -> Self {
         match e {
-            crate::state::StateError::Fenced(_) => crate::engine::claim::lost_error(),
+            crate::state::StateError::Fenced(_) => crate::lane::lost_error(),
             e => StepError::new(ErrorClass::EXTERNAL_RETRIABLE, format!("state store: {e}")),
         }
     }

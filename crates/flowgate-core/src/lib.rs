@@ -8,6 +8,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod formats;
+pub mod lane;
 pub mod notify;
 pub mod pg;
 pub mod plan;

@@ -452,108 +452,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             )
             .await
         }
-        Command::Runs(args) => {
-            let Some(state) = open_existing_state(&cli.state).await? else {
-                return Ok(exit::USAGE);
-            };
-            match args.show {
-                Some(RunsCommand::Show { id, json }) => match state.get_run(&id).await {
-                    Ok(run) => {
-                        output::run_detail(&run, json || args.json);
-                        Ok(exit::OK)
-                    }
-                    Err(
-                        e @ (state::StateError::RunNotFound(_) | state::StateError::Ambiguous(_)),
-                    ) => {
-                        eprintln!("error: {e}");
-                        Ok(exit::USAGE)
-                    }
-                    Err(e) => Err(e.into()),
-                },
-                None => {
-                    let runs = state
-                        .list_runs(&RunFilter {
-                            pipeline: args.pipeline,
-                            status: args.status,
-                            limit: args.limit,
-                        })
-                        .await?;
-                    output::run_list(&runs, args.json);
-                    Ok(exit::OK)
-                }
-            }
-        }
-        Command::Status { json } => {
-            let Some(state) = open_existing_state(&cli.state).await? else {
-                return Ok(exit::USAGE);
-            };
-            let runs = state
-                .list_runs(&RunFilter {
-                    limit: 10_000,
-                    ..Default::default()
-                })
-                .await?;
-            let mut seen = std::collections::BTreeSet::new();
-            let mut rows = Vec::new();
-            for r in runs.iter().filter(|r| seen.insert(r.pipeline.clone())) {
-                let newest = state
-                    .kv_get(&state::freshness_key(&r.pipeline))
-                    .await?
-                    .and_then(|e| chrono::DateTime::parse_from_rfc3339(&e.value).ok())
-                    .map(|d| d.with_timezone(&chrono::Utc));
-                let freshness =
-                    newest.map(|n| (chrono::Utc::now() - n).num_milliseconds() as f64 / 1000.0);
-                let stale = state
-                    .kv_get(&state::stale_key(&r.pipeline))
-                    .await?
-                    .is_some_and(|e| e.value.starts_with("stale"));
-                rows.push(serde_json::json!({
-                    "pipeline": r.pipeline, "last_run": r.id, "status": r.status, "started_at": r.started_at,
-                    "newest_change_visible": newest, "freshness_seconds": freshness, "stale": stale,
-                }));
-            }
-            if json {
-                say!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                say!(
-                    "{:<24} {:<11} {:<20} FRESHNESS",
-                    "PIPELINE",
-                    "STATUS",
-                    "LAST RUN (UTC)"
-                );
-                for r in &rows {
-                    let fresh = r["freshness_seconds"]
-                        .as_f64()
-                        .map(|s| {
-                            humantime::format_duration(std::time::Duration::from_secs(
-                                s.max(0.0) as u64
-                            ))
-                            .to_string()
-                        })
-                        .map(|f| {
-                            if r["stale"] == true {
-                                format!("{f} (stale)")
-                            } else {
-                                f
-                            }
-                        })
-                        .unwrap_or_else(|| "-".into());
-                    let started = r["started_at"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .get(..19)
-                        .unwrap_or_default()
-                        .replace('T', " ");
-                    say!(
-                        "{:<24} {:<11} {:<20} {fresh}",
-                        r["pipeline"].as_str().unwrap_or_default(),
-                        r["status"].as_str().unwrap_or_default(),
-                        started
-                    );
-                }
-            }
-            Ok(exit::OK)
-        }
+        Command::Runs(args) => runs(&cli.state, args).await,
+        Command::Status { json } => status(&cli.state, json).await,
         Command::Kv { command } => {
             // `kv set` may create the store; reading commands never do.
             let state = match &command {
@@ -570,6 +470,107 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         } => prune(&cli.state, older_than.or(cli.retention.0), json).await,
         Command::Demo { dir } => crate::demo::run(&dir).await,
     }
+}
+
+/// `flowgate runs` and `flowgate runs show ID`.
+async fn runs(explicit: &Option<String>, args: RunsArgs) -> Result<u8> {
+    let Some(state) = open_existing_state(explicit).await? else {
+        return Ok(exit::USAGE);
+    };
+    match args.show {
+        Some(RunsCommand::Show { id, json }) => match state.get_run(&id).await {
+            Ok(run) => {
+                output::run_detail(&run, json || args.json);
+                Ok(exit::OK)
+            }
+            Err(e @ (state::StateError::RunNotFound(_) | state::StateError::Ambiguous(_))) => {
+                eprintln!("error: {e}");
+                Ok(exit::USAGE)
+            }
+            Err(e) => Err(e.into()),
+        },
+        None => {
+            let runs = state
+                .list_runs(&RunFilter {
+                    pipeline: args.pipeline,
+                    status: args.status,
+                    limit: args.limit,
+                })
+                .await?;
+            output::run_list(&runs, args.json);
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// `flowgate status`: each pipeline's last run and freshness.
+async fn status(explicit: &Option<String>, json: bool) -> Result<u8> {
+    let Some(state) = open_existing_state(explicit).await? else {
+        return Ok(exit::USAGE);
+    };
+    let runs = state
+        .list_runs(&RunFilter {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut rows = Vec::new();
+    for r in runs.iter().filter(|r| seen.insert(r.pipeline.clone())) {
+        let newest = state
+            .kv_get(&state::freshness_key(&r.pipeline))
+            .await?
+            .and_then(|e| chrono::DateTime::parse_from_rfc3339(&e.value).ok())
+            .map(|d| d.with_timezone(&chrono::Utc));
+        let freshness = newest.map(|n| (chrono::Utc::now() - n).num_milliseconds() as f64 / 1000.0);
+        let stale = state
+            .kv_get(&state::stale_key(&r.pipeline))
+            .await?
+            .is_some_and(|e| e.value.starts_with("stale"));
+        rows.push(serde_json::json!({
+            "pipeline": r.pipeline, "last_run": r.id, "status": r.status, "started_at": r.started_at,
+            "newest_change_visible": newest, "freshness_seconds": freshness, "stale": stale,
+        }));
+    }
+    if json {
+        say!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        say!(
+            "{:<24} {:<11} {:<20} FRESHNESS",
+            "PIPELINE",
+            "STATUS",
+            "LAST RUN (UTC)"
+        );
+        for r in &rows {
+            let fresh = r["freshness_seconds"]
+                .as_f64()
+                .map(|s| {
+                    humantime::format_duration(std::time::Duration::from_secs(s.max(0.0) as u64))
+                        .to_string()
+                })
+                .map(|f| {
+                    if r["stale"] == true {
+                        format!("{f} (stale)")
+                    } else {
+                        f
+                    }
+                })
+                .unwrap_or_else(|| "-".into());
+            let started = r["started_at"]
+                .as_str()
+                .unwrap_or_default()
+                .get(..19)
+                .unwrap_or_default()
+                .replace('T', " ");
+            say!(
+                "{:<24} {:<11} {:<20} {fresh}",
+                r["pipeline"].as_str().unwrap_or_default(),
+                r["status"].as_str().unwrap_or_default(),
+                started
+            );
+        }
+    }
+    Ok(exit::OK)
 }
 
 /// `state prune`: what is older than `age` goes (see `state::RETENTION_RULES`).

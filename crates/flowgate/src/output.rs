@@ -205,7 +205,7 @@ pub fn summary(run: &RunRecord) {
         say!("  error: {}", redact(e));
     }
     for s in &run.steps {
-        if s.status == "skipped" {
+        if s.status == RunStatus::Skipped {
             say!("  {:<14} skipped", s.step);
             for n in &s.notes {
                 say!("  {:<14} note: {}", "", redact(n));

@@ -5,7 +5,7 @@
 //! only after every step's sink accepted the data, so a crash at any instant leaves
 //! either a done event or one that the next worker claims and resumes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,19 +14,17 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::model::{Access, NotifyEvent, StoreSpec};
-use crate::error::{ErrorClass, StepError};
+use crate::config::model::NotifyEvent;
+use crate::error::StepError;
 use crate::notify::{Notice, send};
 use crate::plan::{Plan, PlannedStep, StepKind};
-use crate::quarantine::Quarantine;
 use crate::state::{
     EventStatus, NewEvent, Recorded, RunFilter, RunRecord, RunStatus, StateError, StateStore,
     StepReport, TriggerEvent,
 };
-use crate::store::{Location, StoreHandle};
 
-pub mod claim;
-pub use claim::Claim;
+pub use crate::lane::Claim;
+pub use crate::steps::context::{NoProgress, Progress, StepContext, StepOutput, Stores};
 
 /// Errors that stop the engine itself (not a run).
 #[derive(Debug, thiserror::Error)]
@@ -38,17 +36,6 @@ pub enum EngineError {
     #[error("{0}")]
     Step(StepError),
 }
-
-/// Progress of long work, shown by the CLI as bars when it runs in a terminal.
-pub trait Progress: Send + Sync {
-    fn begin(&self, _step: &str, _objects: u64, _bytes: u64) {}
-    fn advance(&self, _bytes: u64) {}
-    fn end(&self) {}
-}
-
-/// Progress that shows nothing.
-pub struct NoProgress;
-impl Progress for NoProgress {}
 
 /// What asks for a run.
 #[derive(Debug, Clone)]
@@ -131,179 +118,6 @@ pub enum Outcome {
     AlreadyFailed {
         event: Box<TriggerEvent>,
     },
-}
-
-/// Everything a step may use.
-pub struct StepContext<'a> {
-    pub plan: &'a Plan,
-    pub run_id: &'a str,
-    pub step: &'a PlannedStep,
-    pub template: &'a Value,
-    pub stores: &'a Stores,
-    pub state: &'a dyn StateStore,
-    pub cancel: &'a CancellationToken,
-    pub progress: &'a dyn Progress,
-    /// The lane's claim: its fence goes with every position written.
-    pub claim: &'a Claim,
-}
-
-impl StepContext<'_> {
-    /// What every position written by this step carries.
-    pub fn fence(&self) -> &crate::state::Fence {
-        self.claim.fence()
-    }
-}
-
-/// A store URL rendered from run data (a routing row from a table someone else
-/// writes) stays where its pipeline file put it: no `..` or empty segment, no
-/// control character.
-fn confined(url: String) -> Result<String, String> {
-    let path = url.split_once("://").map(|(_, p)| p).unwrap_or(&url);
-    let path = path.split(['?', '#']).next().unwrap_or_default();
-    let bad = path
-        .split('/')
-        .enumerate()
-        .any(|(i, s)| s == ".." || (s.is_empty() && i > 0 && i + 1 < path.split('/').count()));
-    if bad || url.chars().any(char::is_control) {
-        return Err(format!(
-            "the store URL `{url}` leaves where the pipeline puts it (a `..` or empty segment, or a control character came from the run's data)"
-        ));
-    }
-    Ok(url)
-}
-
-/// What a step reports when it finishes.
-#[derive(Debug, Default, Clone)]
-pub struct StepOutput {
-    pub report: StepReport,
-    /// The step failed after setting its bad input aside: the report's counts
-    /// (quarantined above all) stand, and the step is not retried.
-    pub failure: Option<StepError>,
-}
-
-impl From<StepReport> for StepOutput {
-    fn from(report: StepReport) -> Self {
-        StepOutput {
-            report,
-            failure: None,
-        }
-    }
-}
-
-/// The stores of one run, opened once.
-pub struct Stores {
-    map: HashMap<String, StoreHandle>,
-    /// Stores whose URL template could not be rendered for this run, with why.
-    unavailable: HashMap<String, String>,
-    dir: std::path::PathBuf,
-    quarantine: Option<Location>,
-    dead_letter: Option<Location>,
-}
-
-impl Stores {
-    /// Open the plan's object stores; a URL may be a template of the run
-    /// (`s3://{{ route.destination_bucket }}`).
-    pub fn open(plan: &Plan, template: &Value) -> Result<Stores, StepError> {
-        let mut map = HashMap::new();
-        let mut unavailable = HashMap::new();
-        // SQL stores are opened by the steps that use them.
-        for (name, spec) in plan
-            .stores
-            .iter()
-            .filter(|(_, s)| !crate::sql::is_sql_url(&s.url))
-        {
-            let rendered;
-            let spec = if spec.url.contains("{{") {
-                match crate::template::render(&spec.url, template).and_then(confined) {
-                    Ok(url) => {
-                        rendered = StoreSpec {
-                            url,
-                            ..spec.clone()
-                        };
-                        &rendered
-                    }
-                    // Only a step that uses this store fails.
-                    Err(e) => {
-                        unavailable.insert(name.clone(), format!("the URL of store `{name}`: {e}"));
-                        continue;
-                    }
-                }
-            } else {
-                spec
-            };
-            let h = StoreHandle::open(name, spec, &plan.dir)
-                .map_err(|e| StepError::new(ErrorClass::USER, e.to_string()))?;
-            map.insert(name.clone(), h);
-        }
-        Ok(Stores {
-            map,
-            unavailable,
-            dir: plan.dir.clone(),
-            quarantine: plan.quarantine.clone(),
-            dead_letter: plan.dead_letter.clone(),
-        })
-    }
-
-    pub fn get(&self, name: &str) -> Result<&StoreHandle, StepError> {
-        if let Some(why) = self.unavailable.get(name) {
-            return Err(StepError::user(why.clone()));
-        }
-        self.map
-            .get(name)
-            .ok_or_else(|| StepError::internal(format!("store `{name}` was not opened")))
-    }
-
-    /// Where bad records go: the pipeline's `policy.dead_letter`, else
-    /// `.flowgate/dead-letter/` beside the pipeline file.
-    pub fn dead_letter(
-        &self,
-        template: &Value,
-    ) -> Result<crate::quarantine::DeadLetter, StepError> {
-        if let Some(loc) = &self.dead_letter {
-            let prefix = crate::template::render(&loc.prefix, template).map_err(StepError::user)?;
-            return Ok(crate::quarantine::DeadLetter {
-                store: self.get(&loc.store)?.clone(),
-                prefix,
-            });
-        }
-        let spec = StoreSpec::at("file://.flowgate/dead-letter", Access::ReadWrite);
-        let store = StoreHandle::open("dead-letter", &spec, &self.dir)
-            .map_err(|e| StepError::user(e.to_string()))?;
-        Ok(crate::quarantine::DeadLetter {
-            store,
-            prefix: String::new(),
-        })
-    }
-
-    /// Where failed inputs of `source` go: the pipeline's `policy.quarantine`, else
-    /// `failed/` in the source store when it is writable, else `.flowgate/quarantine/`
-    /// beside the pipeline file.
-    pub fn quarantine_for(
-        &self,
-        source: &StoreHandle,
-        template: &Value,
-    ) -> Result<Quarantine, StepError> {
-        if let Some(loc) = &self.quarantine {
-            let prefix = crate::template::render(&loc.prefix, template).map_err(StepError::user)?;
-            return Ok(Quarantine {
-                store: self.get(&loc.store)?.clone(),
-                prefix,
-            });
-        }
-        if source.access.can_write() {
-            return Ok(Quarantine {
-                store: source.clone(),
-                prefix: "failed".into(),
-            });
-        }
-        let spec = StoreSpec::at("file://.flowgate/quarantine", Access::ReadWrite);
-        let store = StoreHandle::open("quarantine", &spec, &self.dir)
-            .map_err(|e| StepError::user(e.to_string()))?;
-        Ok(Quarantine {
-            store,
-            prefix: source.name.clone(),
-        })
-    }
 }
 
 /// The engine: one per process.
@@ -748,14 +562,14 @@ impl Engine {
             Err((e, true)) => {
                 run.steps.push(StepReport {
                     step: "routing".into(),
-                    status: "partial".into(),
+                    status: RunStatus::Partial,
                     quarantined: 1,
                     notes: vec![e.message.clone()],
                     ..Default::default()
                 });
                 run.steps.extend(plan.steps.iter().map(|s| StepReport {
                     step: s.id.clone(),
-                    status: "skipped".into(),
+                    status: RunStatus::Skipped,
                     notes: vec!["not run: no routing row matches the event".into()],
                     ..Default::default()
                 }));
@@ -778,7 +592,7 @@ impl Engine {
         if interrupted {
             run.error.get_or_insert_with(|| {
                 if lost {
-                    claim::lost_error().message
+                    crate::lane::lost_error().message
                 } else {
                     "stopped by a signal; the next run resumes from the last committed position"
                         .to_string()
@@ -842,7 +656,7 @@ impl Engine {
                     skipped.insert(step.id.clone());
                     StepReport {
                         step: step.id.clone(),
-                        status: "skipped".into(),
+                        status: RunStatus::Skipped,
                         notes: vec![note],
                         ..Default::default()
                     }
@@ -851,22 +665,22 @@ impl Engine {
                     failed.insert(step.id.clone());
                     StepReport {
                         step: step.id.clone(),
-                        status: "skipped".into(),
+                        status: RunStatus::Skipped,
                         notes: vec![note],
                         ..Default::default()
                     }
                 }
                 Gate::Fail(error) => StepReport {
                     step: step.id.clone(),
-                    status: "failed".into(),
+                    status: RunStatus::Failed,
                     error: Some(error),
                     ..Default::default()
                 },
             };
-            if report.status != "succeeded"
-                && report.status != "partial"
-                && report.status != "skipped"
-            {
+            if !matches!(
+                report.status,
+                RunStatus::Succeeded | RunStatus::Partial | RunStatus::Skipped
+            ) {
                 failed.insert(step.id.clone());
                 if run.error.is_none() {
                     run.error = report
@@ -1208,20 +1022,7 @@ async fn run_step(ctx: &StepContext<'_>) -> StepReport {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let fut: std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<StepOutput, StepError>> + Send + '_>,
-        > = match &step.kind {
-            StepKind::Copy(c) => Box::pin(crate::steps::copy::run(ctx, c)),
-            StepKind::Deliver(dl) => Box::pin(crate::steps::deliver::run(ctx, dl)),
-            StepKind::Extract(e) => Box::pin(crate::steps::extract::run(ctx, e)),
-            StepKind::Load(l) => Box::pin(crate::steps::load::run(ctx, l)),
-            #[cfg(feature = "transform")]
-            StepKind::Transform(t) => Box::pin(crate::steps::transform::run(ctx, t)),
-            #[cfg(not(feature = "transform"))]
-            StepKind::Transform(_) => {
-                Box::pin(async { Err(StepError::user("built without the transform step")) })
-            }
-        };
+        let fut = crate::steps::run(ctx);
         let result = match step.timeout {
             Some(t) => match tokio::time::timeout(t, fut).await {
                 Ok(r) => r,
@@ -1238,14 +1039,14 @@ async fn run_step(ctx: &StepContext<'_>) -> StepReport {
                 out.report.attempts = attempt;
                 out.report.duration_ms = started.elapsed().as_millis() as u64;
                 if let Some(e) = out.failure {
-                    out.report.status = "failed".into();
+                    out.report.status = RunStatus::Failed;
                     out.report.error = Some(describe_failure(&e));
                     return out.report;
                 }
                 out.report.status = if out.report.quarantined > 0 {
-                    "partial".into()
+                    RunStatus::Partial
                 } else {
-                    "succeeded".into()
+                    RunStatus::Succeeded
                 };
                 return out.report;
             }
@@ -1260,9 +1061,9 @@ async fn run_step(ctx: &StepContext<'_>) -> StepReport {
                     return StepReport {
                         step: step.id.clone(),
                         status: if cancelled {
-                            "interrupted".into()
+                            RunStatus::Interrupted
                         } else {
-                            "failed".into()
+                            RunStatus::Failed
                         },
                         attempts: attempt,
                         duration_ms: started.elapsed().as_millis() as u64,
@@ -1276,31 +1077,6 @@ async fn run_step(ctx: &StepContext<'_>) -> StepReport {
                     _ = ctx.cancel.cancelled() => {}
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::confined;
-
-    #[test]
-    fn a_rendered_store_url_cannot_leave_its_place() {
-        for ok in [
-            "file://./data/buckets/partner-a",
-            "s3://partner-a/",
-            "file:///srv/out/a",
-            "s3://b/in?x=1",
-        ] {
-            assert_eq!(confined(ok.to_string()).as_deref(), Ok(ok));
-        }
-        for bad in [
-            "file://./data/buckets/../../etc",
-            "file://./data/buckets/..",
-            "file://./data//x",
-            "s3://b/\u{7}",
-        ] {
-            assert!(confined(bad.to_string()).is_err(), "{bad}");
         }
     }
 }

@@ -211,7 +211,7 @@ const ROWS_SQL: &str =
     "UPDATE flowgate_loaded SET rows = $4 WHERE pipeline = $1 AND step = $2 AND object = $3";
 
 fn fenced_out(lane: &str) -> StepError {
-    crate::engine::claim::lost_error().context(format!(
+    crate::lane::lost_error().context(format!(
         "a newer run of lane `{lane}` has loaded into this database since this run took its claim"
     ))
 }

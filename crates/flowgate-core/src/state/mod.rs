@@ -50,10 +50,14 @@ pub enum StateError {
 
 pub type StateResult<T> = Result<T, StateError>;
 
-/// Status of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Status of a run, and of a step in it (succeeded, partial, skipped, failed or
+/// interrupted).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
+    #[default]
     Queued,
     Running,
     Succeeded,
@@ -112,7 +116,7 @@ impl RunStatus {
 
 impl std::fmt::Display for RunStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -120,7 +124,7 @@ impl std::fmt::Display for RunStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {
     pub step: String,
-    pub status: String,
+    pub status: RunStatus,
     pub attempts: u32,
     pub objects_in: u64,
     pub objects_out: u64,
@@ -152,7 +156,10 @@ impl RunRecord {
 
 /// Some step failed, and every failed step set its bad input aside.
 pub fn failures_set_aside(steps: &[StepReport]) -> bool {
-    let mut failing = steps.iter().filter(|s| s.status == "failed").peekable();
+    let mut failing = steps
+        .iter()
+        .filter(|s| s.status == RunStatus::Failed)
+        .peekable();
     failing.peek().is_some() && failing.all(|s| s.quarantined > 0)
 }
 

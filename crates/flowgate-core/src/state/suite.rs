@@ -24,7 +24,7 @@ fn run(id: &str, pipeline: &str, status: RunStatus) -> RunRecord {
         error: None,
         steps: vec![StepReport {
             step: "copy".into(),
-            status: "succeeded".into(),
+            status: RunStatus::Succeeded,
             objects_out: 3,
             ..Default::default()
         }],

@@ -115,14 +115,134 @@ pub fn is_object_store_url(url: &str) -> bool {
     .any(|s| url.starts_with(s))
 }
 
+fn bad_url(name: &str, spec: &StoreSpec, reason: String) -> StoreError {
+    StoreError::BadUrl {
+        store: name.to_string(),
+        url: crate::secret::redact(&spec.url),
+        reason,
+    }
+}
+
+/// A `file://` store: the directory (relative to `base`), created when the store
+/// is written and missing; its canonical URL.
+fn open_file(
+    name: &str,
+    spec: &StoreSpec,
+    rest: &str,
+    base: &FsPath,
+) -> Result<(object_store::local::LocalFileSystem, String), StoreError> {
+    let dir = if rest.starts_with('/') {
+        FsPath::new(rest).to_path_buf()
+    } else {
+        base.join(rest)
+    };
+    if !dir.exists() {
+        if spec.access.can_write() {
+            std::fs::create_dir_all(&dir).map_err(|source| StoreError::Dir {
+                store: name.to_string(),
+                dir: dir.display().to_string(),
+                source,
+            })?;
+        } else {
+            return Err(bad_url(
+                name,
+                spec,
+                format!("directory {} does not exist", dir.display()),
+            ));
+        }
+    }
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|source| {
+        StoreError::Open {
+            store: name.to_string(),
+            source,
+        }
+    })?;
+    let url = format!(
+        "file://{}",
+        dir.canonicalize().unwrap_or(dir.clone()).display()
+    );
+    Ok((fs, url))
+}
+
+/// An `s3://` store: endpoint, style, region and credentials from the spec, else
+/// the environment. Refused when an endpoint is set and no credentials are (the
+/// client would ask the EC2 metadata service instead).
+fn open_s3(
+    name: &str,
+    spec: &StoreSpec,
+    bucket: &str,
+    retry: RetryConfig,
+) -> Result<(object_store::aws::AmazonS3, S3Info), StoreError> {
+    let mut b = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(retry);
+    let endpoint = spec
+        .endpoint
+        .clone()
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+    if let Some(ep) = &endpoint {
+        b = b.with_endpoint(ep);
+        b = b.with_virtual_hosted_style_request(!spec.path_style.unwrap_or(true));
+        b = b.with_allow_http(spec.allow_http.unwrap_or(ep.starts_with("http://")));
+    } else if let Some(path_style) = spec.path_style {
+        b = b.with_virtual_hosted_style_request(!path_style);
+    }
+    if let Some(allow) = spec.allow_http {
+        b = b.with_allow_http(allow);
+    }
+    let region = spec
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .unwrap_or_else(|| "us-east-1".into());
+    b = b.with_region(&region);
+    if let Some(k) = &spec.access_key_id {
+        b = b.with_access_key_id(k);
+    }
+    if let Some(s) = &spec.secret_access_key {
+        crate::secret::register(s);
+        b = b.with_secret_access_key(s);
+    }
+    if let Ok(s) = std::env::var("AWS_SECRET_ACCESS_KEY") {
+        crate::secret::register(&s);
+    }
+    let has_credentials = spec.access_key_id.is_some()
+        || [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_PROFILE",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    if endpoint.is_some() && !has_credentials {
+        return Err(bad_url(
+            name,
+            spec,
+            "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or access_key_id and secret_access_key on the store".into(),
+        ));
+    }
+    let store = b.build().map_err(|source| StoreError::Open {
+        store: name.to_string(),
+        source,
+    })?;
+    let info = S3Info {
+        bucket: bucket.to_string(),
+        path_style: spec.path_style.unwrap_or(endpoint.is_some()),
+        endpoint,
+        region,
+        access_key_id: spec.access_key_id.clone(),
+        secret_access_key: spec.secret_access_key.clone(),
+    };
+    Ok((store, info))
+}
+
 impl StoreHandle {
     /// Open a store. `base` is the directory relative `file://` paths start from.
     pub fn open(name: &str, spec: &StoreSpec, base: &FsPath) -> Result<StoreHandle, StoreError> {
-        let bad = |reason: String| StoreError::BadUrl {
-            store: name.to_string(),
-            url: crate::secret::redact(&spec.url),
-            reason,
-        };
+        let bad = |reason: String| bad_url(name, spec, reason);
         let open = |source| StoreError::Open {
             store: name.to_string(),
             source,
@@ -139,28 +259,7 @@ impl StoreHandle {
         let mut s3 = None;
         let (inner, root, url): (Arc<dyn ObjectStore>, Path, String) = match scheme {
             "file" => {
-                let dir = if rest.starts_with('/') {
-                    FsPath::new(rest).to_path_buf()
-                } else {
-                    base.join(rest)
-                };
-                if !dir.exists() {
-                    if spec.access.can_write() {
-                        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Dir {
-                            store: name.to_string(),
-                            dir: dir.display().to_string(),
-                            source,
-                        })?;
-                    } else {
-                        return Err(bad(format!("directory {} does not exist", dir.display())));
-                    }
-                }
-                let fs =
-                    object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(open)?;
-                let url = format!(
-                    "file://{}",
-                    dir.canonicalize().unwrap_or(dir.clone()).display()
-                );
+                let (fs, url) = open_file(name, spec, rest, base)?;
                 (Arc::new(fs), Path::default(), url)
             }
             "memory" => {
@@ -178,66 +277,8 @@ impl StoreHandle {
             }
             "s3" | "s3a" => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_retry(retry);
-                let endpoint = spec
-                    .endpoint
-                    .clone()
-                    .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
-                if let Some(ep) = &endpoint {
-                    b = b.with_endpoint(ep);
-                    b = b.with_virtual_hosted_style_request(!spec.path_style.unwrap_or(true));
-                    b = b.with_allow_http(spec.allow_http.unwrap_or(ep.starts_with("http://")));
-                } else if let Some(path_style) = spec.path_style {
-                    b = b.with_virtual_hosted_style_request(!path_style);
-                }
-                if let Some(allow) = spec.allow_http {
-                    b = b.with_allow_http(allow);
-                }
-                let region = spec
-                    .region
-                    .clone()
-                    .or_else(|| std::env::var("AWS_REGION").ok())
-                    .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok());
-                let region = region.unwrap_or_else(|| "us-east-1".into());
-                b = b.with_region(&region);
-                if let Some(k) = &spec.access_key_id {
-                    b = b.with_access_key_id(k);
-                }
-                if let Some(s) = &spec.secret_access_key {
-                    crate::secret::register(s);
-                    b = b.with_secret_access_key(s);
-                }
-                if let Ok(s) = std::env::var("AWS_SECRET_ACCESS_KEY") {
-                    crate::secret::register(&s);
-                }
-                // Without credentials the AWS client asks the EC2 instance-metadata service;
-                // against an S3-compatible endpoint that is never right, so say what to set.
-                let has_credentials = spec.access_key_id.is_some()
-                    || [
-                        "AWS_ACCESS_KEY_ID",
-                        "AWS_PROFILE",
-                        "AWS_WEB_IDENTITY_TOKEN_FILE",
-                        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                    ]
-                    .iter()
-                    .any(|v| std::env::var_os(v).is_some());
-                if endpoint.is_some() && !has_credentials {
-                    return Err(bad(
-                        "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or access_key_id and secret_access_key on the store".into(),
-                    ));
-                }
-                let store = b.build().map_err(open)?;
-                s3 = Some(S3Info {
-                    bucket: bucket.to_string(),
-                    path_style: spec.path_style.unwrap_or(endpoint.is_some()),
-                    endpoint,
-                    region,
-                    access_key_id: spec.access_key_id.clone(),
-                    secret_access_key: spec.secret_access_key.clone(),
-                });
+                let (store, info) = open_s3(name, spec, bucket, retry)?;
+                s3 = Some(info);
                 (
                     Arc::new(store),
                     Path::parse(prefix).map_err(|e| bad(e.to_string()))?,

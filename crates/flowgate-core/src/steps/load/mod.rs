@@ -7,6 +7,8 @@
 //! (the newest pending input becomes the table; older pending ones are superseded).
 //! Rows whose key is NULL are dead-lettered as they stream past.
 
+pub mod plan;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,7 +20,6 @@ use object_store::ObjectMeta;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::engine::{StepContext, StepOutput};
 use crate::error::StepError;
 use crate::formats::{Format, read_batches};
 use crate::plan::LoadPlan;
@@ -26,6 +27,7 @@ use crate::quarantine::DeadRecord;
 use crate::sql::SqlSource;
 use crate::sql::target::{Input, LoadClaim, LoadMode, LoadTarget};
 use crate::state::StepReport;
+use crate::steps::context::{StepContext, StepOutput};
 use crate::store::StoreHandle;
 
 pub async fn run(ctx: &StepContext<'_>, plan: &LoadPlan) -> Result<StepOutput, StepError> {

@@ -12,11 +12,11 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
 use serde_json::{Value, json};
 
-use crate::engine::{StepContext, StepOutput};
 use crate::error::StepError;
 use crate::formats::{Format, LazyWriter};
 use crate::plan::TransformPlan;
 use crate::state::StepReport;
+use crate::steps::context::{StepContext, StepOutput};
 use crate::store::{StoreHandle, version_of};
 use flowgate_sql::{FileKind, Session, load_models};
 
@@ -63,6 +63,65 @@ pub async fn run(ctx: &StepContext<'_>, plan: &TransformPlan) -> Result<StepOutp
         .register_store(&src.name, src.reader().clone())
         .map_err(|e| StepError::internal(e.to_string()))?;
     let mut report = StepReport::default();
+    let new_inputs = register_tables(&session, src, tables, &consumed).await?;
+    report.objects_in = new_inputs.len() as u64;
+
+    // Nothing new landed: every model would compute what it did last time.
+    if new_inputs.is_empty() {
+        report.notes.push(format!(
+            "no new input under {}: the models were not run",
+            src.display(&prefix)
+        ));
+        return Ok(StepOutput::from(report));
+    }
+    let keys = models
+        .iter()
+        .map(|model| {
+            let mut tctx = ctx.template.clone();
+            if let Value::Object(m) = &mut tctx {
+                m.insert("model".into(), json!(model.name));
+            }
+            crate::template::render(&plan.to.prefix, &tctx).map_err(StepError::user)
+        })
+        .collect::<Result<Vec<String>, _>>()?;
+    // Before any output is written, say which outputs consume which inputs: a
+    // crash before the inputs are marked is settled by the next run.
+    let pending = json!({ "outputs": keys, "inputs": new_inputs });
+    ctx.state
+        .set_watermark(&ctx.plan.name, &pending_name, &pending, ctx.fence())
+        .await?;
+    for (model, key) in models.iter().zip(keys) {
+        if ctx.cancel.is_cancelled() {
+            return Err(StepError::external("interrupted between models"));
+        }
+        ctx.claim.check()?;
+        let (rows, bytes) = run_model(ctx, &session, model, dst, &writer_store, &key).await?;
+        report.rows_out += rows;
+        report.bytes_out += bytes;
+        report.objects_out += 1;
+        report.notes.push(format!(
+            "model `{}`: {rows} rows → {}",
+            model.name,
+            dst.display(&key)
+        ));
+        crate::testing::crash_point("transform:model-written");
+    }
+    // Every output is complete: only now are the inputs consumed.
+    consume(ctx, &scope, &new_inputs).await?;
+    ctx.state
+        .set_watermark(&ctx.plan.name, &pending_name, &Value::Null, ctx.fence())
+        .await?;
+    Ok(StepOutput::from(report))
+}
+
+/// Register each table (all its objects, newest schema first) and `<table>_new`
+/// (the objects not consumed yet); return those new inputs with their versions.
+async fn register_tables(
+    session: &Session,
+    src: &StoreHandle,
+    tables: Tables,
+    consumed: &std::collections::HashMap<String, crate::state::LedgerEntry>,
+) -> Result<Vec<(String, String)>, StepError> {
     let mut new_inputs: Vec<(String, String)> = Vec::new();
     for (table, mut objects) in tables {
         let kind = objects[0].2;
@@ -100,87 +159,48 @@ pub async fn run(ctx: &StepContext<'_>, plan: &TransformPlan) -> Result<StepOutp
                 .register_files(&new_table, &src.name, &paths, kind, schema)
                 .map_err(|e| StepError::user(e.to_string()))?;
         }
-        report.objects_in += fresh.len() as u64;
         new_inputs.extend(fresh.iter().map(|o| (o.0.clone(), version_of(&o.1))));
     }
+    Ok(new_inputs)
+}
 
-    // Nothing new landed: every model would compute what it did last time.
-    if new_inputs.is_empty() {
-        report.notes.push(format!(
-            "no new input under {}: the models were not run",
-            src.display(&prefix)
-        ));
-        return Ok(StepOutput::from(report));
+/// Run one model and write its output at `key` (an empty result too: a table
+/// replaced from it becomes empty); (rows, bytes) written.
+async fn run_model(
+    ctx: &StepContext<'_>,
+    session: &Session,
+    model: &flowgate_sql::Model,
+    dst: &StoreHandle,
+    writer_store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    key: &str,
+) -> Result<(u64, u64), StepError> {
+    let mut stream = session
+        .run(model)
+        .await
+        .map_err(|e| StepError::user(e.to_string()))?;
+    let format = Format::from_key(key).unwrap_or(Format::Parquet);
+    let path = dst.path(key).map_err(StepError::user)?;
+    let mut writer = LazyWriter::new(writer_store.clone(), path, format, PART_SIZE);
+    writer.keep_when_empty(stream.schema())?;
+    let result: Result<(), StepError> = async {
+        while let Some(batch) = stream.next().await {
+            let batch =
+                batch.map_err(|e| StepError::user(format!("model `{}`: {e}", model.name)))?;
+            writer.write(&batch).await?;
+        }
+        Ok(())
     }
-    let keys = models
-        .iter()
-        .map(|model| {
-            let mut tctx = ctx.template.clone();
-            if let Value::Object(m) = &mut tctx {
-                m.insert("model".into(), json!(model.name));
-            }
-            crate::template::render(&plan.to.prefix, &tctx).map_err(StepError::user)
-        })
-        .collect::<Result<Vec<String>, _>>()?;
-    // Before any output is written, say which outputs consume which inputs: a
-    // crash before the inputs are marked is settled by the next run.
-    let pending = json!({ "outputs": keys, "inputs": new_inputs });
-    ctx.state
-        .set_watermark(&ctx.plan.name, &pending_name, &pending, ctx.fence())
-        .await?;
-    for (model, key) in models.iter().zip(keys) {
-        if ctx.cancel.is_cancelled() {
-            return Err(StepError::external("interrupted between models"));
-        }
-        ctx.claim.check()?;
-        let mut stream = session
-            .run(model)
-            .await
-            .map_err(|e| StepError::user(e.to_string()))?;
-        let format = Format::from_key(&key).unwrap_or(Format::Parquet);
-        let path = dst.path(&key).map_err(StepError::user)?;
-        let mut writer = LazyWriter::new(writer_store.clone(), path, format, PART_SIZE);
-        // An empty result is written too: a table replaced from it becomes empty.
-        writer.keep_when_empty(stream.schema())?;
-        let result: Result<(), StepError> = async {
-            while let Some(batch) = stream.next().await {
-                let batch =
-                    batch.map_err(|e| StepError::user(format!("model `{}`: {e}", model.name)))?;
-                writer.write(&batch).await?;
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = result.and_then(|()| ctx.claim.check()) {
-            writer.abort().await;
-            return Err(e);
-        }
-        match writer.finish().await? {
-            Some((rows, bytes)) => {
-                report.rows_out += rows;
-                report.bytes_out += bytes;
-                report.objects_out += 1;
-                report.notes.push(format!(
-                    "model `{}`: {rows} rows → {}",
-                    model.name,
-                    dst.display(&key)
-                ));
-            }
-            None => {
-                return Err(StepError::internal(format!(
-                    "model `{}`: its output was not written",
-                    model.name
-                )));
-            }
-        }
-        crate::testing::crash_point("transform:model-written");
+    .await;
+    if let Err(e) = result.and_then(|()| ctx.claim.check()) {
+        writer.abort().await;
+        return Err(e);
     }
-    // Every output is complete: only now are the inputs consumed.
-    consume(ctx, &scope, &new_inputs).await?;
-    ctx.state
-        .set_watermark(&ctx.plan.name, &pending_name, &Value::Null, ctx.fence())
-        .await?;
-    Ok(StepOutput::from(report))
+    writer.finish().await?.ok_or_else(|| {
+        StepError::internal(format!(
+            "model `{}`: its output was not written",
+            model.name
+        ))
+    })
 }
 
 async fn consume(

@@ -8,6 +8,8 @@
 //! complete in the store; a crash before that re-extracts the same rows, which
 //! the load deduplicates by key.
 
+pub mod plan;
+
 use std::collections::HashSet;
 
 use arrow::array::{Array, AsArray, BooleanArray};
@@ -18,12 +20,12 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::engine::{StepContext, StepOutput};
 use crate::error::StepError;
 use crate::formats::{Format, LazyWriter};
 use crate::plan::{ExtractPlan, NullCursors};
 use crate::sql::{SqlSource, Window};
 use crate::state::StepReport;
+use crate::steps::context::{StepContext, StepOutput};
 
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Watermark {
@@ -144,56 +146,17 @@ async fn extract_table(
         .or_else(|| Format::from_key(&key_path))
         .unwrap_or(Format::Jsonl);
     let path = dst.path(&key_path).map_err(StepError::user)?;
-    let data_cols = info.columns.len();
-    let nkeys = key.len();
 
-    let (tx, mut rx) = mpsc::channel::<Result<RecordBatch, StepError>>(4);
-    // The reader decodes on its own task while this one encodes.
-    let mut reader = {
-        let (src, schema, info, window) = (
-            src.clone(),
-            plan.schema.clone(),
-            info.clone(),
-            window.clone(),
-        );
-        let (batch_rows, parallel) = (plan.batch_rows, plan.parallel);
-        // In a set: dropped with this step (cancelled, timed out), it stops too.
-        let mut set = tokio::task::JoinSet::new();
-        set.spawn(async move {
-            src.read(&schema, &info, &window, batch_rows, parallel, tx)
-                .await
-        });
-        set
+    let read = Read {
+        plan,
+        src,
+        info: &info,
+        window: &window,
+        nkeys: key.len(),
+        recent_old: &recent_old,
     };
-    let consume = async {
-        let mut writer = LazyWriter::new(store.clone(), path.clone(), format, PART_SIZE);
-        let mut recent_new: Vec<String> = Vec::new();
-        let result: Result<(), StepError> = async {
-            while let Some(batch) = rx.recv().await {
-                let batch = batch?;
-                report.rows_in += batch.num_rows() as u64;
-                let data = new_rows(&batch, data_cols, nkeys, &recent_old, &mut recent_new)?;
-                writer.write(&data).await?;
-            }
-            Ok(())
-        }
-        .await;
-        (result, writer, recent_new)
-    };
-    let (read_result, (consume_result, writer, recent_new)) =
-        tokio::join!(reader.join_next(), consume);
-    let read_result = match read_result {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => Err(StepError::internal(format!("reader task: {e}"))),
-        None => Err(StepError::internal("reader task missing")),
-    };
-    let end = match consume_result.and(read_result) {
-        Ok(end) => end,
-        Err(e) => {
-            writer.abort().await;
-            return Err(e);
-        }
-    };
+    let writer = LazyWriter::new(store.clone(), path.clone(), format, PART_SIZE);
+    let (end, writer, recent_new) = read.write_to(writer, &mut report).await?;
     if end.top.is_none() && report.rows_in == 0 {
         writer.abort().await;
         report
@@ -263,6 +226,75 @@ async fn extract_table(
         }
     }
     Ok(report)
+}
+
+/// One table's read: the rows the window selects, new ones only.
+struct Read<'a> {
+    plan: &'a ExtractPlan,
+    src: &'a SqlSource,
+    info: &'a crate::sql::TableInfo,
+    window: &'a Window,
+    nkeys: usize,
+    recent_old: &'a HashSet<String>,
+}
+
+impl Read<'_> {
+    /// Read the table into `writer` (the reader decodes on its own task while
+    /// this one encodes); on an error the writer is aborted. Returns where the
+    /// read ended, the writer, and the keys at the newest cursor value.
+    async fn write_to(
+        &self,
+        mut writer: LazyWriter,
+        report: &mut StepReport,
+    ) -> Result<(crate::sql::ReadEnd, LazyWriter, Vec<String>), StepError> {
+        let (tx, mut rx) = mpsc::channel::<Result<RecordBatch, StepError>>(4);
+        let mut reader = {
+            let (src, schema, info, window) = (
+                self.src.clone(),
+                self.plan.schema.clone(),
+                self.info.clone(),
+                self.window.clone(),
+            );
+            let (batch_rows, parallel) = (self.plan.batch_rows, self.plan.parallel);
+            // In a set: dropped with this step (cancelled, timed out), it stops too.
+            let mut set = tokio::task::JoinSet::new();
+            set.spawn(async move {
+                src.read(&schema, &info, &window, batch_rows, parallel, tx)
+                    .await
+            });
+            set
+        };
+        let data_cols = self.info.columns.len();
+        let mut recent_new: Vec<String> = Vec::new();
+        let consume = async {
+            while let Some(batch) = rx.recv().await {
+                let batch = batch?;
+                report.rows_in += batch.num_rows() as u64;
+                let data = new_rows(
+                    &batch,
+                    data_cols,
+                    self.nkeys,
+                    self.recent_old,
+                    &mut recent_new,
+                )?;
+                writer.write(&data).await?;
+            }
+            Ok::<(), StepError>(())
+        };
+        let (read_result, consume_result) = tokio::join!(reader.join_next(), consume);
+        let read_result = match read_result {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => Err(StepError::internal(format!("reader task: {e}"))),
+            None => Err(StepError::internal("reader task missing")),
+        };
+        match consume_result.and(read_result) {
+            Ok(end) => Ok((end, writer, recent_new)),
+            Err(e) => {
+                writer.abort().await;
+                Err(e)
+            }
+        }
+    }
 }
 
 /// The table's position, after settling what a run that stopped between

@@ -6,6 +6,8 @@
 //! verified, and only then recorded in the object ledger; the manifest is written
 //! last, so its presence means the copy is complete.
 
+pub mod plan;
+
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -14,10 +16,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::config::model::Verify;
-use crate::engine::{StepContext, StepOutput};
 use crate::error::{ErrorKind, StepError};
 use crate::plan::CopyPlan;
 use crate::state::StepReport;
+use crate::steps::context::{StepContext, StepOutput};
 use crate::store::{StoreHandle, join_key as join};
 
 struct Item {
@@ -75,22 +77,7 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
         .writer(&what)
         .map_err(|e| StepError::user(e.to_string()))?
         .clone();
-    let identity = match &plan.decrypt {
-        Some(d) => {
-            let on = match &d.when {
-                Some(w) => crate::template::truthy(w, ctx.template)
-                    .map_err(|e| StepError::user(format!("decrypt.when {e}")))?,
-                None => true,
-            };
-            if on {
-                Some(age_identity(&d.age_identity).map_err(StepError::user)?)
-            } else {
-                None
-            }
-        }
-        None => None,
-    };
-    let identity = identity.as_ref();
+    let identity = decrypt_identity(ctx, plan)?;
     let from_prefix = render_prefix(ctx, &plan.from.prefix)?;
     let to_prefix = render_prefix(ctx, &plan.to.prefix)?;
     let base = src
@@ -99,37 +86,11 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
     dst.path(&to_prefix)
         .map_err(|e| StepError::user(format!("destination prefix `{to_prefix}`: {e}")))?;
 
-    // List what is there.
     // A listing that fails part-way cannot be trusted to be complete (the local
     // store ends its listing at the first bad name), so the step fails loudly.
     let (listed, unnamed) = list_source(src, &base, &from_prefix).await?;
-    let manifest_name = plan.manifest.as_deref();
     let same_place = src.url == dst.url && from_prefix == to_prefix;
-    let mut items: Vec<Item> = listed
-        .into_iter()
-        .filter_map(|meta| {
-            let relative = StoreHandle::relative_to(&base, &meta.location)?;
-            if relative.is_empty() {
-                return None;
-            }
-            if same_place && Some(relative.as_str()) == manifest_name {
-                return None;
-            }
-            if plan
-                .include
-                .as_ref()
-                .is_some_and(|g| !g.is_match(&relative))
-            {
-                return None;
-            }
-            if plan.exclude.as_ref().is_some_and(|g| g.is_match(&relative)) {
-                return None;
-            }
-            Some(Item { meta, relative })
-        })
-        .collect();
-    items.sort_by(|a, b| a.relative.cmp(&b.relative));
-
+    let items = select(listed, &base, plan, same_place);
     let scope = format!(
         "{}/{}/{}",
         ctx.plan.name,
@@ -150,177 +111,35 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
     };
     #[cfg(not(feature = "aws"))]
     let server_side: Option<ServerSideCopy> = None;
-    let server_side = server_side.as_ref();
-    let items_ref = &items;
-    let results: Vec<(usize, Result<Done, StepError>)> = futures::stream::iter(0..items.len())
+    let job = Job {
+        ctx,
+        plan,
+        src,
+        dst,
+        writer,
+        identity: identity.as_ref(),
+        server_side: server_side.as_ref(),
+        from_prefix: &from_prefix,
+        to_prefix: &to_prefix,
+        scope: &scope,
+        ledger: &ledger,
+        quarantine: &quarantine,
+    };
+    let mut results: Vec<(usize, Result<Done, StepError>)> = futures::stream::iter(0..items.len())
         .map(|i| {
-            let writer = writer.clone();
-            let ledger = &ledger;
-            let scope = &scope;
-            let to_prefix = &to_prefix;
-            let from_prefix = &from_prefix;
-            let quarantine = &quarantine;
-            async move {
-                let item = &items_ref[i];
-                if ctx.cancel.is_cancelled() {
-                    return (
-                        i,
-                        Err(StepError::external(
-                            "interrupted before this object was copied",
-                        )),
-                    );
-                }
-                let fp = crate::store::version_of(&item.meta);
-                // A decrypted object drops its `.age`.
-                let dest_rel = match identity {
-                    Some(_) => item.relative.strip_suffix(".age").unwrap_or(&item.relative),
-                    None => &item.relative,
-                };
-                let dest_key = join(to_prefix, dest_rel);
-                let dest = match dst.path(&dest_key) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let err = StepError::user(format!(
-                            "`{}` cannot be a destination key: {e}",
-                            item.relative
-                        ));
-                        return (
-                            i,
-                            quarantine_one(ctx, src, quarantine, from_prefix, item, err).await,
-                        );
-                    }
-                };
-                if let Err(e) = ctx.claim.check() {
-                    return (i, Err(e));
-                }
-                // Unchanged since a verified copy: skip.
-                // The size written (decrypted: not the source's) is in the ledger.
-                if let Some(entry) = ledger.get(&item.relative)
-                    && entry.fingerprint == fp
-                    && let Ok(head) = writer.head(&dest).await
-                    && head.size
-                        == entry
-                            .detail
-                            .get("size")
-                            .and_then(Value::as_u64)
-                            .unwrap_or(item.meta.size)
-                {
-                    ctx.progress.advance(item.meta.size);
-                    return (
-                        i,
-                        Ok(Done::Unchanged {
-                            check: check_of(&entry.detail),
-                        }),
-                    );
-                }
-                let res = transfer(
-                    src,
-                    dst,
-                    &writer,
-                    item,
-                    &dest,
-                    plan,
-                    identity,
-                    server_side,
-                    ctx.progress,
-                )
-                .await;
-                match res {
-                    Ok((bytes, check)) => {
-                        let mut detail =
-                            json!({"size": bytes, "destination": dst.display(&dest_key)});
-                        merge(&mut detail, &check);
-                        if let Err(e) = ctx
-                            .state
-                            .ledger_put(scope, &item.relative, &fp, &detail, ctx.fence())
-                            .await
-                        {
-                            return (i, Err(e.into()));
-                        }
-                        (i, Ok(Done::Copied { bytes, check }))
-                    }
-                    Err(e) if e.kind == ErrorKind::SourceVanished => (i, Ok(Done::Vanished)),
-                    Err(e) if e.kind == ErrorKind::ClaimLost => (i, Err(e)),
-                    Err(e) if !e.class.retriable => {
-                        let undecryptable = e.kind == ErrorKind::Undecryptable;
-                        match quarantine_one(ctx, src, quarantine, from_prefix, item, e).await {
-                            // A file that cannot be decrypted fails the transfer
-                            // (after it is quarantined with the reason).
-                            Ok(Done::Quarantined { report }) if undecryptable => {
-                                (i, Ok(Done::Undecryptable { report }))
-                            }
-                            other => (i, other),
-                        }
-                    }
-                    Err(e) => (
-                        i,
-                        Err(e.context(format!(
-                            "copying {}",
-                            src.display(&join(from_prefix, &item.relative))
-                        ))),
-                    ),
-                }
-            }
+            let (job, item) = (&job, &items[i]);
+            async move { (i, job.one(item).await) }
         })
         .buffer_unordered(plan.concurrency)
         .collect()
         .await;
     ctx.progress.end();
-
-    let mut report = StepReport {
-        objects_in: items.len() as u64,
-        ..Default::default()
-    };
-    let mut manifest_objects = Vec::new();
-    let mut first_error: Option<StepError> = None;
-    let mut undecryptable: Option<StepError> = None;
-    let mut sorted = results;
-    sorted.sort_by_key(|(i, _)| *i);
-    for (i, r) in sorted {
-        let item = &items[i];
-        match r {
-            Ok(Done::Copied { bytes, check }) => {
-                report.objects_out += 1;
-                report.bytes_in += bytes;
-                report.bytes_out += bytes;
-                let mut entry = json!({"key": item.relative, "size": bytes});
-                merge(&mut entry, &check);
-                manifest_objects.push(entry);
-            }
-            Ok(Done::Unchanged { check }) => {
-                report.objects_skipped += 1;
-                let mut entry = json!({"key": item.relative, "size": item.meta.size});
-                merge(&mut entry, &check);
-                manifest_objects.push(entry);
-            }
-            Ok(Done::Quarantined { report: at }) => {
-                report.quarantined += 1;
-                report
-                    .notes
-                    .push(format!("quarantined `{}`: see {at}", item.relative));
-            }
-            Ok(Done::Undecryptable { report: at }) => {
-                report.quarantined += 1;
-                if undecryptable.is_none() {
-                    undecryptable = Some(StepError::user(format!(
-                        "`{}` could not be decrypted with the configured age identity; it was quarantined (see {at})",
-                        item.relative
-                    )));
-                }
-            }
-            Ok(Done::Vanished) => report.notes.push(format!(
-                "`{}` disappeared from the source before it was copied",
-                item.relative
-            )),
-            Err(e) => {
-                if first_error.is_none() {
-                    first_error = Some(e);
-                }
-            }
-        }
-    }
+    results.sort_by_key(|(i, _)| *i);
+    let tally = tally(&items, results);
+    let mut report = tally.report;
     #[cfg(feature = "aws")]
-    if let Some(n) = server_side
+    if let Some(n) = job
+        .server_side
         .map(|s| s.copied.load(std::sync::atomic::Ordering::Relaxed))
         .filter(|n| *n > 0)
     {
@@ -328,7 +147,7 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
             "{n} object(s) copied server-side: the bytes did not pass through flowgate"
         ));
     }
-    if let Some(e) = first_error {
+    if let Some(e) = tally.first_error {
         return Err(e);
     }
     for (key, _) in &unnamed {
@@ -339,7 +158,7 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
             key.escape_debug()
         ));
     }
-    if let Some(e) = undecryptable {
+    if let Some(e) = tally.undecryptable {
         return Ok(StepOutput {
             report,
             failure: Some(e),
@@ -356,29 +175,256 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CopyPlan) -> Result<StepOutput, S
             src.display(&from_prefix)
         ));
     }
+    if let Some(name) = plan.manifest.as_deref() {
+        job.write_manifest(name, &report, tally.manifest).await?;
+    }
+    Ok(StepOutput::from(report))
+}
 
-    if let Some(name) = manifest_name {
+/// The age identity to decrypt with, when the step decrypts this run.
+fn decrypt_identity(
+    ctx: &StepContext<'_>,
+    plan: &CopyPlan,
+) -> Result<Option<age::x25519::Identity>, StepError> {
+    let Some(d) = &plan.decrypt else {
+        return Ok(None);
+    };
+    let on = match &d.when {
+        Some(w) => crate::template::truthy(w, ctx.template)
+            .map_err(|e| StepError::user(format!("decrypt.when {e}")))?,
+        None => true,
+    };
+    if !on {
+        return Ok(None);
+    }
+    age_identity(&d.age_identity)
+        .map(Some)
+        .map_err(StepError::user)
+}
+
+/// The listed objects the step copies, by relative key: not the source itself,
+/// not its own manifest when copying in place, through `include`/`exclude`.
+fn select(
+    listed: Vec<ObjectMeta>,
+    base: &object_store::path::Path,
+    plan: &CopyPlan,
+    same_place: bool,
+) -> Vec<Item> {
+    let manifest = plan.manifest.as_deref();
+    let mut items: Vec<Item> = listed
+        .into_iter()
+        .filter_map(|meta| {
+            let relative = StoreHandle::relative_to(base, &meta.location)?;
+            let skip = relative.is_empty()
+                || (same_place && Some(relative.as_str()) == manifest)
+                || plan
+                    .include
+                    .as_ref()
+                    .is_some_and(|g| !g.is_match(&relative))
+                || plan.exclude.as_ref().is_some_and(|g| g.is_match(&relative));
+            (!skip).then_some(Item { meta, relative })
+        })
+        .collect();
+    items.sort_by(|a, b| a.relative.cmp(&b.relative));
+    items
+}
+
+/// One copy step's run: what every object's copy shares.
+struct Job<'a> {
+    ctx: &'a StepContext<'a>,
+    plan: &'a CopyPlan,
+    src: &'a StoreHandle,
+    dst: &'a StoreHandle,
+    writer: Arc<dyn object_store::ObjectStore>,
+    identity: Option<&'a age::x25519::Identity>,
+    server_side: Option<&'a ServerSideCopy>,
+    from_prefix: &'a str,
+    to_prefix: &'a str,
+    scope: &'a str,
+    ledger: &'a std::collections::HashMap<String, crate::state::LedgerEntry>,
+    quarantine: &'a crate::quarantine::Quarantine,
+}
+
+impl Job<'_> {
+    /// Copy one object: skipped when unchanged since a verified copy; recorded
+    /// in the ledger (fenced) once written and verified; set aside when it
+    /// cannot be copied.
+    async fn one(&self, item: &Item) -> Result<Done, StepError> {
+        let ctx = self.ctx;
+        if ctx.cancel.is_cancelled() {
+            return Err(StepError::external(
+                "interrupted before this object was copied",
+            ));
+        }
+        let fp = crate::store::version_of(&item.meta);
+        // A decrypted object drops its `.age`.
+        let dest_rel = match self.identity {
+            Some(_) => item.relative.strip_suffix(".age").unwrap_or(&item.relative),
+            None => &item.relative,
+        };
+        let dest_key = join(self.to_prefix, dest_rel);
+        let dest = match self.dst.path(&dest_key) {
+            Ok(p) => p,
+            Err(e) => {
+                let err = StepError::user(format!(
+                    "`{}` cannot be a destination key: {e}",
+                    item.relative
+                ));
+                return quarantine_one(ctx, self.src, self.quarantine, self.from_prefix, item, err)
+                    .await;
+            }
+        };
+        ctx.claim.check()?;
+        // Unchanged since a verified copy: skip.
+        // The size written (decrypted: not the source's) is in the ledger.
+        if let Some(entry) = self.ledger.get(&item.relative)
+            && entry.fingerprint == fp
+            && let Ok(head) = self.writer.head(&dest).await
+            && head.size
+                == entry
+                    .detail
+                    .get("size")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(item.meta.size)
+        {
+            ctx.progress.advance(item.meta.size);
+            return Ok(Done::Unchanged {
+                check: check_of(&entry.detail),
+            });
+        }
+        let res = transfer(
+            self.src,
+            self.dst,
+            &self.writer,
+            item,
+            &dest,
+            self.plan,
+            self.identity,
+            self.server_side,
+            ctx.progress,
+        )
+        .await;
+        match res {
+            Ok((bytes, check)) => {
+                let mut detail = json!({"size": bytes, "destination": self.dst.display(&dest_key)});
+                merge(&mut detail, &check);
+                ctx.state
+                    .ledger_put(self.scope, &item.relative, &fp, &detail, ctx.fence())
+                    .await?;
+                Ok(Done::Copied { bytes, check })
+            }
+            Err(e) if e.kind == ErrorKind::SourceVanished => Ok(Done::Vanished),
+            Err(e) if e.kind == ErrorKind::ClaimLost => Err(e),
+            Err(e) if !e.class.retriable => {
+                let undecryptable = e.kind == ErrorKind::Undecryptable;
+                match quarantine_one(ctx, self.src, self.quarantine, self.from_prefix, item, e)
+                    .await
+                {
+                    // A file that cannot be decrypted fails the transfer
+                    // (after it is quarantined with the reason).
+                    Ok(Done::Quarantined { report }) if undecryptable => {
+                        Ok(Done::Undecryptable { report })
+                    }
+                    other => other,
+                }
+            }
+            Err(e) => Err(e.context(format!(
+                "copying {}",
+                self.src.display(&join(self.from_prefix, &item.relative))
+            ))),
+        }
+    }
+
+    /// The manifest, written last: its presence means the copy is complete.
+    async fn write_manifest(
+        &self,
+        name: &str,
+        report: &StepReport,
+        objects: Vec<Value>,
+    ) -> Result<(), StepError> {
+        let ctx = self.ctx;
         let manifest = json!({
             "pipeline": ctx.plan.name,
             "run_id": ctx.run_id,
             "step": ctx.step.id,
-            "source": src.display(&from_prefix),
-            "destination": dst.display(&to_prefix),
-            "objects": manifest_objects,
+            "source": self.src.display(self.from_prefix),
+            "destination": self.dst.display(self.to_prefix),
+            "objects": objects,
             "quarantined": report.quarantined,
             "written_at": chrono::Utc::now().to_rfc3339(),
         });
         let body =
             serde_json::to_vec_pretty(&manifest).map_err(|e| StepError::internal(e.to_string()))?;
-        let path = dst
-            .path(&join(&to_prefix, name))
+        let path = self
+            .dst
+            .path(&join(self.to_prefix, name))
             .map_err(|e| StepError::user(e.to_string()))?;
-        writer
+        self.writer
             .put(&path, PutPayload::from(body))
             .await
             .map_err(|e| StepError::from(e).context("writing the manifest"))?;
+        Ok(())
     }
-    Ok(StepOutput::from(report))
+}
+
+/// The objects' outcomes added up.
+struct Tally {
+    report: StepReport,
+    manifest: Vec<Value>,
+    first_error: Option<StepError>,
+    undecryptable: Option<StepError>,
+}
+
+fn tally(items: &[Item], results: Vec<(usize, Result<Done, StepError>)>) -> Tally {
+    let mut t = Tally {
+        report: StepReport {
+            objects_in: items.len() as u64,
+            ..Default::default()
+        },
+        manifest: Vec::new(),
+        first_error: None,
+        undecryptable: None,
+    };
+    for (i, r) in results {
+        let item = &items[i];
+        match r {
+            Ok(Done::Copied { bytes, check }) => {
+                t.report.objects_out += 1;
+                t.report.bytes_in += bytes;
+                t.report.bytes_out += bytes;
+                let mut entry = json!({"key": item.relative, "size": bytes});
+                merge(&mut entry, &check);
+                t.manifest.push(entry);
+            }
+            Ok(Done::Unchanged { check }) => {
+                t.report.objects_skipped += 1;
+                let mut entry = json!({"key": item.relative, "size": item.meta.size});
+                merge(&mut entry, &check);
+                t.manifest.push(entry);
+            }
+            Ok(Done::Quarantined { report: at }) => {
+                t.report.quarantined += 1;
+                t.report
+                    .notes
+                    .push(format!("quarantined `{}`: see {at}", item.relative));
+            }
+            Ok(Done::Undecryptable { report: at }) => {
+                t.report.quarantined += 1;
+                t.undecryptable.get_or_insert_with(|| StepError::user(format!(
+                    "`{}` could not be decrypted with the configured age identity; it was quarantined (see {at})",
+                    item.relative
+                )));
+            }
+            Ok(Done::Vanished) => t.report.notes.push(format!(
+                "`{}` disappeared from the source before it was copied",
+                item.relative
+            )),
+            Err(e) => {
+                t.first_error.get_or_insert(e);
+            }
+        }
+    }
+    t
 }
 
 /// Objects under `base`. A listing that fails part-way cannot be trusted to be
@@ -504,7 +550,7 @@ async fn transfer(
     plan: &CopyPlan,
     identity: Option<&age::x25519::Identity>,
     server_side: Option<&ServerSideCopy>,
-    progress: &dyn crate::engine::Progress,
+    progress: &dyn crate::steps::context::Progress,
 ) -> Result<(u64, Value), StepError> {
     #[cfg(feature = "aws")]
     if let Some(ss) = server_side
@@ -633,7 +679,7 @@ async fn copy_one(
     dest: &object_store::path::Path,
     part_size: usize,
     identity: Option<&age::x25519::Identity>,
-    progress: &dyn crate::engine::Progress,
+    progress: &dyn crate::steps::context::Progress,
 ) -> Result<(u64, String), StepError> {
     let got = match src.reader().get(&item.meta.location).await {
         Ok(g) => g,

@@ -1,0 +1,331 @@
+//! A validated plan: every reference resolved, every template and pattern compiled,
+//! steps ordered. Nothing runs from an unvalidated file.
+//!
+//! `build` is the orchestrator: the pipeline's name, its stores, triggers,
+//! policies, steps (each kind planned by `steps::<kind>::plan`), notifications,
+//! recipients and routing, each in a module of its own, all reporting to one
+//! [`ctx::Ctx`].
+
+pub(crate) mod ctx;
+mod notify;
+mod routing;
+mod steps;
+mod triggers;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use crate::config::model::{CatchUp, NullCursors, OnMissed, OneAtATime};
+use crate::config::model::{NotifyEvent, ParamSpec, StoreSpec};
+use crate::config::{Diagnostic, LoadOptions, Loaded, load_file};
+pub use crate::steps::copy::plan::CopyPlan;
+pub use crate::steps::deliver::plan::DeliverPlan;
+pub use crate::steps::extract::plan::ExtractPlan;
+pub use crate::steps::load::plan::LoadPlan;
+pub use crate::steps::transform::plan::TransformPlan;
+use crate::store::{Location, is_object_store_url};
+use crate::units::{Backoff, Schedule};
+use ctx::Ctx;
+
+/// The built-in KV store's name.
+pub const STATE_STORE: &str = "state";
+
+/// Retry policy of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub backoff: Backoff,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// A validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub name: String,
+    pub description: Option<String>,
+    pub file: PathBuf,
+    /// Directory of the pipeline file: relative paths start here.
+    pub dir: PathBuf,
+    pub env: Option<String>,
+    pub vars: BTreeMap<String, String>,
+    pub params: BTreeMap<String, ParamSpec>,
+    pub stores: BTreeMap<String, StoreSpec>,
+    pub schedule: Option<Schedule>,
+    pub schedule_text: Option<String>,
+    pub catch_up: CatchUp,
+    /// What runs one at a time (`policy.one_at_a_time`).
+    pub one_at_a_time: OneAtATime,
+    pub watch: Option<WatchPlan>,
+    pub arrival: Option<ArrivalPlan>,
+    /// Steps in an order that respects `needs`.
+    pub steps: Vec<PlannedStep>,
+    pub quarantine: Option<Location>,
+    pub dead_letter: Option<Location>,
+    pub notify: NotifyPlan,
+    pub matrix: Option<crate::config::model::MatrixSpec>,
+    pub routing: Option<RoutingPlan>,
+    pub recipients: BTreeMap<String, RecipientPlan>,
+    /// Names of the file's `[env.NAME]` overlays.
+    pub environments: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WatchPlan {
+    pub key: String,
+    pub on_missed: OnMissed,
+}
+
+#[derive(Debug, Clone)]
+pub struct ArrivalPlan {
+    pub store: String,
+    pub pattern: String,
+    pub matcher: globset::GlobMatcher,
+    /// SQS queue URL of S3 event notifications (else: listing).
+    pub queue: Option<String>,
+    pub visibility: Duration,
+    /// The arrival store's bucket and key prefix, to read event keys against.
+    pub bucket: Option<String>,
+    pub root: String,
+    pub poll: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct NotifyPlan {
+    pub on: Vec<NotifyEvent>,
+    /// Freshness threshold; `None` when turned off.
+    pub stale_after: Option<Duration>,
+    pub webhook: Option<String>,
+    pub email: Option<crate::config::model::EmailSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedStep {
+    pub id: String,
+    pub needs: Vec<String>,
+    pub retry: RetryPolicy,
+    pub timeout: Option<Duration>,
+    /// Run only when this expression is true.
+    pub when: Option<String>,
+    pub kind: StepKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    Copy(CopyPlan),
+    Deliver(DeliverPlan),
+    Extract(ExtractPlan),
+    Load(LoadPlan),
+    Transform(TransformPlan),
+}
+
+impl ArrivalPlan {
+    /// An event's object key relative to the arrival store, or `None` when the
+    /// object is in another bucket or outside the store's prefix.
+    pub fn relative_key(&self, bucket: &str, key: &str) -> Option<String> {
+        if self.bucket.as_deref().is_some_and(|b| b != bucket) {
+            return None;
+        }
+        if self.root.is_empty() {
+            return Some(key.to_string());
+        }
+        key.strip_prefix(&self.root)?
+            .strip_prefix('/')
+            .map(str::to_string)
+    }
+}
+
+/// Where a delivered object's relative path goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathIn {
+    Url,
+    Header(String),
+}
+
+/// PEM given inline or as a file (read when a run needs it).
+#[derive(Debug, Clone)]
+pub enum Pem {
+    Inline(Vec<u8>),
+    File(PathBuf),
+}
+
+impl Pem {
+    pub(crate) fn parse(text: &str, dir: &Path) -> Pem {
+        if text.trim_start().starts_with("-----BEGIN") {
+            Pem::Inline(text.as_bytes().to_vec())
+        } else {
+            Pem::File(dir.join(text))
+        }
+    }
+
+    pub fn read(&self) -> Result<Vec<u8>, String> {
+        match self {
+            Pem::Inline(b) => Ok(b.clone()),
+            Pem::File(p) => std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display())),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RecipientPlan {
+    pub name: String,
+    pub url: url::Url,
+    /// The URL without credentials or query, for messages.
+    pub url_display: String,
+    pub method: reqwest::Method,
+    pub path_in: PathIn,
+    pub client_cert: Option<Pem>,
+    pub client_key: Option<Pem>,
+    pub ca: Option<Pem>,
+    pub timeout: Duration,
+    pub allow_http: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutingPlan {
+    pub key: String,
+    pub match_column: String,
+    pub id_column: String,
+    pub source: RoutingSource,
+}
+
+/// Where routing rows are read.
+#[derive(Debug, Clone)]
+pub enum RoutingSource {
+    Inline(Vec<serde_json::Map<String, serde_json::Value>>),
+    Sql {
+        source: crate::sql::SqlSource,
+        table: String,
+    },
+    #[cfg(feature = "aws")]
+    Dynamo(DynamoPlan),
+}
+
+#[derive(Debug, Clone)]
+pub struct DynamoPlan {
+    pub table: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+}
+
+impl StepKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Copy(_) => "copy",
+            StepKind::Deliver(_) => "deliver",
+            StepKind::Extract(_) => "extract",
+            StepKind::Load(_) => "load",
+            StepKind::Transform(_) => "transform",
+        }
+    }
+}
+
+/// Load and validate a pipeline file.
+pub fn plan_file(path: &Path, opts: &LoadOptions) -> Result<Plan, Vec<Diagnostic>> {
+    let loaded = load_file(path, opts)?;
+    build(&loaded)
+}
+
+/// Validate a loaded file into a plan: every problem is reported at once.
+pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
+    let mut cx = Ctx::new(loaded);
+    let f = cx.file();
+    name(&mut cx);
+    stores(&mut cx);
+    let t = &f.trigger;
+    let schedule = triggers::schedule(&mut cx);
+    let watch = triggers::watch(&mut cx);
+    let arrival = triggers::arrival(&mut cx);
+    let policy = steps::policy(&mut cx);
+    let steps = steps::plan(&mut cx, &policy);
+    let notify = notify::plan(&mut cx);
+    let recipients = notify::recipients(&mut cx);
+    let routing = routing::plan(&mut cx);
+    if f.matrix.is_some() && routing.is_some() {
+        cx.key_error(
+            "routing",
+            "a pipeline has either a matrix or routing, not both",
+            None,
+        );
+    }
+    if let Some(m) = &f.matrix
+        && m.values.is_empty()
+    {
+        cx.key_error("matrix.values", "a matrix needs at least one axis", None);
+    }
+    if !cx.d.is_empty() {
+        let mut items = cx.d.items;
+        items.sort_by_key(|d| (d.line, d.col));
+        return Err(items);
+    }
+    Ok(Plan {
+        name: f.name.clone(),
+        description: f.description.clone(),
+        file: loaded.path.clone(),
+        dir: cx.dir,
+        env: loaded.env.clone(),
+        vars: f.vars.clone(),
+        params: f.params.clone(),
+        stores: f.stores.clone(),
+        schedule,
+        schedule_text: t.schedule.clone(),
+        catch_up: t.catch_up.unwrap_or_default(),
+        one_at_a_time: f.policy.one_at_a_time.unwrap_or_default(),
+        watch,
+        arrival,
+        steps,
+        quarantine: policy.quarantine,
+        dead_letter: policy.dead_letter,
+        notify,
+        matrix: f.matrix.clone(),
+        routing,
+        recipients,
+        environments: f.env.keys().cloned().collect(),
+    })
+}
+
+/// The pipeline's name: letters, digits, `-`, `_` or `.`.
+fn name(cx: &mut Ctx<'_>) {
+    let name = &cx.file().name;
+    if name.trim().is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        cx.error(
+            "name",
+            format!("pipeline name `{name}` must be letters, digits, `-`, `_` or `.`"),
+            None,
+        );
+    }
+}
+
+/// Each store: a supported URL, and not the built-in KV's name.
+fn stores(cx: &mut Ctx<'_>) {
+    for (name, s) in &cx.file().stores {
+        if name == STATE_STORE {
+            cx.key_error(
+                &format!("stores.{name}"),
+                "`state` is the built-in KV store; pick another name",
+                None,
+            );
+        }
+        if !is_object_store_url(&s.url) && !crate::sql::is_sql_url(&s.url) {
+            cx.error(
+                &format!("stores.{name}.url"),
+                format!("store `{name}`: `{}` is not a supported URL", s.url),
+                Some(
+                    "use file://, s3://, gs://, az://, memory://, postgres:// or sqlite://".into(),
+                ),
+            );
+        }
+    }
+}
