@@ -4,7 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flowgate/target}"
+# One build for both README commands: `cargo run -- demo` and this script use the
+# same profile (dev) and the same target directory (./target, or CARGO_TARGET_DIR).
+# A clone without ./target gets a link to a shared cache outside it, so CI runs on
+# fresh clones, and later clones, reuse the compiled dependencies.
+if [ -z "${CARGO_TARGET_DIR:-}" ] && [ ! -e target ] && [ ! -L target ]; then
+  mkdir -p "$HOME/.cache/flowgate/target"
+  ln -s "$HOME/.cache/flowgate/target" target
+fi
 export FLOWGATE_REQUIRE_SERVICES="${FLOWGATE_REQUIRE_SERVICES:-1}"
 
 command -v cargo >/dev/null || { echo "test.sh: cargo is missing; install Rust with rustup (https://rustup.rs)" >&2; exit 1; }

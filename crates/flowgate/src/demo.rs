@@ -104,7 +104,7 @@ pub async fn run(dir: &Path) -> Result<u8> {
     say!("runs: {ran}; files in the outbox: {copied} (each dataset with its _manifest.json)");
     say!("state: {}", state.describe());
     say!(
-        "try:   cargo run --release -- runs --state {}",
+        "try:   cargo run -- runs --state {}",
         example.join(".flowgate/state.db").display()
     );
     Ok(if code == exit::OK { exit::OK } else { code })

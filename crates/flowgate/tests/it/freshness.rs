@@ -2,8 +2,7 @@
 //! `flowgate status`, and one notice when it passes `notify.stale_after` (and one
 //! when it is back under).
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn status(dir: &std::path::Path) -> serde_json::Value {
     let out = run(flowgate(dir).args(["status", "--json"]));

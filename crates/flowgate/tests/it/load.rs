@@ -1,7 +1,6 @@
 //! `load`: landed objects → warehouse tables (PostgreSQL and SQLite), exactly once.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn landed(dir: &std::path::Path, name: &str, lines: &str) {
     write(&dir.join("landing/orders").join(name), lines.as_bytes());

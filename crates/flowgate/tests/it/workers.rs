@@ -1,10 +1,9 @@
 //! Many workers, one PostgreSQL state store: each arriving event runs exactly once.
 
-mod common;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 struct Serve(Child);
 impl Drop for Serve {

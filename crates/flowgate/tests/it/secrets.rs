@@ -1,8 +1,7 @@
 //! A secret given through the environment appears nowhere: not in logs, not in
 //! `runs show`, not in error text, not in the state database, not in `validate`.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 const SECRET: &str = "sEcReT-t0ken-8c1f2d";
 const HOOK_SECRET: &str = "hook-9a7b3c-private";

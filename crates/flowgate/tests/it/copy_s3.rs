@@ -1,10 +1,9 @@
 //! `copy` between local files and the real S3 server (s3s-fs), through
 //! `flowgate run`, `flowgate poll` and `flowgate serve`.
 
-mod common;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn s3_store(name: &str, bucket: &str, prefix: &str, access: &str) -> String {
     let endpoint = service_var("FLOWGATE_TEST_S3_ENDPOINT");

@@ -1,7 +1,6 @@
 //! `flowgate validate`: every problem at once, with line:col and a hint.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn four_kinds_of_mistake_are_all_reported_with_positions() {

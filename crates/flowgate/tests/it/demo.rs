@@ -1,7 +1,6 @@
 //! `flowgate demo` works with no services at all.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn demo_runs_on_embedded_defaults_without_services() {

@@ -3,8 +3,7 @@
 //! lets the role `flowgate_tls_only` in over TLS only (scripts/services.sh), so a
 //! run that succeeds as that role was encrypted.
 
-mod common;
-use common::*;
+use crate::common::*;
 use flowgate_core::testing::service_var;
 
 fn as_tls_role(url: &str, query: &str) -> String {

@@ -1,8 +1,7 @@
 //! The oltp-warehouse example end to end on real services: PostgreSQL as source
 //! and warehouse, s3s-fs as landing and processed stores.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn flowgate_with(dir: &std::path::Path, src: &Pg, wh: &Pg, bucket: &str) -> std::process::Command {
     let mut c = flowgate(dir);

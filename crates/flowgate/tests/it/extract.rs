@@ -1,8 +1,7 @@
 //! `extract` from a real PostgreSQL (and SQLite): snapshot, then only what changed,
 //! by keyset watermark at full precision, with a look-back for late commits.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn pipeline(dir: &std::path::Path, url: &str, extra: &str, key: &str) {
     write(

@@ -3,8 +3,7 @@
 //! outbox delivered over HTTPS with a client certificate (SFT route) to a real
 //! nginx that demands one.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::{Path, PathBuf};
 

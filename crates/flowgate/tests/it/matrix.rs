@@ -1,7 +1,6 @@
 //! A matrix: one run per combination, failures independent unless fail_fast.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn setup(fail_fast: bool, max_parallel: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -5,14 +5,13 @@
 //! that answers each after a pause and counts requests in flight at once: two
 //! runs of the pipeline that overlap show as two requests in flight.
 
-mod common;
 use std::io::{BufRead, Read, Write};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 struct Proc(Child);
 impl Drop for Proc {

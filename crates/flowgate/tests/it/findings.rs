@@ -1,8 +1,7 @@
 //! One test per finding of the engine review (shared/reviews/engine-review-2026-12.md),
 //! each named after it and each failing on the code the review read (87421ec).
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// A copy pipeline from `./src` to `./dst` beside the pipeline file.
 fn local_copy(dir: &std::path::Path, extra: &str) {

@@ -1,12 +1,11 @@
 //! oltp-warehouse under SIGKILL: killed at 50 seeded points across extract, transform
 //! and load, then run again, the warehouse equals the uninterrupted result.
 
-mod common;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 
 /// Every warehouse table as sorted text rows (run-specific columns aside).
 fn warehouse(path: &Path) -> Vec<(String, Vec<String>)> {

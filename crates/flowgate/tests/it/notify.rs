@@ -1,10 +1,9 @@
 //! Failure and recovery notices reach a webhook (Slack-compatible JSON) and a
 //! real SMTP server.
 
-mod common;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn mails_about(pipeline: &str) -> Vec<String> {
     let dir = std::path::PathBuf::from(service_var("FLOWGATE_TEST_SMTP_MAILDIR")).join("new");

@@ -3,12 +3,11 @@
 //! churns: when the churn stops and the workers catch up, the warehouse equals a
 //! single clean run over the final source, and no two runs ever overlapped.
 
-mod common;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 struct Worker(Child);
 impl Drop for Worker {

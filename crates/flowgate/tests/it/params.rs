@@ -1,9 +1,8 @@
 //! Manual runs: parameters, `.env` beside the pipeline, and time limits.
 
-mod common;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn pipeline(dir: &std::path::Path) {
     write(&dir.join("src/2026-11-23/a.txt"), b"a");

@@ -1,11 +1,10 @@
 //! SIGKILL during a large copy, then run again: the destination ends complete and
 //! byte-identical to the source, every time.
 
-mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const FILES: u64 = 24;
 

@@ -1,10 +1,9 @@
 //! `serve` runs watch and schedule triggers: one run per KV revision, one per tick.
 
-mod common;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 struct Serve(Child);
 impl Drop for Serve {

@@ -4,12 +4,11 @@
 //! events are done, every case ends with the bucket and the receiver holding
 //! exactly what an uninterrupted run leaves there.
 
-mod common;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const FILES: u64 = 10;
 

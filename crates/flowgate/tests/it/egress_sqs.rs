@@ -3,8 +3,7 @@
 //! prefix to an s3s-fs bucket and, over mutual TLS, to nginx; messages are
 //! deleted only once handled; a repeated message transfers nothing again.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::PathBuf;
 

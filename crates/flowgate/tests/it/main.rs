@@ -1,0 +1,27 @@
+//! flowgate's integration tests: one test binary (one link of the engine instead of
+//! one per file). Each module is one area; `cargo nextest run -E "test(/^egress::/)"`
+//! runs one of them.
+
+mod common;
+mod concurrency;
+mod copy_s3;
+mod crash;
+mod demo;
+mod egress;
+mod egress_crash;
+mod egress_sqs;
+mod extract;
+mod findings;
+mod freshness;
+mod load;
+mod matrix;
+mod notify;
+mod oltp_crash;
+mod oltp_warehouse;
+mod oltp_workers;
+mod params;
+mod postgres_tls;
+mod secrets;
+mod triggers;
+mod validate;
+mod workers;
