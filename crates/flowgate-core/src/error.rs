@@ -74,6 +74,9 @@ pub enum ErrorKind {
     Unsupported,
     /// The run lost its claim (lease expired or taken over): it must stop writing.
     ClaimLost,
+    /// The receiving side refused the input (a command's `reject` exit code):
+    /// sending it again cannot help; it goes to the failed folder with the reason.
+    Rejected,
 }
 
 /// An error that happened while a step worked: a message for people plus its class.

@@ -212,7 +212,13 @@ pub fn summary(run: &RunRecord) {
             }
             continue;
         }
-        let moved = if s.rows_in > 0 || s.rows_out > 0 {
+        let exit = s.output.as_ref().and_then(|o| o.get("exit_code"));
+        let moved = if let Some(code) = exit {
+            match code.as_i64() {
+                Some(c) => format!("exit code {c}"),
+                None => "killed by a signal".to_string(),
+            }
+        } else if s.rows_in > 0 || s.rows_out > 0 {
             format!(
                 "{} rows read, {} written to {} object(s) ({})",
                 s.rows_in,
@@ -325,6 +331,30 @@ pub fn run_detail(run: &RunRecord, json: bool) {
         }
         for n in &s.notes {
             say!("      note: {}", redact(n));
+        }
+        if let Some(o) = &s.output {
+            command_output(o);
+        }
+    }
+}
+
+/// A command step's exit code and the end of its output, as the run record keeps them.
+fn command_output(o: &serde_json::Value) {
+    if let Some(code) = o.get("exit_code") {
+        say!("      exit code: {code}");
+    }
+    for stream in ["stdout", "stderr"] {
+        let text = o.get(stream).and_then(|t| t.as_str()).unwrap_or_default();
+        if text.is_empty() {
+            continue;
+        }
+        let cut = o
+            .get(format!("{stream}_truncated"))
+            .and_then(|t| t.as_bool())
+            == Some(true);
+        say!("      {stream}{}:", if cut { " (its end)" } else { "" });
+        for line in text.lines() {
+            say!("        {}", redact(line));
         }
     }
 }

@@ -6,6 +6,15 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+// Each step kind's own section lives in its folder (steps/<kind>/config.rs);
+// the step itself is declared by the registry in steps/mod.rs.
+pub use crate::steps::StepSpec;
+pub use crate::steps::copy::config::{CopySpec, DecryptSpec, Verify};
+pub use crate::steps::deliver::config::DeliverSpec;
+pub use crate::steps::extract::config::{ExtractSpec, NullCursors, Tables};
+pub use crate::steps::load::config::{LoadSpec, TableLoadSpec};
+pub use crate::steps::transform::config::TransformSpec;
+
 /// A pipeline: stores named once, triggers, steps ordered by `needs`, policies.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -219,64 +228,6 @@ impl StoreSpec {
     }
 }
 
-/// One step. Exactly one kind (`copy`, …) must be set.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StepSpec {
-    /// Unique id within the pipeline.
-    pub id: String,
-    /// Steps that must succeed before this one starts.
-    #[serde(default)]
-    pub needs: Vec<String>,
-    /// Retry policy for this step (default: the pipeline's `policy.retry`).
-    #[serde(default)]
-    pub retry: Option<RetrySpec>,
-    /// Time limit of one attempt, e.g. `"30m"` (default: `policy.timeout`).
-    #[serde(default)]
-    pub timeout: Option<String>,
-    /// Copy objects between stores.
-    #[serde(default)]
-    pub copy: Option<CopySpec>,
-    /// Extract tables of a SQL store into objects, incrementally.
-    #[serde(default)]
-    pub extract: Option<ExtractSpec>,
-    /// Load objects (JSON lines or Parquet) into a SQL table.
-    #[serde(default)]
-    pub load: Option<LoadSpec>,
-    /// Run SQL models over landed data.
-    #[serde(default)]
-    pub transform: Option<TransformSpec>,
-    /// Send objects to a recipient over HTTPS.
-    #[serde(default)]
-    pub deliver: Option<DeliverSpec>,
-    /// Run the step only when this expression is true, e.g.
-    /// `"route.transfer_type == 'SFT'"`; otherwise it (and what needs it) is skipped.
-    #[serde(default)]
-    pub when: Option<String>,
-}
-
-/// Send each object under a prefix to a recipient over HTTPS, removing it after a 2xx.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DeliverSpec {
-    /// Objects to send, as `store:prefix` (template), e.g. an outbox folder.
-    pub from: String,
-    /// Name of a `[recipients]` entry (template), e.g. `"{{ route.recipient_name }}"`.
-    pub recipient: String,
-    /// Attempts per object before it is quarantined (default 5).
-    #[serde(default)]
-    pub attempts: Option<u32>,
-    /// Backoff between attempts, `min..max` (default `1s..30s`).
-    #[serde(default)]
-    pub backoff: Option<String>,
-    /// Objects sent at once (default 4).
-    #[serde(default)]
-    pub concurrency: Option<usize>,
-    /// Extra request headers (values may be secrets).
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-}
-
 /// An HTTPS endpoint with its client certificate.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -345,191 +296,6 @@ pub struct DynamoSpec {
     /// Region (default `AWS_REGION`, else us-east-1).
     #[serde(default)]
     pub region: Option<String>,
-}
-
-/// SQL models (DataFusion) over landed data.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TransformSpec {
-    /// Directory of `.sql` models, one per output table (relative to the pipeline file).
-    pub models: String,
-    /// Landed data as `store:prefix`: each folder under it is a table `<name>` (all
-    /// its objects) and `<name>_new` (objects this step has not consumed yet).
-    pub inputs: String,
-    /// Where each model's result goes, as `store:key` (template; `{{ model }}` is the
-    /// model), e.g. `"processed:{{ model }}/{{ run.id }}.parquet"`.
-    pub to: String,
-    /// Read only objects landed within this long, e.g. `"30d"` (default: all of
-    /// them, every run). Bounds each run's work as landing grows; models then see
-    /// recent history only: a dimension built from `<table>` updates the keys that
-    /// changed within it (its upsert keeps the others in the warehouse), and a
-    /// join to a row older than that finds nothing. Older objects are never read
-    /// again, so landing can expire them (an S3 lifecycle rule).
-    #[serde(default)]
-    pub history: Option<String>,
-}
-
-/// Load objects into a SQL table.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LoadSpec {
-    /// Objects to load, as `store:prefix` (template): every `.jsonl[.gz|.zst]` and
-    /// `.parquet` object under it that was not loaded before, in key order.
-    pub from: String,
-    /// The SQL store to load into.
-    pub into: String,
-    /// The table (created from the input's columns when missing); the objects are
-    /// directly under `from`.
-    #[serde(default)]
-    pub table: Option<String>,
-    /// Several tables instead: each folder `<name>/` under `from` loads into table
-    /// `<name>` with its own key and mode, e.g.
-    /// `{ dim_staff = { key = ["staff_id"] }, fact_sales_order = { mode = "append-versions", key = ["sales_order_id"], version = "source_updated_at" } }`.
-    #[serde(default)]
-    pub tables: Option<BTreeMap<String, TableLoadSpec>>,
-    /// PostgreSQL schema (default `public`).
-    #[serde(default)]
-    pub schema: Option<String>,
-    /// `append`, `upsert` (default), `append-versions` or `replace`.
-    #[serde(default)]
-    pub mode: Option<crate::sql::target::LoadMode>,
-    /// Key columns (upsert, append-versions).
-    #[serde(default)]
-    pub key: Option<Vec<String>>,
-    /// Version column (append-versions): one row per (key, version).
-    #[serde(default)]
-    pub version: Option<String>,
-    /// Rows per batch when reading (default 65536).
-    #[serde(default)]
-    pub batch_rows: Option<usize>,
-}
-
-/// Extract SQL tables into one object per table per run, by keyset watermark.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ExtractSpec {
-    /// The SQL store to read (`postgres://…` or `sqlite://…`).
-    pub from: String,
-    /// Tables to extract: a list, or `"*"` for every table of the schema.
-    pub tables: Tables,
-    /// PostgreSQL schema (default `public`).
-    #[serde(default)]
-    pub schema: Option<String>,
-    /// Cursor column of the watermark, e.g. `"last_updated"`; the position is the
-    /// largest (cursor, key), kept at full precision.
-    pub cursor: String,
-    /// Key columns (default: the table's primary key).
-    #[serde(default)]
-    pub key: Option<Vec<String>>,
-    /// Re-read this far before the watermark to catch rows committed late, e.g. `"5m"`
-    /// (timestamp cursors only). Rows already extracted are not written again.
-    #[serde(default)]
-    pub lookback: Option<String>,
-    /// Where each table's object goes, as `store:key` (template; `{{ table }}` is the
-    /// table), e.g. `"landing:{{ table }}/{{ run.started | strftime('%Y/%m/%d/%H%M%S') }}.jsonl"`.
-    pub to: String,
-    /// `jsonl`, `jsonl.gz`, `jsonl.zst` or `parquet` (default: from the key's extension).
-    #[serde(default)]
-    pub format: Option<crate::formats::Format>,
-    /// Rows per batch (default 65536).
-    #[serde(default)]
-    pub batch_rows: Option<usize>,
-    /// Rows whose cursor is NULL have no position: `always` (default) extracts them
-    /// on every run (the load's upsert absorbs the repeats), `snapshot` only on the
-    /// first run (later ones count them in a note), `error` fails the step while
-    /// any exist. They are never skipped without a word.
-    #[serde(default)]
-    pub nulls: Option<NullCursors>,
-    /// PostgreSQL: connections a large first read (a snapshot) is split over, each
-    /// reading a range of the table's pages in the same database snapshot
-    /// (default: the number of CPUs, at most 4; 1 reads over one connection).
-    #[serde(default)]
-    pub parallel: Option<usize>,
-}
-
-/// What an extract does with rows whose cursor is NULL.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum NullCursors {
-    /// Extract them on every run.
-    #[default]
-    Always,
-    /// Extract them with the first (full) snapshot only; later runs count them.
-    Snapshot,
-    /// Fail the step while any exist.
-    Error,
-}
-
-/// How one table of a multi-table load is loaded.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TableLoadSpec {
-    /// `append`, `upsert` (default), `append-versions` or `replace`.
-    #[serde(default)]
-    pub mode: Option<crate::sql::target::LoadMode>,
-    #[serde(default)]
-    pub key: Option<Vec<String>>,
-    #[serde(default)]
-    pub version: Option<String>,
-}
-
-/// A list of tables or `"*"`.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(untagged)]
-pub enum Tables {
-    All(String),
-    List(Vec<String>),
-}
-
-/// Copy objects from one store location to another.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CopySpec {
-    /// Source as `store:prefix` (template), e.g. `"landing:{{ trigger.prefix }}"`.
-    pub from: String,
-    /// Destination as `store:prefix` (template). Relative keys under `from` are kept.
-    pub to: String,
-    /// Globs over relative keys to copy (default: everything).
-    #[serde(default)]
-    pub include: Vec<String>,
-    /// Globs over relative keys to leave out, e.g. `["pipeline_success.flag"]`.
-    #[serde(default)]
-    pub exclude: Vec<String>,
-    /// Name of the manifest written last under the destination prefix
-    /// (default `_manifest.json`; `""` for none).
-    #[serde(default)]
-    pub manifest: Option<String>,
-    /// How each copied object is checked: `sha256` (read back and hash, default) or `size`.
-    #[serde(default)]
-    pub verify: Option<Verify>,
-    /// Objects copied at once (default 8).
-    #[serde(default)]
-    pub concurrency: Option<usize>,
-    /// Part size of multipart uploads, e.g. `"16MiB"` (default 10 MiB); also bounds memory.
-    #[serde(default)]
-    pub part_size: Option<String>,
-    /// Decrypt age-encrypted objects while copying them.
-    #[serde(default)]
-    pub decrypt: Option<DecryptSpec>,
-}
-
-/// age decryption of copied objects (a trailing `.age` is dropped from their keys).
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DecryptSpec {
-    /// The age identity (`AGE-SECRET-KEY-1…`), from a secret: `"${secret:EGRESS_AGE_KEY}"`.
-    pub age_identity: String,
-    /// Decrypt only when this expression is true, e.g. `"route.decrypt"` (default: always).
-    #[serde(default)]
-    pub when: Option<String>,
-}
-
-/// How a copied object is verified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Verify {
-    Sha256,
-    Size,
 }
 
 /// Retry policy.

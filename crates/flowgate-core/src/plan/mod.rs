@@ -19,6 +19,7 @@ use std::time::Duration;
 pub use crate::config::model::{CatchUp, NullCursors, OnMissed, OneAtATime};
 use crate::config::model::{NotifyEvent, ParamSpec, StoreSpec};
 use crate::config::{Diagnostic, LoadOptions, Loaded, load_file};
+pub use crate::steps::StepKind;
 pub use crate::steps::copy::plan::CopyPlan;
 pub use crate::steps::deliver::plan::DeliverPlan;
 pub use crate::steps::extract::plan::ExtractPlan;
@@ -118,15 +119,6 @@ pub struct PlannedStep {
     pub kind: StepKind,
 }
 
-#[derive(Debug, Clone)]
-pub enum StepKind {
-    Copy(CopyPlan),
-    Deliver(DeliverPlan),
-    Extract(ExtractPlan),
-    Load(LoadPlan),
-    Transform(TransformPlan),
-}
-
 impl ArrivalPlan {
     /// An event's object key relative to the arrival store, or `None` when the
     /// object is in another bucket or outside the store's prefix.
@@ -214,18 +206,6 @@ pub struct DynamoPlan {
     pub table: String,
     pub endpoint: Option<String>,
     pub region: Option<String>,
-}
-
-impl StepKind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            StepKind::Copy(_) => "copy",
-            StepKind::Deliver(_) => "deliver",
-            StepKind::Extract(_) => "extract",
-            StepKind::Load(_) => "load",
-            StepKind::Transform(_) => "transform",
-        }
-    }
 }
 
 /// Load and validate a pipeline file.

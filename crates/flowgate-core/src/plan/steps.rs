@@ -161,42 +161,31 @@ fn step(cx: &mut Ctx<'_>, s: &StepSpec, at: &str, policy: &Policy) -> Option<Pla
 
 /// The step's kind, planned by that kind's module: exactly one per step.
 fn kind(cx: &mut Ctx<'_>, s: &StepSpec, at: &str) -> Option<StepKind> {
-    use crate::steps::{copy, deliver, extract, load, transform};
-    let what = format!("step `{}`", s.id);
-    let kinds = usize::from(s.copy.is_some())
-        + usize::from(s.extract.is_some())
-        + usize::from(s.load.is_some())
-        + usize::from(s.transform.is_some())
-        + usize::from(s.deliver.is_some());
-    if kinds > 1 {
+    let set = s.kinds();
+    if set.len() > 1 {
         cx.key_error(
             at,
             format!(
-                "step `{}` has more than one kind; give each its own step",
-                s.id
+                "step `{}` has more than one kind ({}); give each its own step",
+                s.id,
+                set.join(", ")
             ),
             None,
         );
         return None;
     }
-    if let Some(c) = &s.copy {
-        copy::plan::build(c, at, &what, cx).map(StepKind::Copy)
-    } else if let Some(e) = &s.extract {
-        extract::plan::build(e, at, &what, cx).map(StepKind::Extract)
-    } else if let Some(l) = &s.load {
-        load::plan::build(l, at, &what, cx).map(StepKind::Load)
-    } else if let Some(t) = &s.transform {
-        transform::plan::build(t, at, &what, cx).map(StepKind::Transform)
-    } else if let Some(dl) = &s.deliver {
-        deliver::plan::build(dl, at, &what, cx).map(StepKind::Deliver)
-    } else {
+    if set.is_empty() {
         cx.key_error(
             at,
             format!("step `{}` has no kind", s.id),
-            Some("add one of: copy = { from = \"…\", to = \"…\" }, extract = { from = \"…\", tables = …, cursor = \"…\", to = \"…\" }, load = { from = \"…\", into = \"…\", table = \"…\", key = […] }".into()),
+            Some(format!(
+                "add one of: {} (e.g. copy = {{ from = \"…\", to = \"…\" }})",
+                crate::steps::KINDS.join(", ")
+            )),
         );
-        None
+        return None;
     }
+    crate::steps::plan(s, at, &format!("step `{}`", s.id), cx)
 }
 
 /// Order steps so that each comes after what it needs (stable: file order otherwise).

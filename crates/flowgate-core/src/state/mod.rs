@@ -144,6 +144,10 @@ pub struct StepReport {
     /// The newest source change this step's positions cover (extract), for freshness.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub newest_change: Option<DateTime<Utc>>,
+    /// What the step kind keeps of its own (a command: its exit code and the end
+    /// of its stdout and stderr, secrets masked).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub output: Option<serde_json::Value>,
 }
 
 impl RunRecord {

@@ -2,6 +2,7 @@
 //! one per file). Each module is one area; `cargo nextest run -E "test(/^egress::/)"`
 //! runs one of them.
 
+mod command;
 mod common;
 mod concurrency;
 mod copy_s3;

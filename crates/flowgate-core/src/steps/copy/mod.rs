@@ -6,6 +6,7 @@
 //! verified, and only then recorded in the object ledger; the manifest is written
 //! last, so its presence means the copy is complete.
 
+pub mod config;
 pub mod plan;
 
 use std::sync::Arc;

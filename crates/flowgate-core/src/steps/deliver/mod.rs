@@ -7,6 +7,7 @@
 //! never reported as delivered. A delivered object is recorded in the object
 //! ledger before it is removed, so a crash between the two does not send it again.
 
+pub mod config;
 pub mod plan;
 
 use std::time::Duration;

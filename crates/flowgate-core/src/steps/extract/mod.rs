@@ -8,6 +8,7 @@
 //! complete in the store; a crash before that re-extracts the same rows, which
 //! the load deduplicates by key.
 
+pub mod config;
 pub mod plan;
 
 use std::collections::HashSet;

@@ -7,6 +7,7 @@
 //! (the newest pending input becomes the table; older pending ones are superseded).
 //! Rows whose key is NULL are dead-lettered as they stream past.
 
+pub mod config;
 pub mod plan;
 
 use std::collections::HashMap;

@@ -1,0 +1,60 @@
+//! The `command` step as written in a pipeline file. Doc comments are the
+//! reference documentation and become descriptions in `flowgate schema`.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Run a program: its arguments as given (no shell unless `shell` is used), with
+/// its environment and working directory; its exit code says what happened.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSpec {
+    /// The program and its arguments, each a template, e.g.
+    /// `["./import.sh", "--version", "{{ params.version }}"]`. A program with a `/`
+    /// is relative to `dir`; otherwise it is looked up on `PATH`. No shell sees it,
+    /// so nothing in run data is ever interpreted as shell syntax.
+    #[serde(default)]
+    pub argv: Option<Vec<String>>,
+    /// A shell command line instead of `argv` (a template), run as `sh -c`: only
+    /// for pipes, redirections or globs. Values from run data are exposed as
+    /// environment variables (`env`), never pasted into the line.
+    #[serde(default)]
+    pub shell: Option<String>,
+    /// Environment variables added to flowgate's own (templates), e.g.
+    /// `{ API_TOKEN = "${secret:IMPORT_TOKEN}", VERSION = "{{ params.version }}" }`.
+    /// Secrets are masked in everything flowgate prints and keeps, the command's
+    /// captured output included. `FLOWGATE_PIPELINE`, `FLOWGATE_RUN_ID` and
+    /// `FLOWGATE_STEP` are always set.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (a template), relative to the pipeline file's folder
+    /// (default: that folder).
+    #[serde(default)]
+    pub dir: Option<String>,
+    /// What exit codes mean. Codes not listed (and a death by signal) fail the step
+    /// without a retry: running a command again is only safe where you say so.
+    #[serde(default)]
+    pub exit_codes: ExitCodesSpec,
+    /// How much of stdout and of stderr the run record keeps, the end of each,
+    /// e.g. `"16KiB"` (default 64 KiB). Every line also goes to the log as it comes.
+    #[serde(default)]
+    pub keep_output: Option<String>,
+}
+
+/// Exit codes sorted into what they mean.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExitCodesSpec {
+    /// Success (default `[0]`).
+    #[serde(default)]
+    pub ok: Option<Vec<i32>>,
+    /// A transient failure: the step is tried again under its retry policy, e.g. `[75]`.
+    #[serde(default)]
+    pub retry: Vec<i32>,
+    /// The command refused its input (an import rejected): the step fails as
+    /// rejected, with the end of stderr as the reason, and is not retried.
+    #[serde(default)]
+    pub reject: Vec<i32>,
+}

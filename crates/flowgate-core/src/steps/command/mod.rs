@@ -1,0 +1,298 @@
+//! The command step: runs a program with the run's data in its arguments and
+//! environment, streams its output to the log, keeps the end of it in the run
+//! record (secrets masked), and sorts its exit code into ok, retry, reject or fail.
+//! The program runs in its own process group, killed with everything it started
+//! when the attempt times out, the run is cancelled or flowgate stops.
+
+pub mod config;
+pub mod plan;
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+
+use crate::error::{ErrorClass, ErrorKind, StepError};
+use crate::secret::redact;
+use crate::state::StepReport;
+use crate::steps::context::{StepContext, StepOutput};
+use plan::{CommandPlan, Program};
+
+/// Characters of stderr's end quoted in the error of a failed command.
+const REASON_CHARS: usize = 2000;
+
+pub async fn run(ctx: &StepContext<'_>, plan: &CommandPlan) -> Result<StepOutput, StepError> {
+    let render = |t: &str| {
+        crate::template::render(t, ctx.template)
+            .map_err(|e| StepError::user(format!("step `{}`: {e}", ctx.step.id)))
+    };
+    let dir = match &plan.dir {
+        Some(d) => ctx.plan.dir.join(render(d)?),
+        None => ctx.plan.dir.clone(),
+    };
+    // Absolute: a relative program path would otherwise be resolved after the
+    // child changed into `dir`.
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    let (mut cmd, shown) = match &plan.program {
+        Program::Argv(argv) => {
+            let argv = argv.iter().map(|a| render(a)).collect::<Result<Vec<_>, _>>()?;
+            let mut cmd = Command::new(program_path(&argv[0], &dir));
+            cmd.args(&argv[1..]);
+            (cmd, argv[0].clone())
+        }
+        Program::Shell(line) => {
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c").arg(render(line)?);
+            (cmd, "sh -c …".to_string())
+        }
+    };
+    for (k, v) in &plan.env {
+        cmd.env(k, render(v)?);
+    }
+    cmd.env("FLOWGATE_PIPELINE", &ctx.plan.name)
+        .env("FLOWGATE_RUN_ID", ctx.run_id)
+        .env("FLOWGATE_STEP", &ctx.step.id)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let child = cmd.spawn().map_err(|e| spawn_error(&shown, &dir, &e))?;
+    let (status, stdout, stderr) = supervise(ctx, child, plan.keep_output).await?;
+    judge(plan, &shown, status, stdout, stderr)
+}
+
+/// A program named with a `/` is relative to the working directory; a bare name
+/// is looked up on `PATH`.
+fn program_path(program: &str, dir: &Path) -> PathBuf {
+    let p = Path::new(program);
+    if program.contains('/') && p.is_relative() {
+        dir.join(p)
+    } else {
+        p.to_path_buf()
+    }
+}
+
+fn spawn_error(program: &str, dir: &Path, e: &std::io::Error) -> StepError {
+    let hint = match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            " (no such program, or no such working directory: a name without `/` is looked up on PATH, one with `/` in the working directory)"
+        }
+        std::io::ErrorKind::PermissionDenied => " (is it executable? chmod +x)",
+        _ => "",
+    };
+    StepError::user(format!(
+        "cannot start `{program}` in {}: {e}{hint}",
+        dir.display()
+    ))
+}
+
+/// The end of one output stream, within a byte budget, secrets masked.
+struct Tail {
+    keep: usize,
+    text: String,
+    dropped: bool,
+}
+
+impl Tail {
+    fn push(&mut self, line: &str) {
+        self.text.push_str(line);
+        self.text.push('\n');
+        if self.text.len() > self.keep.saturating_mul(2).max(4096) {
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        if self.text.len() > self.keep {
+            let mut cut = self.text.len() - self.keep;
+            while !self.text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.text.drain(..cut);
+            self.dropped = true;
+        }
+    }
+
+    fn finish(mut self) -> (String, bool) {
+        self.trim();
+        (self.text, self.dropped)
+    }
+}
+
+/// Read a stream line by line to the log and into its tail.
+async fn follow(
+    stream: impl AsyncRead + Unpin,
+    step: &str,
+    name: &'static str,
+    keep: usize,
+) -> (String, bool) {
+    let mut tail = Tail {
+        keep,
+        text: String::new(),
+        dropped: false,
+    };
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let raw = String::from_utf8_lossy(&buf);
+                let line = redact(raw.trim_end_matches(['\n', '\r']));
+                tracing::info!(step, stream = name, "{line}");
+                tail.push(&line);
+            }
+        }
+    }
+    tail.finish()
+}
+
+type Captured = (String, bool);
+
+/// Wait for the child while following its output; on cancellation kill its
+/// whole process group.
+async fn supervise(
+    ctx: &StepContext<'_>,
+    mut child: tokio::process::Child,
+    keep: usize,
+) -> Result<(ExitStatus, Captured, Captured), StepError> {
+    let group = Group(child.id());
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(StepError::internal("the command's output pipes are missing"));
+    };
+    let step = ctx.step.id.as_str();
+    let work = async {
+        let (stdout, stderr) = tokio::join!(
+            follow(out, step, "stdout", keep),
+            follow(err, step, "stderr", keep)
+        );
+        let status = child.wait().await;
+        (status, stdout, stderr)
+    };
+    let (status, stdout, stderr) = tokio::select! {
+        r = work => r,
+        _ = ctx.cancel.cancelled() => {
+            return Err(StepError::external("the run was cancelled; the command and its children were killed"));
+        }
+    };
+    group.reaped();
+    let status = status.map_err(|e| StepError::external(format!("waiting for the command: {e}")))?;
+    Ok((status, stdout, stderr))
+}
+
+/// The child's process group: killed with everything in it unless the child was
+/// reaped first (a timeout or a cancellation drops the attempt mid-way).
+struct Group(Option<u32>);
+
+impl Group {
+    fn reaped(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(pid) = self.0.and_then(|p| libc::pid_t::try_from(p).ok()) {
+            // SAFETY: killpg only sends a signal; the group is the child's own
+            // (process_group(0)), which is not reaped yet, so its id is not reused.
+            unsafe {
+                libc::killpg(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The exit status sorted into what the file says it means.
+fn judge(
+    plan: &CommandPlan,
+    program: &str,
+    status: ExitStatus,
+    (stdout, stdout_cut): Captured,
+    (stderr, stderr_cut): Captured,
+) -> Result<StepOutput, StepError> {
+    let code = status.code();
+    let output = json!({
+        "exit_code": code,
+        "stdout": stdout,
+        "stderr": stderr,
+        "stdout_truncated": stdout_cut,
+        "stderr_truncated": stderr_cut,
+    });
+    let report = StepReport {
+        output: Some(output),
+        ..Default::default()
+    };
+    let reason = || {
+        let start = stderr.len().saturating_sub(REASON_CHARS);
+        let start = (start..=stderr.len())
+            .find(|i| stderr.is_char_boundary(*i))
+            .unwrap_or(stderr.len());
+        match stderr[start..].trim() {
+            "" => String::from("(nothing on stderr)"),
+            s => s.to_string(),
+        }
+    };
+    let Some(code) = code else {
+        let failure = StepError::new(
+            ErrorClass::EXTERNAL_FATAL,
+            format!("`{program}` was killed by a signal ({status}): {}", reason()),
+        );
+        return Ok(StepOutput {
+            report,
+            failure: Some(failure),
+        });
+    };
+    if plan.ok.contains(&code) {
+        return Ok(report.into());
+    }
+    if plan.retry.contains(&code) {
+        return Err(StepError::external(format!(
+            "`{program}` exited with {code} (retry): {}",
+            reason()
+        )));
+    }
+    let failure = if plan.reject.contains(&code) {
+        StepError::new(
+            ErrorClass::USER,
+            format!("`{program}` rejected its input (exit {code}): {}", reason()),
+        )
+        .with_kind(ErrorKind::Rejected)
+    } else {
+        StepError::new(
+            ErrorClass::EXTERNAL_FATAL,
+            format!("`{program}` failed (exit {code}): {}", reason()),
+        )
+    };
+    Ok(StepOutput {
+        report,
+        failure: Some(failure),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tail;
+
+    #[test]
+    fn a_tail_keeps_the_end_within_its_budget_on_a_char_boundary() {
+        let mut t = Tail {
+            keep: 10,
+            text: String::new(),
+            dropped: false,
+        };
+        for i in 0..2000 {
+            t.push(&format!("é line {i}"));
+        }
+        let (text, dropped) = t.finish();
+        assert!(dropped);
+        assert!(text.len() <= 10, "{text:?}");
+        assert!(text.ends_with("1999\n"), "{text:?}");
+    }
+}

@@ -1,0 +1,110 @@
+//! The command step's plan: its spec checked against the file.
+
+use super::config::CommandSpec;
+use crate::plan::ctx::Ctx;
+
+/// What runs: an argument vector, or a shell line where the file asked for one.
+#[derive(Debug, Clone)]
+pub enum Program {
+    Argv(Vec<String>),
+    Shell(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct CommandPlan {
+    /// Templates, rendered per run.
+    pub program: Program,
+    /// Added environment (templates).
+    pub env: Vec<(String, String)>,
+    /// Working directory (template), relative to the pipeline file.
+    pub dir: Option<String>,
+    pub ok: Vec<i32>,
+    pub retry: Vec<i32>,
+    pub reject: Vec<i32>,
+    /// Bytes of the end of stdout and of stderr kept in the run record.
+    pub keep_output: usize,
+}
+
+/// What `keep_output` is when the file does not say.
+const KEEP_OUTPUT: usize = 64 * 1024;
+
+/// Plan a command step at `at` (`steps[0]`).
+pub(crate) fn build(c: &CommandSpec, at: &str, _what: &str, cx: &mut Ctx<'_>) -> Option<CommandPlan> {
+    let at = format!("{at}.command");
+    let mut ok = true;
+    let program = match (&c.argv, &c.shell) {
+        (Some(argv), None) if argv.first().is_some_and(|p| !p.trim().is_empty()) => {
+            Program::Argv(argv.clone())
+        }
+        (None, Some(line)) if !line.trim().is_empty() => Program::Shell(line.clone()),
+        _ => {
+            cx.error(
+                &at,
+                "a command needs exactly one of `argv` (a non-empty list) or `shell` (a line)",
+                Some("for example: command = { argv = [\"./import.sh\", \"{{ params.version }}\"] }".into()),
+            );
+            return None;
+        }
+    };
+    let templates: Vec<(String, &String)> = match &c.argv {
+        Some(argv) => argv.iter().enumerate().map(|(i, a)| (format!("{at}.argv[{i}]"), a)).collect(),
+        None => c.shell.iter().map(|s| (format!("{at}.shell"), s)).collect(),
+    };
+    let env_at = |k: &str| format!("{at}.env.{k}");
+    let more = c.env.iter().map(|(k, v)| (env_at(k), v)).chain(c.dir.iter().map(|d| (format!("{at}.dir"), d)));
+    for (path, t) in templates.into_iter().chain(more) {
+        if let Err(e) = crate::template::check(t) {
+            cx.error(&path, format!("not a template: {e}"), None);
+            ok = false;
+        }
+    }
+    for name in c.env.keys() {
+        if name.is_empty() || name.contains(['=', '\0']) || name.starts_with("FLOWGATE_") {
+            cx.key_error(
+                &env_at(name),
+                format!("`{name}` cannot be an environment variable's name here"),
+                Some("names are non-empty, without `=`, and FLOWGATE_* is flowgate's own".into()),
+            );
+            ok = false;
+        }
+    }
+    ok &= exit_codes_apart(c, &at, cx);
+    let keep_output = match c.keep_output.as_deref().map(crate::units::parse_size) {
+        None => KEEP_OUTPUT,
+        Some(Ok(n)) => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(Err(e)) => {
+            cx.error(&format!("{at}.keep_output"), e, Some("for example \"16KiB\"".into()));
+            ok = false;
+            KEEP_OUTPUT
+        }
+    };
+    ok.then(|| CommandPlan {
+        program,
+        env: c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        dir: c.dir.clone(),
+        ok: c.exit_codes.ok.clone().unwrap_or_else(|| vec![0]),
+        retry: c.exit_codes.retry.clone(),
+        reject: c.exit_codes.reject.clone(),
+        keep_output,
+    })
+}
+
+/// An exit code means one thing: it is in at most one of `ok`, `retry`, `reject`.
+fn exit_codes_apart(c: &CommandSpec, at: &str, cx: &mut Ctx<'_>) -> bool {
+    let ok = c.exit_codes.ok.clone().unwrap_or_else(|| vec![0]);
+    let classes = [("ok", &ok), ("retry", &c.exit_codes.retry), ("reject", &c.exit_codes.reject)];
+    let mut fine = true;
+    for (i, (a, codes_a)) in classes.iter().enumerate() {
+        for (b, codes_b) in &classes[i + 1..] {
+            if let Some(code) = codes_a.iter().find(|c| codes_b.contains(c)) {
+                cx.error(
+                    &format!("{at}.exit_codes.{b}"),
+                    format!("exit code {code} is in both `{a}` and `{b}`"),
+                    Some("give each exit code one meaning".into()),
+                );
+                fine = false;
+            }
+        }
+    }
+    fine
+}
