@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Real services on loopback for flowgate's tests: PostgreSQL, s3s-fs (S3), an
 # SMTP server (aiosmtpd, storing what it receives in a Maildir), moto (SQS,
-# DynamoDB, S3 event notifications) and nginx as an
-# HTTPS receiver that demands client certificates (WebDAV PUT stores the files).
+# DynamoDB, S3 event notifications), nginx as an HTTPS receiver that demands
+# client certificates (WebDAV PUT stores the files) and etcd (a KV store to watch).
 #
 #   scripts/services.sh start     install what is missing (as root), start, print URLs
 #   scripts/services.sh env       print `export VAR=…` lines for the running services
@@ -43,6 +43,17 @@ ensure_s3s() {
   command -v cargo >/dev/null || die "cargo is needed to install s3s-fs"
   say "installing s3s-fs $S3S_VERSION into $TOOLS (about 2 minutes, once)"
   cargo install "s3s-fs@$S3S_VERSION" --locked --features binary --root "$TOOLS" >&2
+}
+
+ensure_etcd() {
+  command -v etcd >/dev/null && command -v etcdctl >/dev/null && return 0
+  if is_root; then
+    say "installing etcd (apt-get install etcd-server etcd-client)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null 2>&1 \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null; }
+  else
+    die "etcd is missing: run 'sudo apt-get install -y etcd-server etcd-client'"
+  fi
 }
 
 ensure_venv() {
@@ -234,11 +245,28 @@ ENV
   say "SMTP on smtp://127.0.0.1:$port (messages land in $W/mail/new)"
 }
 
+start_etcd() {
+  local port peer; port=$(free_port); peer=$(free_port)
+  rm -rf "$W/etcd"
+  nohup etcd --name ci --data-dir "$W/etcd" \
+    --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+    --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+    --initial-cluster "ci=http://127.0.0.1:$peer" >"$W/etcd.log" 2>&1 &
+  echo $! >"$W/etcd.pid"
+  wait_port "$port" etcd
+  cat >>"$ENV_FILE" <<ENV
+export FLOWGATE_TEST_ETCD_URL=etcd://127.0.0.1:$port
+export FLOWGATE_TEST_ETCD_ENDPOINT=127.0.0.1:$port
+ENV
+  say "etcd on etcd://127.0.0.1:$port"
+}
+
 stop() {
   if [ -f "$W/nginx/nginx.pid" ]; then kill "$(cat "$W/nginx/nginx.pid")" 2>/dev/null || true; rm -f "$W/nginx/nginx.pid"; fi
   if [ -f "$W/moto.pid" ]; then kill "$(cat "$W/moto.pid")" 2>/dev/null || true; rm -f "$W/moto.pid"; fi
   if [ -f "$W/smtp.pid" ]; then kill "$(cat "$W/smtp.pid")" 2>/dev/null || true; rm -f "$W/smtp.pid"; fi
   if [ -f "$W/s3s.pid" ]; then kill "$(cat "$W/s3s.pid")" 2>/dev/null || true; rm -f "$W/s3s.pid"; fi
+  if [ -f "$W/etcd.pid" ]; then kill "$(cat "$W/etcd.pid")" 2>/dev/null || true; rm -f "$W/etcd.pid"; fi
   if [ -f "$W/pg.pid" ]; then
     kill -INT "$(cat "$W/pg.pid")" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$(cat "$W/pg.pid")" 2>/dev/null || break; sleep 0.1; done
@@ -255,6 +283,7 @@ case "${1:-}" in
     ensure_s3s
     ensure_venv
     ensure_nginx
+    ensure_etcd
     : >"$ENV_FILE"
     make_tls
     start_postgres
@@ -262,6 +291,7 @@ case "${1:-}" in
     start_smtp
     start_moto
     start_nginx
+    start_etcd
     cat "$ENV_FILE"
     ;;
   env)

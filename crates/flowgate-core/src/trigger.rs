@@ -191,11 +191,22 @@ fn schedule_position(pipeline: &str) -> String {
     format!("flowgate/schedule/{pipeline}")
 }
 
-fn watch_sub(e: &crate::state::KvEntry) -> Submission {
+/// One value of a watched key as an event. On an external store the key names
+/// the store and the value too: a store whose data started over reuses
+/// revision numbers, and a new value must not pass for one already run.
+fn watch_sub(store: Option<&str>, e: &crate::state::KvEntry) -> Submission {
+    let key = match store {
+        None => format!("watch:{}@{}", e.key, e.revision),
+        Some(s) => {
+            use sha2::Digest;
+            let digest = hex::encode(&sha2::Sha256::digest(e.value.as_bytes())[..8]);
+            format!("watch:{s}:{}@{}#{digest}", e.key, e.revision)
+        }
+    };
     Submission::event(
         "watch",
-        format!("watch:{}@{}", e.key, e.revision),
-        json!({"kind": "watch", "key": e.key, "value": e.value, "revision": e.revision}),
+        key,
+        json!({"kind": "watch", "store": store.unwrap_or("state"), "key": e.key, "value": e.value, "revision": e.revision}),
     )
 }
 
@@ -210,38 +221,77 @@ struct Found {
 
 /// The watched key's revisions since the last pass: each one to run (`each`), or
 /// the newest to run and the others to record as skipped (`latest`). On the
-/// first pass, the current value only.
+/// first pass, the current value only. A KV store that cannot be reached is
+/// logged and asked again next pass (the position stays).
 async fn watch_events(
     engine: &Engine,
     plan: &Plan,
     w: &crate::plan::WatchPlan,
 ) -> Result<Found, EngineError> {
+    use crate::connect::kv::{Builtin, History, KvStore};
     let position = watch_position(&plan.name);
     let after = engine
         .state
         .kv_get(&position)
         .await?
         .and_then(|e| e.value.parse::<i64>().ok());
-    let seen: Vec<crate::state::KvEntry> = match after {
-        Some(after) => engine.state.kv_history(&w.key, after, 10_000).await?,
-        None => engine.state.kv_get(&w.key).await?.into_iter().collect(),
+    let kv: Box<dyn KvStore> = match &w.store {
+        None => Box::new(Builtin::new(engine.state.clone())),
+        Some(s) => match crate::connect::kv::open(&s.url, &s.options) {
+            Ok(kv) => kv,
+            Err(e) => {
+                tracing::warn!(pipeline = %plan.name, store = %s.name, error = %e, "cannot open the watched KV store");
+                return Ok(Found::default());
+            }
+        },
+    };
+    let read = match after {
+        Some(after) => kv.history(&w.key, after).await,
+        None => kv
+            .get(&w.key)
+            .await
+            .map(|e| History::Complete(e.into_iter().collect())),
+    };
+    let (seen, unseen) = match read {
+        Ok(History::Complete(seen)) => (seen, false),
+        Ok(History::CurrentOnly(now)) => (now.into_iter().collect(), true),
+        Err(e) => {
+            tracing::warn!(pipeline = %plan.name, store = %kv.describe(), key = %w.key, error = %e, "reading the watched key failed; will try again");
+            return Ok(Found::default());
+        }
     };
     let Some((newest, older)) = seen.split_last() else {
         return Ok(Found::default());
     };
+    let store = w.store.as_ref().map(|s| s.name.as_str());
+    let sub = |e: &crate::state::KvEntry| {
+        let mut s = watch_sub(store, e);
+        if unseen {
+            // Values set between the last one run and this one are not known.
+            s.trigger["missed_after_revision"] = json!(after);
+        }
+        s
+    };
+    if unseen {
+        tracing::info!(
+            pipeline = %plan.name, store = %kv.describe(), key = %w.key,
+            after = ?after, now = newest.revision,
+            "the watched key changed; the store does not know the values in between (Consul keeps none, etcd compacted them), so the newest runs"
+        );
+    }
     let mut found = Found {
         position: Some((position, newest.revision.to_string())),
         ..Found::default()
     };
     match w.on_missed {
-        crate::plan::OnMissed::Each => found.run = seen.iter().map(watch_sub).collect(),
+        crate::plan::OnMissed::Each => found.run = seen.iter().map(sub).collect(),
         crate::plan::OnMissed::Latest => {
             let why = format!(
                 "superseded by revision {} before it ran (on_missed = \"latest\")",
                 newest.revision
             );
-            found.skip = older.iter().map(|e| (watch_sub(e), why.clone())).collect();
-            found.run = vec![watch_sub(newest)];
+            found.skip = older.iter().map(|e| (sub(e), why.clone())).collect();
+            found.run = vec![sub(newest)];
         }
     }
     Ok(found)

@@ -145,8 +145,16 @@ enum Command {
     },
     /// List runs, newest first; `runs show ID` for one run.
     Runs(RunsArgs),
-    /// The built-in KV store (what `watch` triggers watch).
+    /// A KV store: the built-in one of the state store (what `watch` triggers
+    /// watch by default), or Consul or etcd with `--store URL`.
+    #[command(
+        after_help = "Examples:\n  flowgate kv set releases/version 1.4.2\n  flowgate kv --store consul://127.0.0.1:8500 set journal/dev/version 42\n  flowgate kv --store etcd://127.0.0.1:2379 watch journal/dev/version\n\nConsul's ACL token comes from CONSUL_HTTP_TOKEN."
+    )]
     Kv {
+        /// consul://host:port, consul+https://host:port, etcd://host:port or
+        /// etcd+https://host:port (default: the state store's KV).
+        #[arg(long, global = true)]
+        store: Option<String>,
         #[command(subcommand)]
         command: KvCommand,
     },
@@ -454,7 +462,26 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Runs(args) => runs(&cli.state, args).await,
         Command::Status { json } => status(&cli.state, json).await,
-        Command::Kv { command } => {
+        Command::Kv {
+            store: Some(url),
+            command,
+        } => {
+            let opts = flowgate_core::connect::kv::KvOptions {
+                token: std::env::var("CONSUL_HTTP_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty()),
+                ca_file: None,
+            };
+            kv(
+                flowgate_core::connect::kv::open(&url, &opts)?.as_ref(),
+                command,
+            )
+            .await
+        }
+        Command::Kv {
+            store: None,
+            command,
+        } => {
             // `kv set` may create the store; reading commands never do.
             let state = match &command {
                 KvCommand::Set { .. } => open_state(&cli.state, Path::new(".")).await?,
@@ -463,7 +490,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                     None => return Ok(exit::USAGE),
                 },
             };
-            kv(state, command).await
+            kv(&flowgate_core::connect::kv::Builtin::new(state), command).await
         }
         Command::State {
             command: StateCommand::Prune { older_than, json },
@@ -723,9 +750,9 @@ fn validate(paths: &[PathBuf], env: &Option<String>, json: bool) -> u8 {
     }
 }
 
-async fn kv(state: Arc<dyn StateStore>, command: KvCommand) -> Result<u8> {
+async fn kv(store: &dyn flowgate_core::connect::kv::KvStore, command: KvCommand) -> Result<u8> {
     match command {
-        KvCommand::Get { key, json } => match state.kv_get(&key).await? {
+        KvCommand::Get { key, json } => match store.get(&key).await? {
             Some(e) if json => {
                 say!("{}", serde_json::to_string(&e)?);
                 Ok(exit::OK)
@@ -740,21 +767,36 @@ async fn kv(state: Arc<dyn StateStore>, command: KvCommand) -> Result<u8> {
             }
         },
         KvCommand::Set { key, value } => {
-            let rev = state.kv_set(&key, &value).await?;
+            let rev = store.set(&key, &value).await?;
             say!("{key} = {value} (revision {rev})");
             Ok(exit::OK)
         }
         KvCommand::Watch { key, json } => {
-            let mut after = 0;
+            let show = |e: &flowgate_core::connect::kv::KvEntry| -> Result<()> {
+                if json {
+                    say!("{}", serde_json::to_string(e)?)
+                } else {
+                    say!("{} = {} (revision {})", e.key, e.value, e.revision)
+                }
+                Ok(())
+            };
+            // The current value first, then each change after it.
+            let mut after = match store.get(&key).await? {
+                Some(e) => {
+                    show(&e)?;
+                    e.revision
+                }
+                None => 0,
+            };
             let stop = tokio_signal();
             tokio::pin!(stop);
             loop {
                 tokio::select! {
                     _ = &mut stop => return Ok(exit::OK),
-                    got = state::kv_wait(state.as_ref(), &key, after, std::time::Duration::from_secs(3600)) => {
+                    got = store.wait(&key, after, std::time::Duration::from_secs(300)) => {
                         if let Some(e) = got? {
                             after = e.revision;
-                            if json { say!("{}", serde_json::to_string(&e)?) } else { say!("{} = {} (revision {})", e.key, e.value, e.revision) }
+                            show(&e)?;
                         }
                     }
                 }

@@ -103,14 +103,17 @@ pub struct TriggerSpec {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WatchSpec {
-    /// The KV store: `state` (the built-in KV of the state store) by default.
+    /// The KV store: `state` (the built-in KV of the state store) by default, or
+    /// the name of a `[stores]` entry with a `consul://` or `etcd://` URL.
     #[serde(default = "default_state_kv")]
     pub store: String,
     /// The key to watch.
     pub key: String,
-    /// Values set while the pipeline was busy or no worker ran: `each` (default)
-    /// runs one run per revision, in order; `latest` runs the newest and records
-    /// the others as skipped runs.
+    /// Values set while the pipeline was busy or no worker ran: `each` runs one
+    /// run per revision, in order (the default for the built-in KV; etcd until it
+    /// compacts the key's history); `latest` runs the newest and records the
+    /// others as skipped runs (the default for Consul and etcd; Consul keeps no
+    /// history, so the values in between are not known, and the run says so).
     #[serde(default)]
     pub on_missed: Option<OnMissed>,
 }
@@ -186,7 +189,9 @@ impl Access {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSpec {
-    /// Where it is: `file://./data`, `s3://bucket/prefix`, `gs://…`, `az://…`, `memory://name`.
+    /// Where it is: `file://./data`, `s3://bucket/prefix`, `gs://…`, `az://…`,
+    /// `memory://name`, `postgres://…`, `sqlite://…`, or a KV store to watch:
+    /// `consul://host:8500`, `etcd://host:2379` (`consul+https://`, `etcd+https://`).
     /// Relative `file://` paths are relative to the pipeline file.
     pub url: String,
     /// `read` (default), `write` or `read-write`.
@@ -210,6 +215,14 @@ pub struct StoreSpec {
     /// Secret access key; default from the environment (`AWS_SECRET_ACCESS_KEY`). Always redacted.
     #[serde(default)]
     pub secret_access_key: Option<String>,
+    /// Consul's ACL token, from a secret: `"${secret:CONSUL_TOKEN}"` (default:
+    /// `CONSUL_HTTP_TOKEN`). Always redacted.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A PEM file of CA certificates to trust for a `consul+https://` or
+    /// `etcd+https://` store (relative to the pipeline file), besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 impl StoreSpec {
@@ -224,6 +237,8 @@ impl StoreSpec {
             allow_http: None,
             access_key_id: None,
             secret_access_key: None,
+            token: None,
+            ca_file: None,
         }
     }
 }

@@ -83,6 +83,17 @@ pub struct Plan {
 pub struct WatchPlan {
     pub key: String,
     pub on_missed: OnMissed,
+    /// The store and how to reach it; `None`: the state store's built-in KV.
+    pub store: Option<KvStorePlan>,
+}
+
+/// An external KV store (Consul, etcd) a watch reads.
+#[derive(Debug, Clone)]
+pub struct KvStorePlan {
+    /// Its name in `[stores]`.
+    pub name: String,
+    pub url: String,
+    pub options: crate::connect::kv::KvOptions,
 }
 
 #[derive(Debug, Clone)]
@@ -298,12 +309,15 @@ fn stores(cx: &mut Ctx<'_>) {
                 None,
             );
         }
-        if !is_object_store_url(&s.url) && !crate::sql::is_sql_url(&s.url) {
+        if !is_object_store_url(&s.url)
+            && !crate::sql::is_sql_url(&s.url)
+            && !crate::connect::kv::is_kv_url(&s.url)
+        {
             cx.error(
                 &format!("stores.{name}.url"),
                 format!("store `{name}`: `{}` is not a supported URL", s.url),
                 Some(
-                    "use file://, s3://, gs://, az://, memory://, postgres:// or sqlite://".into(),
+                    "use file://, s3://, gs://, az://, memory://, postgres://, sqlite://, consul:// or etcd://".into(),
                 ),
             );
         }

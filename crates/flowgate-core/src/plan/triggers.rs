@@ -5,7 +5,8 @@ use std::time::Duration;
 use globset::Glob;
 
 use super::ctx::Ctx;
-use super::{ArrivalPlan, STATE_STORE, WatchPlan};
+use super::{ArrivalPlan, KvStorePlan, OnMissed, STATE_STORE, WatchPlan};
+use crate::config::diagnostic::nearest;
 use crate::config::model::{Access, ArrivalSpec};
 use crate::units::Schedule;
 
@@ -25,20 +26,64 @@ pub(super) fn schedule(cx: &mut Ctx<'_>) -> Option<Schedule> {
 
 pub(super) fn watch(cx: &mut Ctx<'_>) -> Option<WatchPlan> {
     let w = cx.file().trigger.watch.as_ref()?;
-    if w.store != STATE_STORE {
+    if w.store == STATE_STORE {
+        return Some(WatchPlan {
+            key: w.key.clone(),
+            on_missed: w.on_missed.unwrap_or(OnMissed::Each),
+            store: None,
+        });
+    }
+    let Some(spec) = cx.file().stores.get(&w.store) else {
+        let names = cx.file().stores.keys().map(String::as_str);
+        let hint = nearest(&w.store, names).map(|n| format!("did you mean `{n}`?"));
+        cx.error(
+            "trigger.watch.store",
+            format!("the watch names store `{}`, which `[stores]` does not have", w.store),
+            hint.or(Some("`state` is the built-in KV; a Consul or etcd store is a `[stores]` entry with a consul:// or etcd:// URL".into())),
+        );
+        return None;
+    };
+    if !crate::connect::kv::is_kv_url(&spec.url) {
         cx.error(
             "trigger.watch.store",
             format!(
-                "KV store `{}` cannot be watched yet; only the built-in `state` KV can",
+                "store `{}` is not a KV store: a watch reads `state`, consul:// or etcd://",
                 w.store
             ),
             None,
         );
         return None;
     }
+    let consul = spec.url.starts_with("consul");
+    let on_missed = w.on_missed.unwrap_or(OnMissed::Latest);
+    if consul && on_missed == OnMissed::Each {
+        cx.error(
+            "trigger.watch.on_missed",
+            "Consul keeps no history of a key, so the values set while no worker looked cannot be run each",
+            Some("use on_missed = \"latest\" (the default): the newest runs, and the run says values were missed".into()),
+        );
+        return None;
+    }
+    let token = spec
+        .token
+        .clone()
+        .or_else(|| {
+            consul
+                .then(|| std::env::var("CONSUL_HTTP_TOKEN").ok())
+                .flatten()
+        })
+        .filter(|t| !t.is_empty());
     Some(WatchPlan {
         key: w.key.clone(),
-        on_missed: w.on_missed.unwrap_or_default(),
+        on_missed,
+        store: Some(KvStorePlan {
+            name: w.store.clone(),
+            url: spec.url.clone(),
+            options: crate::connect::kv::KvOptions {
+                token,
+                ca_file: spec.ca_file.as_ref().map(|f| cx.dir.join(f)),
+            },
+        }),
     })
 }
 

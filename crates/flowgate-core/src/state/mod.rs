@@ -297,7 +297,9 @@ pub struct KvEntry {
     pub key: String,
     pub value: String,
     pub revision: i64,
-    pub updated_at: DateTime<Utc>,
+    /// When it was set, where the store says (the built-in KV; Consul and etcd do not).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 /// A lease: a name held by one holder until it expires (by the state store's clock).

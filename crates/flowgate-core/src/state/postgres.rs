@@ -265,7 +265,7 @@ fn kv_row(r: &Row) -> StateResult<KvEntry> {
         key: r.try_get(0).map_err(pg_err)?,
         value: r.try_get(1).map_err(pg_err)?,
         revision: r.try_get(2).map_err(pg_err)?,
-        updated_at: from_ms(r.try_get(3).map_err(pg_err)?),
+        updated_at: Some(from_ms(r.try_get(3).map_err(pg_err)?)),
     })
 }
 

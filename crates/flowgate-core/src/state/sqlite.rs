@@ -828,7 +828,7 @@ fn kv_row(r: &Row<'_>) -> rusqlite::Result<KvEntry> {
         key: r.get(0)?,
         value: r.get(1)?,
         revision: r.get(2)?,
-        updated_at: from_ms(r.get(3)?),
+        updated_at: Some(from_ms(r.get(3)?)),
     })
 }
 

@@ -98,12 +98,10 @@ impl Stores {
     pub fn open(plan: &Plan, template: &Value) -> Result<Stores, StepError> {
         let mut map = HashMap::new();
         let mut unavailable = HashMap::new();
-        // SQL stores are opened by the steps that use them.
-        for (name, spec) in plan
-            .stores
-            .iter()
-            .filter(|(_, s)| !crate::sql::is_sql_url(&s.url))
-        {
+        // SQL stores are opened by the steps that use them, KV stores by triggers.
+        for (name, spec) in plan.stores.iter().filter(|(_, s)| {
+            !crate::sql::is_sql_url(&s.url) && !crate::connect::kv::is_kv_url(&s.url)
+        }) {
             let rendered;
             let spec = if spec.url.contains("{{") {
                 match crate::template::render(&spec.url, template).and_then(confined) {

@@ -270,27 +270,6 @@ fn finding_10_a_second_update_within_the_same_cursor_value_is_extracted() {
     }
 }
 
-/// Runs of the pipeline in `dir`, oldest first, as (status, trigger value or tick).
-fn run_list(dir: &std::path::Path) -> Vec<(String, String)> {
-    let out = run(flowgate(dir).args(["runs", "--json", "--limit", "100"]));
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
-    let mut list: Vec<(String, String, String)> = v
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .map(|r| {
-            (
-                r["id"].as_str().unwrap_or_default().to_string(),
-                r["status"].as_str().unwrap_or_default().to_string(),
-                r["error"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    list.sort();
-    list.into_iter().map(|(_, s, e)| (s, e)).collect()
-}
-
 fn watch_pipeline(dir: &std::path::Path, on_missed: &str) {
     write(&dir.join("src/journal.txt"), b"journal");
     write(

@@ -14,6 +14,7 @@ mod egress_sqs;
 mod extract;
 mod findings;
 mod freshness;
+mod kv;
 mod load;
 mod matrix;
 mod notify;

@@ -297,3 +297,25 @@ pub fn uuid_like() -> String {
         .as_nanos();
     format!("t{t:x}{}", std::process::id())
 }
+
+/// Runs of the pipeline in `dir`, oldest first (run ids are time-ordered), as
+/// (status, error or skip reason).
+pub fn run_list(dir: &std::path::Path) -> Vec<(String, String)> {
+    let out = run(flowgate(dir).args(["runs", "--json", "--limit", "100"]));
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+    let mut list: Vec<(String, String, String)> = v
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap_or_default().to_string(),
+                r["status"].as_str().unwrap_or_default().to_string(),
+                r["error"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    list.sort();
+    list.into_iter().map(|(_, s, e)| (s, e)).collect()
+}
