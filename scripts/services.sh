@@ -2,7 +2,8 @@
 # Real services on loopback for flowgate's tests: PostgreSQL, s3s-fs (S3), an
 # SMTP server (aiosmtpd, storing what it receives in a Maildir), moto (SQS,
 # DynamoDB, S3 event notifications), nginx as an HTTPS receiver that demands
-# client certificates (WebDAV PUT stores the files) and etcd (a KV store to watch).
+# client certificates (WebDAV PUT stores the files), etcd and Consul (KV stores to
+# watch; Consul with ACLs on, its management token in FLOWGATE_TEST_CONSUL_TOKEN).
 #
 #   scripts/services.sh start     install what is missing (as root), start, print URLs
 #   scripts/services.sh env       print `export VAR=…` lines for the running services
@@ -17,6 +18,9 @@ TOOLS="${FLOWGATE_TOOLS_DIR:-$HOME/.cache/flowgate/tools}"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 VENV="${FLOWGATE_VENV:-$HOME/.cache/flowgate/venv}"
 S3S_VERSION=0.14.1
+# Consul under the MPL (1.17 and later are BSL; 1.15 and 1.16 need submodules under
+# the BSL too), built from the Go module proxy.
+CONSUL_VERSION=v1.14.11
 ENV_FILE="$W/services.env"
 
 say() { echo "services: $*" >&2; }
@@ -54,6 +58,20 @@ ensure_etcd() {
   else
     die "etcd is missing: run 'sudo apt-get install -y etcd-server etcd-client'"
   fi
+}
+
+ensure_consul() {
+  [ -x "$TOOLS/bin/consul" ] && return 0
+  command -v go >/dev/null || die "Consul is built with Go, which is missing: install Go >= 1.22 (https://go.dev/dl/) and rerun"
+  say "building Consul $CONSUL_VERSION into $TOOLS (go build, about 4 minutes, once)"
+  local b="$HOME/.cache/flowgate/consul-build"
+  mkdir -p "$b" "$TOOLS/bin"
+  # Consul's go.mod has replace directives, so `go install` refuses it: build it
+  # from a throwaway module that requires it.
+  ( cd "$b" && export GOPATH="$HOME/.cache/flowgate/go" GOCACHE="$HOME/.cache/flowgate/go-build" GOFLAGS=-mod=mod &&
+    { [ -f go.mod ] || go mod init tmp >/dev/null 2>&1; } &&
+    go get "github.com/hashicorp/consul@$CONSUL_VERSION" >&2 &&
+    go build -o "$TOOLS/bin/consul" github.com/hashicorp/consul >&2 ) || die "building Consul failed (see above)"
 }
 
 ensure_venv() {
@@ -261,12 +279,45 @@ ENV
   say "etcd on etcd://127.0.0.1:$port"
 }
 
+start_consul() {
+  local http lan wan server; http=$(free_port); lan=$(free_port); wan=$(free_port); server=$(free_port)
+  local token=flowgate-test-consul-management
+  rm -rf "$W/consul"; mkdir -p "$W/consul"
+  cat >"$W/consul/acl.hcl" <<HCL
+acl {
+  enabled = true
+  default_policy = "deny"
+  tokens { initial_management = "$token" }
+}
+HCL
+  nohup "$TOOLS/bin/consul" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port "$http" \
+    -grpc-port -1 -grpc-tls-port -1 -dns-port -1 -serf-lan-port "$lan" -serf-wan-port "$wan" -server-port "$server" \
+    -config-file "$W/consul/acl.hcl" >"$W/consul.log" 2>&1 &
+  echo $! >"$W/consul.pid"
+  wait_port "$http" consul
+  # The KV answers once a leader is elected.
+  for _ in $(seq 1 100); do
+    python3 -c 'import sys, urllib.request as u
+r = u.Request(sys.argv[1], headers={"X-Consul-Token": sys.argv[2]})
+sys.exit(0 if ":" in u.urlopen(r, timeout=2).read().decode() else 1)' \
+      "http://127.0.0.1:$http/v1/status/leader" "$token" 2>/dev/null && break
+    sleep 0.1
+  done
+  cat >>"$ENV_FILE" <<ENV
+export FLOWGATE_TEST_CONSUL_URL=consul://127.0.0.1:$http
+export FLOWGATE_TEST_CONSUL_TOKEN=$token
+export FLOWGATE_TEST_CONSUL_BIN=$TOOLS/bin/consul
+ENV
+  say "Consul on consul://127.0.0.1:$http (ACLs on; token in FLOWGATE_TEST_CONSUL_TOKEN)"
+}
+
 stop() {
   if [ -f "$W/nginx/nginx.pid" ]; then kill "$(cat "$W/nginx/nginx.pid")" 2>/dev/null || true; rm -f "$W/nginx/nginx.pid"; fi
   if [ -f "$W/moto.pid" ]; then kill "$(cat "$W/moto.pid")" 2>/dev/null || true; rm -f "$W/moto.pid"; fi
   if [ -f "$W/smtp.pid" ]; then kill "$(cat "$W/smtp.pid")" 2>/dev/null || true; rm -f "$W/smtp.pid"; fi
   if [ -f "$W/s3s.pid" ]; then kill "$(cat "$W/s3s.pid")" 2>/dev/null || true; rm -f "$W/s3s.pid"; fi
   if [ -f "$W/etcd.pid" ]; then kill "$(cat "$W/etcd.pid")" 2>/dev/null || true; rm -f "$W/etcd.pid"; fi
+  if [ -f "$W/consul.pid" ]; then kill "$(cat "$W/consul.pid")" 2>/dev/null || true; rm -f "$W/consul.pid"; fi
   if [ -f "$W/pg.pid" ]; then
     kill -INT "$(cat "$W/pg.pid")" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$(cat "$W/pg.pid")" 2>/dev/null || break; sleep 0.1; done
@@ -284,6 +335,7 @@ case "${1:-}" in
     ensure_venv
     ensure_nginx
     ensure_etcd
+    ensure_consul
     : >"$ENV_FILE"
     make_tls
     start_postgres
@@ -292,6 +344,7 @@ case "${1:-}" in
     start_moto
     start_nginx
     start_etcd
+    start_consul
     cat "$ENV_FILE"
     ;;
   env)

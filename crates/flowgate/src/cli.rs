@@ -148,13 +148,17 @@ enum Command {
     /// A KV store: the built-in one of the state store (what `watch` triggers
     /// watch by default), or Consul or etcd with `--store URL`.
     #[command(
-        after_help = "Examples:\n  flowgate kv set releases/version 1.4.2\n  flowgate kv --store consul://127.0.0.1:8500 set journal/dev/version 42\n  flowgate kv --store etcd://127.0.0.1:2379 watch journal/dev/version\n\nConsul's ACL token comes from CONSUL_HTTP_TOKEN."
+        after_help = "Examples:\n  flowgate kv set releases/version 1.4.2\n  flowgate kv --store consul://127.0.0.1:8500 set journal/dev/version 42\n  flowgate kv --store etcd://127.0.0.1:2379 watch journal/dev/version\n  flowgate kv --store versions --pipeline journal-rollout.toml --env qa set journal/version 42\n\nConsul's ACL token: the store's `token`, else CONSUL_HTTP_TOKEN."
     )]
     Kv {
         /// consul://host:port, consul+https://host:port, etcd://host:port or
-        /// etcd+https://host:port (default: the state store's KV).
+        /// etcd+https://host:port, or the name of a store of --pipeline FILE
+        /// (with --env for its overlay). Default: the state store's KV.
         #[arg(long, global = true)]
         store: Option<String>,
+        /// The pipeline file whose `[stores]` --store NAME is looked up in.
+        #[arg(long, global = true, value_name = "FILE")]
+        pipeline: Option<PathBuf>,
         #[command(subcommand)]
         command: KvCommand,
     },
@@ -463,14 +467,13 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Runs(args) => runs(&cli.state, args).await,
         Command::Status { json } => status(&cli.state, json).await,
         Command::Kv {
-            store: Some(url),
+            store: Some(store),
+            pipeline,
             command,
         } => {
-            let opts = flowgate_core::connect::kv::KvOptions {
-                token: std::env::var("CONSUL_HTTP_TOKEN")
-                    .ok()
-                    .filter(|t| !t.is_empty()),
-                ca_file: None,
+            let (url, opts) = match kv_store(&store, pipeline.as_deref(), &cli.env_name) {
+                Ok(found) => found,
+                Err(code) => return Ok(code),
             };
             kv(
                 flowgate_core::connect::kv::open(&url, &opts)?.as_ref(),
@@ -481,6 +484,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Kv {
             store: None,
             command,
+            ..
         } => {
             // `kv set` may create the store; reading commands never do.
             let state = match &command {
@@ -748,6 +752,47 @@ fn validate(paths: &[PathBuf], env: &Option<String>, json: bool) -> u8 {
     } else {
         exit::USAGE
     }
+}
+
+/// The KV store `--store` names: a URL, or a store of `--pipeline FILE` (with
+/// its `--env` overlay), with the store's token and CA file.
+fn kv_store(
+    store: &str,
+    pipeline: Option<&Path>,
+    env: &Option<String>,
+) -> std::result::Result<(String, flowgate_core::connect::kv::KvOptions), u8> {
+    let env_token = std::env::var("CONSUL_HTTP_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    if store.contains("://") {
+        let opts = flowgate_core::connect::kv::KvOptions {
+            token: env_token,
+            ca_file: None,
+        };
+        return Ok((store.to_string(), opts));
+    }
+    let Some(path) = pipeline else {
+        eprintln!(
+            "error: `--store {store}` names a store of a pipeline file: add --pipeline FILE \
+             (and --env NAME for its overlay), or give a URL (consul://host:port, etcd://host:port)"
+        );
+        return Err(exit::USAGE);
+    };
+    let plan = plan_or_report(path, env)?;
+    let Some(spec) = plan.stores.get(store) else {
+        let names: Vec<&str> = plan.stores.keys().map(String::as_str).collect();
+        eprintln!(
+            "error: {} has no store `{store}`; its stores: {}",
+            path.display(),
+            names.join(", ")
+        );
+        return Err(exit::USAGE);
+    };
+    let opts = flowgate_core::connect::kv::KvOptions {
+        token: spec.token.clone().or(env_token),
+        ca_file: spec.ca_file.as_ref().map(|f| plan.dir.join(f)),
+    };
+    Ok((spec.url.clone(), opts))
 }
 
 async fn kv(store: &dyn flowgate_core::connect::kv::KvStore, command: KvCommand) -> Result<u8> {

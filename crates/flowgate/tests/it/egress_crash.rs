@@ -145,9 +145,17 @@ fn sigkill_at_50_seeded_points_across_copy_staging_and_delivery() {
             }
             assert!(
                 Instant::now() < deadline,
-                "case {case} (killed at {k}): the result differs from the uninterrupted run: bucket {:?}, receiver {:?}",
+                "case {case} (killed at {k}): the result differs from the uninterrupted run: bucket {:?}, receiver {:?}, \
+                 contents equal: {}/{}, left in the outbox: {:?}; runs (status, error): {:?}",
                 got.0.iter().map(|f| &f.0).collect::<Vec<_>>(),
-                got.1.iter().map(|f| &f.0).collect::<Vec<_>>()
+                got.1.iter().map(|f| &f.0).collect::<Vec<_>>(),
+                got.0 == reference.0,
+                got.1 == reference.1,
+                tree(&dir.path().join("outbox"))
+                    .iter()
+                    .map(|f| &f.0)
+                    .collect::<Vec<_>>(),
+                run_list(dir.path())
             );
             std::thread::sleep(Duration::from_millis(300));
         }

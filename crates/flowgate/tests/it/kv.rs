@@ -217,3 +217,58 @@ command = { argv = ["true"] }
         out.all()
     );
 }
+
+#[test]
+fn kv_finds_a_store_by_its_name_in_a_pipeline_file_and_its_env_overlay() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = fresh_key();
+    // The file's own URL answers nowhere; the `qa` overlay points at etcd.
+    write(
+        &dir.path().join("p.toml"),
+        format!(
+            r#"name = "seeder"
+[stores]
+versions = {{ url = "etcd://127.0.0.1:9" }}
+[env.qa.stores.versions]
+url = "{url}"
+[[steps]]
+id = "a"
+command = {{ argv = ["true"] }}
+"#,
+            url = etcd()
+        )
+        .as_bytes(),
+    );
+    let by_name = |extra: &[&str]| {
+        let mut args = vec!["kv", "--store", "versions", "--pipeline", "p.toml"];
+        args.extend_from_slice(extra);
+        run(flowgate(dir.path()).args(&args))
+    };
+    let out = by_name(&["--env", "qa", "set", &key, "5"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(kv(dir.path(), &["get", &key]).stdout.trim(), "5");
+    // Without the overlay: the file's own URL, which cannot be reached.
+    let out = by_name(&["get", &key]);
+    assert_ne!(out.code, 0, "{}", out.all());
+    assert!(out.all().contains("127.0.0.1:9"), "{}", out.all());
+    // A name the file does not have, or no file at all: said, with what to do.
+    let out = run(flowgate(dir.path()).args([
+        "kv",
+        "--store",
+        "vers",
+        "--pipeline",
+        "p.toml",
+        "get",
+        "k",
+    ]));
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("has no store `vers`; its stores: versions"),
+        "{}",
+        out.all()
+    );
+    let out = run(flowgate(dir.path()).args(["kv", "--store", "versions", "get", "k"]));
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stderr.contains("add --pipeline FILE"), "{}", out.all());
+}

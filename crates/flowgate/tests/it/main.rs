@@ -5,6 +5,7 @@
 mod command;
 mod common;
 mod concurrency;
+mod consul;
 mod copy_s3;
 mod crash;
 mod demo;
