@@ -54,14 +54,6 @@ fn poll(dir: &Path) -> Ran {
     out
 }
 
-fn applied(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("applied.txt"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 #[test]
 fn kv_against_consul_needs_its_token_and_never_shows_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -89,30 +81,13 @@ fn kv_against_consul_needs_its_token_and_never_shows_it() {
     assert!(!out.all().contains(&token()));
 
     // `watch` blocks on Consul's index and prints the change when it happens.
-    let mut watcher = flowgate(dir.path())
-        .env("CONSUL_HTTP_TOKEN", token())
-        .args(["kv", "--store", &consul(), "watch", &key])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = watcher.stdout.take().unwrap();
-    let lines = std::thread::spawn(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stdout)
-            .lines()
-            .take(2)
-            .map(|l| l.unwrap_or_default())
-            .collect::<Vec<_>>()
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(kv(dir.path(), &consul(), &["set", &key, "8"]).code, 0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !lines.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = watcher.kill();
-    let _ = watcher.wait();
-    let lines = lines.join().unwrap();
+    let lines = first_lines(
+        flowgate(dir.path())
+            .env("CONSUL_HTTP_TOKEN", token())
+            .args(["kv", "--store", &consul(), "watch", &key]),
+        2,
+        || assert_eq!(kv(dir.path(), &consul(), &["set", &key, "8"]).code, 0),
+    );
     assert!(lines[0].starts_with(&format!("{key} = 7 ")), "{lines:?}");
     assert!(lines[1].starts_with(&format!("{key} = 8 ")), "{lines:?}");
 }

@@ -41,14 +41,6 @@ command = {{ argv = ["sh", "-c", "echo \"$V\" >> applied.txt"], env = {{ V = "{{
     );
 }
 
-fn applied(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("applied.txt"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 fn poll(dir: &Path) {
     let out = run(flowgate(dir).args(["poll", "p.toml"]));
     assert_eq!(out.code, 0, "{}", out.all());
@@ -77,29 +69,11 @@ fn kv_get_set_and_watch_work_against_etcd() {
 
     // `watch` prints the current value, then each change, as they happen.
     let url = etcd();
-    let mut watcher = flowgate(dir.path())
-        .args(["kv", "--store", &url, "watch", &key])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = watcher.stdout.take().unwrap();
-    let lines = std::thread::spawn(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stdout)
-            .lines()
-            .take(2)
-            .map(|l| l.unwrap_or_default())
-            .collect::<Vec<_>>()
-    });
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_eq!(kv(dir.path(), &["set", &key, "43"]).code, 0);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !lines.is_finished() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let _ = watcher.kill();
-    let _ = watcher.wait();
-    let lines = lines.join().unwrap();
+    let lines = first_lines(
+        flowgate(dir.path()).args(["kv", "--store", &url, "watch", &key]),
+        2,
+        || assert_eq!(kv(dir.path(), &["set", &key, "43"]).code, 0),
+    );
     assert!(lines[0].starts_with(&format!("{key} = 42 ")), "{lines:?}");
     assert!(lines[1].starts_with(&format!("{key} = 43 ")), "{lines:?}");
 }

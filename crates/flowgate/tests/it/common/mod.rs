@@ -319,3 +319,36 @@ pub fn run_list(dir: &std::path::Path) -> Vec<(String, String)> {
     list.sort();
     list.into_iter().map(|(_, s, e)| (s, e)).collect()
 }
+
+/// The first `n` lines a long-running command prints after `then` ran (given
+/// half a second to start first), within 20 s; the command is killed after.
+pub fn first_lines(cmd: &mut Command, n: usize, then: impl FnOnce()) -> Vec<String> {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .take(n)
+            .map(|l| l.unwrap_or_default())
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    then();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !lines.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines.join().unwrap_or_default()
+}
+
+/// The lines of `applied.txt` in `dir`, where the watch tests' steps append
+/// each value they run.
+pub fn applied(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("applied.txt"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
