@@ -363,12 +363,24 @@ async fn due_ticks(
 /// Serve one pipeline until the engine is cancelled.
 pub async fn serve(engine: &Engine, plan: &Plan) -> Result<(), EngineError> {
     let mut poller = Poller::default();
+    // A watched Consul or etcd key wakes the loop itself (a blocking query or a
+    // watch); the built-in KV is read every second.
+    let external = plan.watch.as_ref().and_then(|w| {
+        let s = w.store.as_ref()?;
+        match crate::connect::kv::open(&s.url, &s.options) {
+            Ok(kv) => Some((kv, w.key.clone())),
+            Err(e) => {
+                tracing::warn!(pipeline = %plan.name, store = %s.name, error = %e, "cannot open the watched KV store; reading it every second instead");
+                None
+            }
+        }
+    });
     let poll = plan
         .arrival
         .as_ref()
         .map(|a| a.poll)
         .unwrap_or(Duration::from_secs(30))
-        .min(if plan.watch.is_some() {
+        .min(if plan.watch.is_some() && external.is_none() {
             Duration::from_secs(1)
         } else {
             Duration::from_secs(30)
@@ -385,9 +397,46 @@ pub async fn serve(engine: &Engine, plan: &Plan) -> Result<(), EngineError> {
             let until = (at - now).to_std().unwrap_or_default();
             wait = wait.min(until + Duration::from_millis(20));
         }
+        let changed = async {
+            match &external {
+                Some((kv, key)) => changed_after(engine, plan, kv.as_ref(), key, wait).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = changed => {}
             _ = engine.cancel.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Returns once the watched key changed past the pipeline's position (at most
+/// every 200 ms); never when the store cannot say (the loop's timer wakes it).
+async fn changed_after(
+    engine: &Engine,
+    plan: &Plan,
+    kv: &dyn crate::connect::kv::KvStore,
+    key: &str,
+    wait: Duration,
+) {
+    let after = engine
+        .state
+        .kv_get(&watch_position(&plan.name))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|e| e.value.parse::<i64>().ok())
+        .unwrap_or(0);
+    let started = tokio::time::Instant::now();
+    match kv.wait(key, after, wait).await {
+        Ok(Some(_)) => {
+            tokio::time::sleep_until(started + Duration::from_millis(200)).await;
+        }
+        Ok(None) => std::future::pending().await,
+        Err(e) => {
+            tracing::warn!(pipeline = %plan.name, key, error = %e, "waiting on the watched key failed; will read it again");
+            std::future::pending().await
         }
     }
 }

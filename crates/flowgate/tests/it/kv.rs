@@ -246,3 +246,34 @@ command = {{ argv = ["true"] }}
     assert_eq!(out.code, 2, "{}", out.all());
     assert!(out.stderr.contains("add --pipeline FILE"), "{}", out.all());
 }
+
+#[test]
+fn a_serving_worker_is_woken_by_an_etcd_change_not_by_its_timer() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = fresh_key();
+    watch_pipeline(dir.path(), &key, "");
+    assert_eq!(kv(dir.path(), &["set", &key, "1"]).code, 0);
+    let _serve = Serve(
+        flowgate(dir.path())
+            .args(["serve", ".", "--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the first value to run", 30, || {
+        applied(dir.path()) == ["1"]
+    });
+    // The worker reads an external key every 30 s; a change must not wait for that.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let set_at = std::time::Instant::now();
+    assert_eq!(kv(dir.path(), &["set", &key, "2"]).code, 0);
+    wait_for("the new value to run", 30, || {
+        applied(dir.path()) == ["1", "2"]
+    });
+    assert!(
+        set_at.elapsed() < std::time::Duration::from_secs(10),
+        "the change ran {:?} after it was set: the worker waited for its timer",
+        set_at.elapsed()
+    );
+}

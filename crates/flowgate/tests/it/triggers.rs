@@ -1,17 +1,9 @@
 //! `serve` runs watch and schedule triggers: one run per KV revision, one per tick.
 
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use crate::common::*;
-
-struct Serve(Child);
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn serve(dir: &std::path::Path) -> Serve {
     Serve(
@@ -22,14 +14,6 @@ fn serve(dir: &std::path::Path) -> Serve {
             .spawn()
             .unwrap(),
     )
-}
-
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn runs(dir: &std::path::Path) -> serde_json::Value {
