@@ -234,3 +234,19 @@ fn chmod_x(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+#[test]
+fn a_command_that_prints_megabytes_without_a_newline_keeps_only_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    pipeline(
+        dir.path(),
+        r#"command = { shell = "head -c 5000000 /dev/zero | tr '\\0' a; echo; echo done", keep_output = "1KiB" }"#,
+    );
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let step = step_of(dir.path());
+    let stdout = step["output"]["stdout"].as_str().unwrap_or_default();
+    assert!(stdout.len() <= 1024, "{} bytes kept", stdout.len());
+    assert!(stdout.ends_with("done\n"), "{stdout:?}");
+    assert_eq!(step["output"]["stdout_truncated"], true, "{step}");
+}

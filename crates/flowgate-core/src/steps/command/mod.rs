@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::error::{ErrorClass, ErrorKind, StepError};
@@ -22,6 +22,9 @@ use plan::{CommandPlan, Program};
 
 /// Characters of stderr's end quoted in the error of a failed command.
 const REASON_CHARS: usize = 2000;
+
+/// Longest piece of output read (and logged) as one line.
+const MAX_LINE: u64 = 64 * 1024;
 
 pub async fn run(ctx: &StepContext<'_>, plan: &CommandPlan) -> Result<StepOutput, StepError> {
     let render = |t: &str| {
@@ -140,7 +143,9 @@ async fn follow(
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
+        // A "line" without a newline (binary output) is cut into pieces of
+        // at most MAX_LINE bytes: memory stays bounded whatever the program prints.
+        match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {
                 let raw = String::from_utf8_lossy(&buf);
