@@ -250,3 +250,26 @@ fn a_command_that_prints_megabytes_without_a_newline_keeps_only_the_end() {
     assert!(stdout.ends_with("done\n"), "{stdout:?}");
     assert_eq!(step["output"]["stdout_truncated"], true, "{step}");
 }
+
+#[test]
+fn a_command_without_inherit_env_sees_none_of_flowgates_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    // `$${` is a literal `${` in a pipeline file (flowgate's own variables are `${…}`).
+    let script =
+        r#"shell = "echo \"key=$${AWS_SECRET_ACCESS_KEY:-unset} mine=$MINE path=$${PATH:+set}\"""#;
+    pipeline(
+        dir.path(),
+        &format!("command = {{ {script}, inherit_env = false, env = {{ MINE = \"x\" }} }}"),
+    );
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let stdout = step_of(dir.path())["output"]["stdout"].clone();
+    assert_eq!(stdout, "key=unset mine=x path=set\n", "{}", out.all());
+
+    // By default the program sees flowgate's environment (here, the test's AWS key).
+    pipeline(dir.path(), &format!("command = {{ {script} }}"));
+    let out = run(flowgate(dir.path()).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let stdout = step_of(dir.path())["output"]["stdout"].clone();
+    assert_ne!(stdout, "key=unset mine= path=set\n", "{}", out.all());
+}

@@ -29,6 +29,12 @@ pub struct CommandSpec {
     /// `FLOWGATE_STEP` are always set.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Whether the program sees flowgate's own environment (default true). With
+    /// `false` it gets only `PATH`, `HOME`, `LANG`, `TZ`, the `FLOWGATE_*` ones and
+    /// `env`: nothing of flowgate's credentials reaches a script that does not
+    /// need them.
+    #[serde(default)]
+    pub inherit_env: Option<bool>,
     /// Working directory (a template), relative to the pipeline file's folder
     /// (default: that folder).
     #[serde(default)]

@@ -23,6 +23,10 @@ use plan::{CommandPlan, Program};
 /// Characters of stderr's end quoted in the error of a failed command.
 const REASON_CHARS: usize = 2000;
 
+/// What a program started with `inherit_env = false` still gets of flowgate's
+/// environment.
+const KEPT_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
+
 /// Longest piece of output read (and logged) as one line.
 const MAX_LINE: u64 = 64 * 1024;
 
@@ -51,6 +55,14 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CommandPlan) -> Result<StepOutput
             (cmd, "sh -c …".to_string())
         }
     };
+    if !plan.inherit_env {
+        cmd.env_clear();
+        for k in KEPT_ENV {
+            if let Some(v) = std::env::var_os(k) {
+                cmd.env(k, v);
+            }
+        }
+    }
     for (k, v) in &plan.env {
         cmd.env(k, render(v)?);
     }

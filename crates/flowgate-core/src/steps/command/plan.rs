@@ -18,6 +18,8 @@ pub struct CommandPlan {
     pub env: Vec<(String, String)>,
     /// Working directory (template), relative to the pipeline file.
     pub dir: Option<String>,
+    /// The program sees flowgate's environment (else only a few safe variables).
+    pub inherit_env: bool,
     pub ok: Vec<i32>,
     pub retry: Vec<i32>,
     pub reject: Vec<i32>,
@@ -82,6 +84,7 @@ pub(crate) fn build(c: &CommandSpec, at: &str, _what: &str, cx: &mut Ctx<'_>) ->
         program,
         env: c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         dir: c.dir.clone(),
+        inherit_env: c.inherit_env.unwrap_or(true),
         ok: c.exit_codes.ok.clone().unwrap_or_else(|| vec![0]),
         retry: c.exit_codes.retry.clone(),
         reject: c.exit_codes.reject.clone(),
