@@ -32,14 +32,20 @@ free_port() {
 
 is_root() { [ "$(id -u)" = 0 ]; }
 
+# apt_install WHAT PACKAGE...: install Debian packages when root, else say how.
+apt_install() {
+  local what=$1; shift
+  if is_root; then
+    say "installing $what (apt-get install $*)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  else
+    die "$what is missing: run 'sudo apt-get install -y --no-install-recommends $*'"
+  fi
+}
+
 ensure_postgres() {
   [ -x "$PG_BIN/initdb" ] && return 0
-  if is_root; then
-    say "installing PostgreSQL (apt-get install postgresql)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-  else
-    die "PostgreSQL 15 is missing: run 'sudo apt-get install -y postgresql' (or set PG_BIN to its bin directory)"
-  fi
+  apt_install "PostgreSQL 15 (or set PG_BIN to its bin directory)" postgresql
 }
 
 ensure_s3s() {
@@ -51,13 +57,7 @@ ensure_s3s() {
 
 ensure_etcd() {
   command -v etcd >/dev/null && command -v etcdctl >/dev/null && return 0
-  if is_root; then
-    say "installing etcd (apt-get install etcd-server etcd-client)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null 2>&1 \
-      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null; }
-  else
-    die "etcd is missing: run 'sudo apt-get install -y etcd-server etcd-client'"
-  fi
+  apt_install etcd etcd-server etcd-client
 }
 
 ensure_consul() {
@@ -93,14 +93,9 @@ ensure_venv() {
 
 ensure_nginx() {
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] && return 0
-  if is_root; then
-    say "installing nginx (apt-get install nginx)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null
-    # Debian starts it on :80; the tests start their own.
-    service nginx stop >/dev/null 2>&1 || true
-  else
-    die "nginx is missing: run 'sudo apt-get install -y --no-install-recommends nginx'"
-  fi
+  apt_install nginx nginx
+  # Debian starts it on :80; the tests start their own.
+  service nginx stop >/dev/null 2>&1 || true
 }
 
 # A test CA, the receiver's certificate for 127.0.0.1, a client certificate it

@@ -76,11 +76,30 @@ pub fn tick(at: DateTime<Utc>) -> Submission {
 }
 
 /// What one pipeline's trigger passes keep between passes: the events already
-/// submitted, and the arrival store's clients (built once, not on every pass).
+/// submitted, and the clients of the arrival store and of a watched Consul or
+/// etcd (built once, not on every pass).
 #[derive(Default)]
 pub struct Poller {
     seen: HashSet<String>,
     stores: Option<Stores>,
+    kv: Option<Box<dyn crate::connect::kv::KvStore>>,
+}
+
+impl Poller {
+    /// The watched external KV store, opened on first use; `None` (logged) when
+    /// it cannot be opened, to be tried again next pass.
+    fn watched_kv(&mut self, plan: &Plan) -> Option<&dyn crate::connect::kv::KvStore> {
+        let s = plan.watch.as_ref()?.store.as_ref()?;
+        if self.kv.is_none() {
+            match crate::connect::kv::open(&s.url, &s.options) {
+                Ok(kv) => self.kv = Some(kv),
+                Err(e) => {
+                    tracing::warn!(pipeline = %plan.name, store = %s.name, error = %e, "cannot open the watched KV store; will try again");
+                }
+            }
+        }
+        self.kv.as_deref()
+    }
 }
 
 /// One pass over every trigger of `plan`: record new events and run what is pending.
@@ -132,7 +151,7 @@ pub async fn poll_once(
     let mut positions = Vec::new();
     let mut found = Vec::new();
     if let Some(w) = &plan.watch {
-        found.push(watch_events(engine, plan, w).await?);
+        found.push(watch_events(engine, plan, w, poller).await?);
     }
     if let Some(s) = &plan.schedule {
         found.push(due_ticks(engine, plan, s).await?);
@@ -227,6 +246,7 @@ async fn watch_events(
     engine: &Engine,
     plan: &Plan,
     w: &crate::plan::WatchPlan,
+    poller: &mut Poller,
 ) -> Result<Found, EngineError> {
     use crate::connect::kv::{Builtin, History, KvStore};
     let position = watch_position(&plan.name);
@@ -235,14 +255,15 @@ async fn watch_events(
         .kv_get(&position)
         .await?
         .and_then(|e| e.value.parse::<i64>().ok());
-    let kv: Box<dyn KvStore> = match &w.store {
-        None => Box::new(Builtin::new(engine.state.clone())),
-        Some(s) => match crate::connect::kv::open(&s.url, &s.options) {
-            Ok(kv) => kv,
-            Err(e) => {
-                tracing::warn!(pipeline = %plan.name, store = %s.name, error = %e, "cannot open the watched KV store");
-                return Ok(Found::default());
-            }
+    let builtin;
+    let kv: &dyn KvStore = match &w.store {
+        None => {
+            builtin = Builtin::new(engine.state.clone());
+            &builtin
+        }
+        Some(_) => match poller.watched_kv(plan) {
+            Some(kv) => kv,
+            None => return Ok(Found::default()),
         },
     };
     let read = match after {
@@ -364,23 +385,14 @@ async fn due_ticks(
 pub async fn serve(engine: &Engine, plan: &Plan) -> Result<(), EngineError> {
     let mut poller = Poller::default();
     // A watched Consul or etcd key wakes the loop itself (a blocking query or a
-    // watch); the built-in KV is read every second.
-    let external = plan.watch.as_ref().and_then(|w| {
-        let s = w.store.as_ref()?;
-        match crate::connect::kv::open(&s.url, &s.options) {
-            Ok(kv) => Some((kv, w.key.clone())),
-            Err(e) => {
-                tracing::warn!(pipeline = %plan.name, store = %s.name, error = %e, "cannot open the watched KV store; reading it every second instead");
-                None
-            }
-        }
-    });
+    // watch, on the pass's own client); the built-in KV is read every second.
+    let external = plan.watch.as_ref().is_some_and(|w| w.store.is_some());
     let poll = plan
         .arrival
         .as_ref()
         .map(|a| a.poll)
         .unwrap_or(Duration::from_secs(30))
-        .min(if plan.watch.is_some() && external.is_none() {
+        .min(if plan.watch.is_some() && !external {
             Duration::from_secs(1)
         } else {
             Duration::from_secs(30)
@@ -397,10 +409,11 @@ pub async fn serve(engine: &Engine, plan: &Plan) -> Result<(), EngineError> {
             let until = (at - now).to_std().unwrap_or_default();
             wait = wait.min(until + Duration::from_millis(20));
         }
+        let watched = plan.watch.as_ref().map(|w| w.key.as_str());
         let changed = async {
-            match &external {
-                Some((kv, key)) => changed_after(engine, plan, kv.as_ref(), key, wait).await,
-                None => std::future::pending().await,
+            match (poller.watched_kv(plan), watched) {
+                (Some(kv), Some(key)) => changed_after(engine, plan, kv, key, wait).await,
+                _ => std::future::pending().await,
             }
         };
         tokio::select! {

@@ -761,15 +761,8 @@ fn kv_store(
     pipeline: Option<&Path>,
     env: &Option<String>,
 ) -> std::result::Result<(String, flowgate_core::connect::kv::KvOptions), u8> {
-    let env_token = std::env::var("CONSUL_HTTP_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty());
     if store.contains("://") {
-        let opts = flowgate_core::connect::kv::KvOptions {
-            token: env_token,
-            ca_file: None,
-        };
-        return Ok((store.to_string(), opts));
+        return Ok((store.to_string(), Default::default()));
     }
     let Some(path) = pipeline else {
         eprintln!(
@@ -788,10 +781,7 @@ fn kv_store(
         );
         return Err(exit::USAGE);
     };
-    let opts = flowgate_core::connect::kv::KvOptions {
-        token: spec.token.clone().or(env_token),
-        ca_file: spec.ca_file.as_ref().map(|f| plan.dir.join(f)),
-    };
+    let opts = flowgate_core::connect::kv::KvOptions::of(spec, &plan.dir);
     Ok((spec.url.clone(), opts))
 }
 

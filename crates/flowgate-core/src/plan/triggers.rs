@@ -43,7 +43,7 @@ pub(super) fn watch(cx: &mut Ctx<'_>) -> Option<WatchPlan> {
         );
         return None;
     };
-    if !crate::connect::kv::is_kv_url(&spec.url) {
+    let Some(kind) = crate::connect::kv::kind_of(&spec.url) else {
         cx.error(
             "trigger.watch.store",
             format!(
@@ -53,10 +53,9 @@ pub(super) fn watch(cx: &mut Ctx<'_>) -> Option<WatchPlan> {
             None,
         );
         return None;
-    }
-    let consul = spec.url.starts_with("consul");
+    };
     let on_missed = w.on_missed.unwrap_or(OnMissed::Latest);
-    if consul && on_missed == OnMissed::Each {
+    if !kind.keeps_history() && on_missed == OnMissed::Each {
         cx.error(
             "trigger.watch.on_missed",
             "Consul keeps no history of a key, so the values set while no worker looked cannot be run each",
@@ -64,25 +63,13 @@ pub(super) fn watch(cx: &mut Ctx<'_>) -> Option<WatchPlan> {
         );
         return None;
     }
-    let token = spec
-        .token
-        .clone()
-        .or_else(|| {
-            consul
-                .then(|| std::env::var("CONSUL_HTTP_TOKEN").ok())
-                .flatten()
-        })
-        .filter(|t| !t.is_empty());
     Some(WatchPlan {
         key: w.key.clone(),
         on_missed,
         store: Some(KvStorePlan {
             name: w.store.clone(),
             url: spec.url.clone(),
-            options: crate::connect::kv::KvOptions {
-                token,
-                ca_file: spec.ca_file.as_ref().map(|f| cx.dir.join(f)),
-            },
+            options: crate::connect::kv::KvOptions::of(spec, &cx.dir),
         }),
     })
 }

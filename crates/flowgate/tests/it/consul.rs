@@ -22,23 +22,9 @@ fn kv(dir: &Path, url: &str, args: &[&str]) -> Ran {
     run(flowgate(dir).env("CONSUL_HTTP_TOKEN", token()).args(&all))
 }
 
-/// Appends each watched value it runs to `applied.txt`; the token from a secret.
-fn watch_pipeline(dir: &Path, url: &str, key: &str) {
-    write(
-        &dir.join("p.toml"),
-        format!(
-            r#"name = "rollout"
-[stores]
-versions = {{ url = "{url}", token = "${{secret:FG_TEST_CONSUL_TOKEN}}" }}
-[trigger]
-watch = {{ store = "versions", key = "{key}" }}
-[[steps]]
-id = "apply"
-command = {{ argv = ["sh", "-c", "echo \"$V\" >> applied.txt"], env = {{ V = "{{{{ trigger.value }}}}" }} }}
-"#
-        )
-        .as_bytes(),
-    );
+/// The store table of a Consul at `url`, its token from a secret.
+fn consul_store(url: &str) -> String {
+    format!(r#"{{ url = "{url}", token = "${{secret:FG_TEST_CONSUL_TOKEN}}" }}"#)
 }
 
 fn poll(dir: &Path) -> Ran {
@@ -96,7 +82,7 @@ fn kv_against_consul_needs_its_token_and_never_shows_it() {
 fn a_consul_watch_runs_the_newest_value_once() {
     let dir = tempfile::tempdir().unwrap();
     let key = format!("journal/{}/version", uuid_like());
-    watch_pipeline(dir.path(), &consul(), &key);
+    watch_pipeline(dir.path(), &consul_store(&consul()), &key, "");
     assert_eq!(kv(dir.path(), &consul(), &["set", &key, "1"]).code, 0);
     poll(dir.path());
     assert_eq!(applied(dir.path()), ["1"]);
@@ -180,7 +166,7 @@ fn a_consul_that_restarts_and_forgets_mid_watch_misses_no_version() {
     let http = free_port();
     let agent = Agent::start(http);
     let key = "journal/dev/version";
-    watch_pipeline(dir.path(), &agent.url(), key);
+    watch_pipeline(dir.path(), &consul_store(&agent.url()), key, "");
     // Enough writes that the index is well above where a new agent starts.
     for i in 0..30 {
         assert_eq!(

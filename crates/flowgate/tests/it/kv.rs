@@ -9,6 +9,11 @@ fn etcd() -> String {
     service_var("FLOWGATE_TEST_ETCD_URL")
 }
 
+/// The store table of the test etcd.
+fn etcd_store() -> String {
+    format!(r#"{{ url = "{}" }}"#, etcd())
+}
+
 /// A key no other test uses.
 fn fresh_key() -> String {
     format!("journal/{}/version", uuid_like())
@@ -22,25 +27,6 @@ fn kv(dir: &Path, args: &[&str]) -> Ran {
 }
 
 /// A pipeline that appends each watched value it runs to `applied.txt`.
-fn watch_pipeline(dir: &Path, key: &str, extra: &str) {
-    write(
-        &dir.join("p.toml"),
-        format!(
-            r#"name = "rollout"
-[stores]
-versions = {{ url = "{url}" }}
-[trigger]
-watch = {{ store = "versions", key = "{key}"{extra} }}
-[[steps]]
-id = "apply"
-command = {{ argv = ["sh", "-c", "echo \"$V\" >> applied.txt"], env = {{ V = "{{{{ trigger.value }}}}" }} }}
-"#,
-            url = etcd()
-        )
-        .as_bytes(),
-    );
-}
-
 fn poll(dir: &Path) {
     let out = run(flowgate(dir).args(["poll", "p.toml"]));
     assert_eq!(out.code, 0, "{}", out.all());
@@ -82,7 +68,7 @@ fn kv_get_set_and_watch_work_against_etcd() {
 fn an_etcd_watch_runs_the_newest_value_and_records_the_skipped_ones() {
     let dir = tempfile::tempdir().unwrap();
     let key = fresh_key();
-    watch_pipeline(dir.path(), &key, "");
+    watch_pipeline(dir.path(), &etcd_store(), &key, "");
     assert_eq!(kv(dir.path(), &["set", &key, "1"]).code, 0);
     poll(dir.path());
     assert_eq!(applied(dir.path()), ["1"]);
@@ -104,7 +90,7 @@ fn an_etcd_watch_runs_the_newest_value_and_records_the_skipped_ones() {
     // `each` runs every version etcd still has, in order.
     let dir = tempfile::tempdir().unwrap();
     let key = fresh_key();
-    watch_pipeline(dir.path(), &key, r#", on_missed = "each""#);
+    watch_pipeline(dir.path(), &etcd_store(), &key, r#", on_missed = "each""#);
     assert_eq!(kv(dir.path(), &["set", &key, "a"]).code, 0);
     poll(dir.path());
     for v in ["b", "c"] {
@@ -118,7 +104,7 @@ fn an_etcd_watch_runs_the_newest_value_and_records_the_skipped_ones() {
 fn a_watch_whose_revision_etcd_compacted_runs_the_current_value_once() {
     let dir = tempfile::tempdir().unwrap();
     let key = fresh_key();
-    watch_pipeline(dir.path(), &key, r#", on_missed = "each""#);
+    watch_pipeline(dir.path(), &etcd_store(), &key, r#", on_missed = "each""#);
     assert_eq!(kv(dir.path(), &["set", &key, "10"]).code, 0);
     poll(dir.path());
     assert_eq!(kv(dir.path(), &["set", &key, "11"]).code, 0);
@@ -251,7 +237,7 @@ command = {{ argv = ["true"] }}
 fn a_serving_worker_is_woken_by_an_etcd_change_not_by_its_timer() {
     let dir = tempfile::tempdir().unwrap();
     let key = fresh_key();
-    watch_pipeline(dir.path(), &key, "");
+    watch_pipeline(dir.path(), &etcd_store(), &key, "");
     assert_eq!(kv(dir.path(), &["set", &key, "1"]).code, 0);
     let _serve = Serve(
         flowgate(dir.path())

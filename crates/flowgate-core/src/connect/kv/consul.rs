@@ -12,6 +12,8 @@ use super::{History, KvEntry, KvError, KvStore, status_error, unavailable};
 pub(super) struct Consul {
     client: reqwest::Client,
     base: String,
+    /// The store's URL, as its pipeline file names it.
+    url: String,
     token: Option<String>,
 }
 
@@ -25,10 +27,16 @@ struct Entry {
 }
 
 impl Consul {
-    pub(super) fn new(client: reqwest::Client, base: String, token: Option<String>) -> Self {
+    pub(super) fn new(
+        client: reqwest::Client,
+        base: String,
+        url: String,
+        token: Option<String>,
+    ) -> Self {
         Consul {
             client,
             base,
+            url,
             token,
         }
     }
@@ -125,7 +133,7 @@ const KEY_SET: percent_encoding::AsciiSet = percent_encoding::NON_ALPHANUMERIC
 #[async_trait]
 impl KvStore for Consul {
     fn describe(&self) -> String {
-        self.base.replacen("http", "consul+http", 1)
+        self.url.clone()
     }
 
     async fn get(&self, key: &str) -> Result<Option<KvEntry>, KvError> {

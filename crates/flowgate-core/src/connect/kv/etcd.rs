@@ -17,6 +17,8 @@ use super::{History, KvEntry, KvError, KvStore, status_error, unavailable};
 pub(super) struct Etcd {
     client: reqwest::Client,
     base: String,
+    /// The store's URL, as its pipeline file names it.
+    url: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -79,8 +81,8 @@ fn num(s: Option<&String>) -> i64 {
 }
 
 impl Etcd {
-    pub(super) fn new(client: reqwest::Client, base: String) -> Self {
-        Etcd { client, base }
+    pub(super) fn new(client: reqwest::Client, base: String, url: String) -> Self {
+        Etcd { client, base, url }
     }
 
     fn protocol(&self, message: impl Into<String>) -> KvError {
@@ -195,7 +197,7 @@ impl Etcd {
 #[async_trait]
 impl KvStore for Etcd {
     fn describe(&self) -> String {
-        self.base.replacen("http", "etcd+http", 1)
+        self.url.clone()
     }
 
     async fn get(&self, key: &str) -> Result<Option<KvEntry>, KvError> {

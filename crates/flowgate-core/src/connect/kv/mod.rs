@@ -85,50 +85,93 @@ pub trait KvStore: Send + Sync {
     ) -> Result<Option<KvEntry>, KvError>;
 }
 
-/// Whether a URL names an external KV store.
-pub fn is_kv_url(url: &str) -> bool {
-    ["consul://", "consul+https://", "etcd://", "etcd+https://"]
-        .iter()
-        .any(|p| url.starts_with(p))
+/// The external KV systems flowgate talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvKind {
+    Consul,
+    Etcd,
 }
 
-/// How to reach a KV store: its URL and, for Consul, an ACL token.
+impl KvKind {
+    /// Whether the store keeps past values of a key (etcd until it compacts).
+    pub fn keeps_history(self) -> bool {
+        self == KvKind::Etcd
+    }
+}
+
+/// A URL scheme's system and whether it uses TLS.
+fn scheme(scheme: &str) -> Option<(KvKind, bool)> {
+    match scheme {
+        "consul" => Some((KvKind::Consul, false)),
+        "consul+https" => Some((KvKind::Consul, true)),
+        "etcd" => Some((KvKind::Etcd, false)),
+        "etcd+https" => Some((KvKind::Etcd, true)),
+        _ => None,
+    }
+}
+
+/// A KV store URL's system, whether it uses TLS, and its `host:port`.
+fn parse(url: &str) -> Option<(KvKind, bool, &str)> {
+    let (name, rest) = url.split_once("://")?;
+    let (kind, tls) = scheme(name)?;
+    let authority = rest.trim_end_matches('/');
+    (!authority.is_empty() && !authority.contains('/')).then_some((kind, tls, authority))
+}
+
+/// The external KV system a URL names, if it names one.
+pub fn kind_of(url: &str) -> Option<KvKind> {
+    url.split_once("://")
+        .and_then(|(name, _)| scheme(name))
+        .map(|(kind, _)| kind)
+}
+
+/// Whether a URL names an external KV store.
+pub fn is_kv_url(url: &str) -> bool {
+    kind_of(url).is_some()
+}
+
+/// How to reach a KV store besides its URL.
 #[derive(Debug, Clone, Default)]
 pub struct KvOptions {
+    /// Consul's ACL token (default: `CONSUL_HTTP_TOKEN`, as Consul's own tools).
     pub token: Option<String>,
     /// A PEM file of CA certificates to trust besides the system's (TLS only).
     pub ca_file: Option<std::path::PathBuf>,
 }
 
+impl KvOptions {
+    /// The options a `[stores]` entry gives; its CA file is relative to `dir`
+    /// (the pipeline file's folder).
+    pub fn of(spec: &crate::config::model::StoreSpec, dir: &std::path::Path) -> KvOptions {
+        KvOptions {
+            token: spec.token.clone().filter(|t| !t.is_empty()),
+            ca_file: spec.ca_file.as_ref().map(|f| dir.join(f)),
+        }
+    }
+}
+
 /// Open the KV store a URL names.
 pub fn open(url: &str, opts: &KvOptions) -> Result<Box<dyn KvStore>, KvError> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| KvError::BadUrl(url.to_string()))?;
-    let authority = rest.trim_end_matches('/');
-    if authority.is_empty() || authority.contains('/') {
-        return Err(KvError::BadUrl(url.to_string()));
-    }
-    let base = |tls: bool| format!("{}://{authority}", if tls { "https" } else { "http" });
+    let (kind, tls, authority) = parse(url).ok_or_else(|| KvError::BadUrl(url.to_string()))?;
+    let base = format!("{}://{authority}", if tls { "https" } else { "http" });
     let client = http_client(opts).map_err(|message| KvError::Refused {
         store: url.to_string(),
         message,
     })?;
-    if let Some(t) = &opts.token {
-        crate::secret::register(t);
-    }
-    match scheme {
-        "consul" | "consul+https" => Ok(Box::new(consul::Consul::new(
-            client,
-            base(scheme.ends_with("https")),
-            opts.token.clone(),
-        ))),
-        "etcd" | "etcd+https" => Ok(Box::new(etcd::Etcd::new(
-            client,
-            base(scheme.ends_with("https")),
-        ))),
-        _ => Err(KvError::BadUrl(url.to_string())),
-    }
+    Ok(match kind {
+        KvKind::Consul => {
+            let token = opts.token.clone().or_else(|| {
+                std::env::var("CONSUL_HTTP_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty())
+            });
+            if let Some(t) = &token {
+                crate::secret::register(t);
+            }
+            Box::new(consul::Consul::new(client, base, url.to_string(), token))
+        }
+        KvKind::Etcd => Box::new(etcd::Etcd::new(client, base, url.to_string())),
+    })
 }
 
 /// One HTTP client per store; no overall timeout (blocking queries and watches

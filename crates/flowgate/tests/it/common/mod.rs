@@ -374,3 +374,24 @@ pub fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// A pipeline watching `key` of the store `versions` (`store` is its inline
+/// table, e.g. `{ url = "etcd://…" }`; `extra` more watch options) that appends
+/// each value it runs to `applied.txt`.
+pub fn watch_pipeline(dir: &Path, store: &str, key: &str, extra: &str) {
+    write(
+        &dir.join("p.toml"),
+        format!(
+            r#"name = "rollout"
+[stores]
+versions = {store}
+[trigger]
+watch = {{ store = "versions", key = "{key}"{extra} }}
+[[steps]]
+id = "apply"
+command = {{ argv = ["sh", "-c", "echo \"$V\" >> applied.txt"], env = {{ V = "{{{{ trigger.value }}}}" }} }}
+"#
+        )
+        .as_bytes(),
+    );
+}
