@@ -318,6 +318,9 @@ stop() {
     for _ in $(seq 1 50); do kill -0 "$(cat "$W/pg.pid")" 2>/dev/null || break; sleep 0.1; done
     rm -f "$W/pg.pid"
   fi
+  # The tests' databases and buckets: gigabytes after a full run, and each start
+  # begins empty anyway.
+  rm -rf "$W/pg/data" "$W/s3"
   rm -f "$ENV_FILE"
 }
 

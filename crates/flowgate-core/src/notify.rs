@@ -24,6 +24,7 @@ impl Notice {
             NotifyEvent::Partial => "finished with quarantined input",
             NotifyEvent::Success => "succeeded",
             NotifyEvent::Stale => "is stale",
+            NotifyEvent::Skipped => "skipped trigger events",
         };
         let title = format!("flowgate: pipeline `{}` {what}", run.pipeline);
         let mut text = format!(

@@ -156,12 +156,19 @@ pub async fn poll_once(
     if let Some(s) = &plan.schedule {
         found.push(due_ticks(engine, plan, s).await?);
     }
+    let mut skipped = Vec::new();
     for f in found {
         for (sub, why) in f.skip {
-            engine.skip(plan, sub, &why).await?;
+            let what = skipped_line(&sub, &why);
+            if engine.skip(plan, sub, &why).await? {
+                skipped.push(what);
+            }
         }
         subs.extend(f.run);
         positions.extend(f.position);
+    }
+    if !skipped.is_empty() {
+        engine.notify_skipped(plan, &skipped).await;
     }
     for sub in subs {
         if engine.cancel.is_cancelled() {
@@ -198,6 +205,18 @@ pub async fn poll_once(
         tracing::warn!(error = %e, "pruning the state store failed; will try again");
     }
     Ok(outcomes)
+}
+
+/// One skipped event as a notice says it: the watched value or the tick, and why.
+fn skipped_line(sub: &Submission, why: &str) -> String {
+    let t = &sub.trigger;
+    match (t["key"].as_str(), t["value"].as_str(), t["tick"].as_str()) {
+        (Some(key), Some(value), _) => {
+            format!("- `{key}` = `{value}` (revision {}): {why}", t["revision"])
+        }
+        (_, _, Some(tick)) => format!("- tick {tick}: {why}"),
+        _ => format!("- {}: {why}", sub.dedupe_key),
+    }
 }
 
 /// KV key of the newest revision of the watched key a pipeline has recorded.
@@ -282,6 +301,13 @@ async fn watch_events(
         }
     };
     let Some((newest, older)) = seen.split_last() else {
+        if after.is_none() {
+            tracing::warn!(
+                pipeline = %plan.name, store = %kv.describe(),
+                "the watched key `{}` is not set; nothing runs until it is (flowgate kv set {} VALUE)",
+                w.key, w.key
+            );
+        }
         return Ok(Found::default());
     };
     let store = w.store.as_ref().map(|s| s.name.as_str());

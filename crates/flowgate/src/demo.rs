@@ -11,6 +11,7 @@ use crate::cli::exit;
 
 const COPY_ARRIVAL: &str = include_str!("../../../examples/copy-arrival/pipeline.toml");
 const DATA_EGRESS: &str = include_str!("../../../examples/data-egress/pipeline.toml");
+const JOURNAL_ROLLOUT: &str = include_str!("../../../examples/journal-rollout/pipeline.toml");
 
 macro_rules! example {
     ($($path:literal),* $(,)?) => { &[$(($path, include_str!(concat!("../../../examples/oltp-warehouse/", $path)))),*] };
@@ -99,6 +100,7 @@ pub async fn run(dir: &Path) -> Result<u8> {
     let copied = walk(&outbox)?;
     let code = code.max(oltp_warehouse(dir).await?);
     let code = code.max(data_egress(dir).await?);
+    let code = code.max(journal_rollout(dir).await?);
 
     say!("\n== summary");
     say!("runs: {ran}; files in the outbox: {copied} (each dataset with its _manifest.json)");
@@ -270,9 +272,90 @@ async fn data_egress(dir: &Path) -> Result<u8> {
     Ok(code)
 }
 
+/// journal-rollout on the built-in KV, local folders and SQLite clusters: a
+/// version rolled out to every environment, then a journal one kind of cluster
+/// rejects.
+async fn journal_rollout(dir: &Path) -> Result<u8> {
+    let example = dir.join("journal-rollout");
+    write(&example.join("pipeline.toml"), JOURNAL_ROLLOUT.as_bytes())?;
+    // The clusters' importer is the example's, built into this binary.
+    let exe = std::env::current_exe().context("finding the flowgate binary")?;
+    let importer = std::path::absolute(example.join("importer.sh"))?;
+    write(
+        &importer,
+        format!(
+            "#!/bin/sh\nexec '{}' {} \"$@\"\n",
+            exe.display(),
+            crate::JOURNAL_TOOLS
+        )
+        .as_bytes(),
+    )?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&importer, std::fs::Permissions::from_mode(0o755))?;
+    }
+    write(
+        &example.join(".env"),
+        format!("JOURNAL_IMPORTER={}\n", importer.display()).as_bytes(),
+    )?;
+    journal_rollout::generate(&example.join("artifacts"), 3, 3)?;
+    say!(
+        "\n== journal-rollout: a version set in the built-in KV → each environment's two clusters (SQLite)"
+    );
+    let mut code = exit::OK;
+    let mut rejected = 0;
+    for (version, envs) in [
+        ("1.0.2", &["dev", "qa", "dit", "prod"][..]),
+        ("1.0.3", &["dev", "prod"][..]),
+    ] {
+        if version == "1.0.3" {
+            say!(
+                "\n== version 1.0.3 sets a limit above the execution clusters' cap: they reject it"
+            );
+        }
+        // The seeder: one value in the KV every environment's watcher watches.
+        let (_, seeder) = open_example_in(&example, None).await?;
+        seeder.state.kv_set("journal/version", version).await?;
+        for env in envs {
+            let (plan, engine) = open_example_in(&example, Some(env)).await?;
+            let mut poller = Default::default();
+            let runs = flowgate_core::trigger::poll_once(&engine, &plan, &mut poller).await?;
+            let got = crate::output::outcomes(&runs, false);
+            if version == "1.0.3" && got == exit::RUN_FAILED {
+                rejected += 1;
+            } else {
+                code = code.max(got);
+            }
+        }
+    }
+    let failed = walk(&example.join("artifacts/failed"))? + walk(&example.join("failed"))?;
+    say!(
+        "clusters in {}; rejected journals set aside with their error.json: {failed} files; audit lines in {}",
+        example.join("clusters").display(),
+        example.join("audit").display()
+    );
+    if rejected != 2 {
+        anyhow::bail!("the conflicting journal was rejected in {rejected} of 2 environments");
+    }
+    Ok(code)
+}
+
 /// An embedded example's validated plan and an engine on its own state file.
 async fn open_example(example: &Path) -> Result<(flowgate_core::plan::Plan, Engine)> {
-    let plan = plan_file(&example.join("pipeline.toml"), &Default::default()).map_err(|d| {
+    open_example_in(example, None).await
+}
+
+/// The same, with an environment overlay.
+async fn open_example_in(
+    example: &Path,
+    env: Option<&str>,
+) -> Result<(flowgate_core::plan::Plan, Engine)> {
+    let opts = flowgate_core::config::LoadOptions {
+        env: env.map(str::to_string),
+        ..Default::default()
+    };
+    let plan = plan_file(&example.join("pipeline.toml"), &opts).map_err(|d| {
         let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("the embedded example is invalid:\n{}", lines.join("\n"))
     })?;

@@ -213,7 +213,10 @@ pub fn summary(run: &RunRecord) {
             continue;
         }
         let exit = s.output.as_ref().and_then(|o| o.get("exit_code"));
-        let moved = if let Some(code) = exit {
+        let imports = s.output.as_ref().and_then(|o| o.get("imports")?.as_array());
+        let moved = if let Some(imports) = imports {
+            import_summary(s, imports)
+        } else if let Some(code) = exit {
             match code.as_i64() {
                 Some(c) => format!("exit code {c}"),
                 None => "killed by a signal".to_string(),
@@ -338,8 +341,53 @@ pub fn run_detail(run: &RunRecord, json: bool) {
     }
 }
 
-/// A command step's exit code and the end of its output, as the run record keeps them.
+/// An import step's line: how its targets ended.
+fn import_summary(s: &flowgate_core::state::StepReport, imports: &[serde_json::Value]) -> String {
+    let outcomes: Vec<String> = imports
+        .iter()
+        .map(|i| {
+            format!(
+                "{} {}",
+                i["target"].as_str().unwrap_or("?"),
+                i["outcome"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    let version = s
+        .output
+        .as_ref()
+        .and_then(|o| o["version"].as_str())
+        .unwrap_or("?");
+    let kept = if s.objects_in == 0 {
+        String::new()
+    } else {
+        format!(" ({} of {} records kept)", s.rows_out, s.rows_in)
+    };
+    format!("version {version}: {}{kept}", outcomes.join(", "))
+}
+
+/// A command step's exit code and the end of its output, as the run record
+/// keeps them; an import step's outcome per target.
 fn command_output(o: &serde_json::Value) {
+    for i in o
+        .get("imports")
+        .and_then(|i| i.as_array())
+        .into_iter()
+        .flatten()
+    {
+        say!(
+            "      {}: {}{}",
+            i["target"].as_str().unwrap_or("?"),
+            i["outcome"].as_str().unwrap_or("?"),
+            i["reason"]
+                .as_str()
+                .map(|r| format!(": {}", redact(r)))
+                .unwrap_or_default()
+        );
+        if let Some(at) = i["failed_at"].as_str() {
+            say!("        journal set aside in {at}");
+        }
+    }
     if let Some(code) = o.get("exit_code") {
         say!("      exit code: {code}");
     }

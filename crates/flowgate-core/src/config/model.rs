@@ -24,9 +24,12 @@ pub struct PipelineFile {
     /// What the pipeline is for, shown by `flowgate validate` and the HTTP API.
     #[serde(default)]
     pub description: Option<String>,
-    /// Free variables for templates: `{{ vars.region }}`.
+    /// Free variables for templates and expressions: `{{ vars.region }}`. A value
+    /// is a string, number, boolean or list, e.g. `mandators = ["tech_head"]` for
+    /// `keep = "record.mandator in vars.mandators"`; env overlays set them per
+    /// environment (`[env.qa.vars]`).
     #[serde(default)]
-    pub vars: BTreeMap<String, String>,
+    pub vars: BTreeMap<String, serde_json::Value>,
     /// Parameters a manual run may pass with `--param key=value`, with defaults.
     #[serde(default)]
     pub params: BTreeMap<String, ParamSpec>,
@@ -365,8 +368,8 @@ pub enum OneAtATime {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotifySpec {
-    /// Events to notify: `failure`, `recovery`, `partial`, `stale`, `success`
-    /// (default: failure, recovery, partial, stale).
+    /// Events to notify: `failure`, `recovery`, `partial`, `stale`, `skipped`,
+    /// `success` (default: failure, recovery, partial, stale, skipped).
     #[serde(default)]
     pub on: Option<Vec<NotifyEvent>>,
     /// Freshness threshold: notify (`stale`) once when now minus the newest source
@@ -392,6 +395,9 @@ pub enum NotifyEvent {
     Partial,
     /// Freshness passed `stale_after` (and, later, came back under it).
     Stale,
+    /// Trigger events recorded as skipped, not run (values of a watched key a
+    /// newer one superseded, missed schedule ticks): one notice per pass.
+    Skipped,
     Success,
 }
 

@@ -378,7 +378,8 @@ impl Engine {
 
     /// Record an event that is not run (a missed tick under the catch-up rule, a
     /// superseded revision) as a skipped run saying why, so `runs` shows it.
-    pub async fn skip(&self, plan: &Plan, sub: Submission, why: &str) -> Result<(), EngineError> {
+    /// Record an event as skipped; `true` when it was not recorded before.
+    pub async fn skip(&self, plan: &Plan, sub: Submission, why: &str) -> Result<bool, EngineError> {
         let now = crate::clock::now();
         let run = RunRecord {
             id: uuid::Uuid::now_v7().to_string(),
@@ -404,10 +405,28 @@ impl Engine {
             dedupe_key: sub.dedupe_key,
             payload: json!({ "trigger": sub.trigger, "params": {}, "matrix": sub.matrix, "env": plan.env }),
         };
-        if self.state.record_skipped(event, &run).await? {
+        let new = self.state.record_skipped(event, &run).await?;
+        if new {
             tracing::info!(pipeline = %plan.name, reason = why, "trigger event recorded as skipped");
         }
-        Ok(())
+        Ok(new)
+    }
+
+    /// Tell people, once, about the events one trigger pass recorded as skipped.
+    pub async fn notify_skipped(&self, plan: &Plan, skipped: &[String]) {
+        let title = format!(
+            "flowgate: pipeline `{}` skipped {} trigger event(s)",
+            plan.name,
+            skipped.len()
+        );
+        let notice = Notice {
+            event: NotifyEvent::Skipped,
+            text: crate::secret::redact(&format!("{title}\n{}", skipped.join("\n"))),
+            title,
+        };
+        for problem in send(&plan.notify, &notice).await {
+            tracing::warn!(pipeline = %plan.name, problem = %problem, "notification not delivered");
+        }
     }
 
     /// Hold `lane`: at once, or (for a `waiter` event) once its current run ends,

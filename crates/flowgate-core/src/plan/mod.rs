@@ -57,7 +57,7 @@ pub struct Plan {
     /// Directory of the pipeline file: relative paths start here.
     pub dir: PathBuf,
     pub env: Option<String>,
-    pub vars: BTreeMap<String, String>,
+    pub vars: BTreeMap<String, serde_json::Value>,
     pub params: BTreeMap<String, ParamSpec>,
     pub stores: BTreeMap<String, StoreSpec>,
     pub schedule: Option<Schedule>,

@@ -34,6 +34,7 @@ pub(super) fn plan(cx: &mut Ctx<'_>) -> NotifyPlan {
                 NotifyEvent::Recovery,
                 NotifyEvent::Partial,
                 NotifyEvent::Stale,
+                NotifyEvent::Skipped,
             ]
         }),
         stale_after: stale_after(cx),

@@ -109,4 +109,6 @@ kinds! {
     /// Run a program; its exit code says whether it worked, should be retried or
     /// refused its input.
     command: Command(command::config::CommandSpec => command::plan::CommandPlan),
+    /// Import one version of a journal into each target (a cluster) at most once.
+    import: Import(import::config::ImportSpec => import::plan::ImportPlan),
 }

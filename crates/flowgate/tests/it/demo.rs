@@ -52,4 +52,51 @@ fn demo_runs_on_embedded_defaults_without_services() {
     .unwrap();
     let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
     assert_eq!(m["objects"].as_array().unwrap().len(), 7);
+    // journal-rollout: every environment's clusters, with the kinds it keeps.
+    for (env, kept) in [("dev", 4), ("qa", 7), ("dit", 7), ("prod", 4)] {
+        assert!(
+            out.stdout.contains(&format!(
+                "of `journal-rollout-{env}`: succeeded in 0.0s\n  import         succeeded   version 1.0.2: modelling imported, execution imported ({kept} of 7 records kept)"
+            )),
+            "{env}: {}",
+            out.stdout
+        );
+    }
+    let jr = dir.path().join("demo/journal-rollout");
+    let entities = |cluster: &str| -> Vec<String> {
+        let c = rusqlite::Connection::open(jr.join(format!("clusters/{cluster}.db"))).unwrap();
+        let mut st = c
+            .prepare("SELECT entity FROM entities ORDER BY entity")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(
+        entities("qa_execution"),
+        ["biz:2-0", "biz:2-1", "tech:2-0", "tech:2-1", "tech:2-2"]
+    );
+    assert_eq!(
+        entities("dev_execution"),
+        ["tech:2-0", "tech:2-1", "tech:2-2"]
+    );
+    // 1.0.3 is rejected by the execution clusters, imported by the modelling ones.
+    assert_eq!(
+        entities("dev_modelling"),
+        [
+            "tech:2-0",
+            "tech:2-1",
+            "tech:3-0",
+            "tech:3-1",
+            "tech:3-2",
+            "tech:3-over"
+        ]
+    );
+    for failed in [
+        "artifacts/failed/1.0.3/error.json",
+        "failed/failed/1.0.3/journal.jsonl.gz",
+    ] {
+        assert!(jr.join(failed).is_file(), "{failed}");
+    }
 }

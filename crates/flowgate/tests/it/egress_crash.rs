@@ -101,13 +101,7 @@ fn sigkill_at_50_seeded_points_across_copy_staging_and_delivery() {
         got
     };
     let total = (FILES * 3) as usize; // copied, staged, delivered
-    let mut seed = 0x0e9e_u64;
-    let mut next = move |m: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % m.max(1)
-    };
+    let mut next = seeded(0x0e9e);
     for case in 0..50 {
         let dir = tempfile::tempdir().unwrap();
         let (bucket, _) = fresh_s3_bucket();

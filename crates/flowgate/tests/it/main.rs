@@ -15,6 +15,7 @@ mod egress_sqs;
 mod extract;
 mod findings;
 mod freshness;
+mod journal;
 mod kv;
 mod load;
 mod matrix;

@@ -104,13 +104,7 @@ fn sigkill_at_50_seeded_points_across_extract_transform_and_load() {
         "reference is complete"
     );
 
-    let mut seed = 0x0177_u64;
-    let mut next = move |m: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % m.max(1)
-    };
+    let mut next = seeded(0x0177);
     // Kill points by progress: k landing objects (extract), k model outputs
     // (transform), k inputs loaded (load); then a seeded delay of up to 40 ms.
     for case in 0..50 {

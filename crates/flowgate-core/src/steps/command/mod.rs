@@ -31,8 +31,19 @@ const KEPT_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
 const MAX_LINE: u64 = 64 * 1024;
 
 pub async fn run(ctx: &StepContext<'_>, plan: &CommandPlan) -> Result<StepOutput, StepError> {
+    execute(ctx, plan, ctx.template, &[]).await
+}
+
+/// Run the program of `plan` with its templates rendered from `template` and
+/// `extra` added to its environment (another step kind running a command).
+pub(crate) async fn execute(
+    ctx: &StepContext<'_>,
+    plan: &CommandPlan,
+    template: &serde_json::Value,
+    extra: &[(&str, String)],
+) -> Result<StepOutput, StepError> {
     let render = |t: &str| {
-        crate::template::render(t, ctx.template)
+        crate::template::render(t, template)
             .map_err(|e| StepError::user(format!("step `{}`: {e}", ctx.step.id)))
     };
     let dir = match &plan.dir {
@@ -65,6 +76,9 @@ pub async fn run(ctx: &StepContext<'_>, plan: &CommandPlan) -> Result<StepOutput
     }
     for (k, v) in &plan.env {
         cmd.env(k, render(v)?);
+    }
+    for (k, v) in extra {
+        cmd.env(k, v);
     }
     cmd.env("FLOWGATE_PIPELINE", &ctx.plan.name)
         .env("FLOWGATE_RUN_ID", ctx.run_id)
@@ -275,7 +289,7 @@ fn judge(
             reason()
         )));
     }
-    let failure = if plan.reject.contains(&code) {
+    let failure = if plan.reject_others || plan.reject.contains(&code) {
         StepError::new(
             ErrorClass::USER,
             format!("`{program}` rejected its input (exit {code}): {}", reason()),

@@ -23,6 +23,8 @@ pub struct CommandPlan {
     pub ok: Vec<i32>,
     pub retry: Vec<i32>,
     pub reject: Vec<i32>,
+    /// Every code neither `ok` nor `retry` means rejected (an import's target).
+    pub reject_others: bool,
     /// Bytes of the end of stdout and of stderr kept in the run record.
     pub keep_output: usize,
 }
@@ -88,6 +90,7 @@ pub(crate) fn build(c: &CommandSpec, at: &str, _what: &str, cx: &mut Ctx<'_>) ->
         ok: c.exit_codes.ok.clone().unwrap_or_else(|| vec![0]),
         retry: c.exit_codes.retry.clone(),
         reject: c.exit_codes.reject.clone(),
+        reject_others: false,
         keep_output,
     })
 }

@@ -395,3 +395,14 @@ command = {{ argv = ["sh", "-c", "echo \"$V\" >> applied.txt"], env = {{ V = "{{
         .as_bytes(),
     );
 }
+
+/// Seeded pseudo-random numbers below `m` (xorshift): the crash tests' kill
+/// points, the same on every run.
+pub fn seeded(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |m: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % m.max(1)
+    }
+}
