@@ -275,7 +275,7 @@ ENV
 }
 
 start_consul() {
-  local http lan wan server; http=$(free_port); lan=$(free_port); wan=$(free_port); server=$(free_port)
+  local http https lan wan server; http=$(free_port); https=$(free_port); lan=$(free_port); wan=$(free_port); server=$(free_port)
   local token=flowgate-test-consul-management
   rm -rf "$W/consul"; mkdir -p "$W/consul"
   cat >"$W/consul/acl.hcl" <<HCL
@@ -283,6 +283,16 @@ acl {
   enabled = true
   default_policy = "deny"
   tokens { initial_management = "$token" }
+}
+# HTTPS beside HTTP, with the test CA's certificate for 127.0.0.1.
+ports { https = $https }
+tls {
+  defaults {
+    cert_file = "$W/tls/server.pem"
+    key_file = "$W/tls/server.key"
+    ca_file = "$W/tls/ca.pem"
+    verify_incoming = false
+  }
 }
 HCL
   nohup "$TOOLS/bin/consul" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port "$http" \
@@ -300,10 +310,11 @@ sys.exit(0 if ":" in u.urlopen(r, timeout=2).read().decode() else 1)' \
   done
   cat >>"$ENV_FILE" <<ENV
 export FLOWGATE_TEST_CONSUL_URL=consul://127.0.0.1:$http
+export FLOWGATE_TEST_CONSUL_HTTPS_URL=consul+https://127.0.0.1:$https
 export FLOWGATE_TEST_CONSUL_TOKEN=$token
 export FLOWGATE_TEST_CONSUL_BIN=$TOOLS/bin/consul
 ENV
-  say "Consul on consul://127.0.0.1:$http (ACLs on; token in FLOWGATE_TEST_CONSUL_TOKEN)"
+  say "Consul on consul://127.0.0.1:$http and consul+https://127.0.0.1:$https (ACLs on; token in FLOWGATE_TEST_CONSUL_TOKEN)"
 }
 
 stop() {

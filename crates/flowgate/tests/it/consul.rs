@@ -192,3 +192,50 @@ fn a_consul_that_restarts_and_forgets_mid_watch_misses_no_version() {
     poll(dir.path());
     assert_eq!(applied(dir.path()), ["41", "42"], "and only once");
 }
+
+#[test]
+fn consul_over_tls_is_trusted_through_the_stores_ca_file_and_refused_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = format!("journal/{}/version", uuid_like());
+    let https = service_var("FLOWGATE_TEST_CONSUL_HTTPS_URL");
+    let ca = format!("{}/ca.pem", service_var("FLOWGATE_TEST_TLS_DIR"));
+    write(
+        &dir.path().join("p.toml"),
+        format!(
+            r#"name = "consul-tls"
+[trigger]
+watch = {{ store = "versions", key = "{key}" }}
+[stores]
+versions = {{ url = "{https}", token = "${{secret:FG_TEST_CONSUL_TOKEN}}", ca_file = "{ca}" }}
+[[steps]]
+id = "record"
+command = {{ shell = "echo \"$V\" >> applied.txt", env = {{ V = "{{{{ trigger.value }}}}" }} }}
+"#
+        )
+        .as_bytes(),
+    );
+    // Without the CA, the server's certificate is not trusted: said, not retried forever.
+    let out = kv(dir.path(), &https, &["set", &key, "1"]);
+    assert_ne!(out.code, 0, "{}", out.all());
+    assert!(
+        out.all().to_lowercase().contains("certificate"),
+        "{}",
+        out.all()
+    );
+    // With the store's CA file: set through the pipeline's store, read, watched.
+    let out = run(flowgate(dir.path())
+        .env("FG_TEST_CONSUL_TOKEN", token())
+        .args([
+            "kv",
+            "--store",
+            "versions",
+            "--pipeline",
+            "p.toml",
+            "set",
+            &key,
+            "2.0.1",
+        ]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    poll(dir.path());
+    assert_eq!(applied(dir.path()), ["2.0.1"]);
+}

@@ -653,3 +653,39 @@ fn journals_come_from_an_s3_bucket_and_a_download_that_keeps_failing_is_a_failed
     assert!(notices[0].contains("failed"), "{notices:?}");
     assert_eq!(r.imports("qa_modelling"), ["1.0.1"]);
 }
+
+#[test]
+fn an_environment_that_may_not_write_the_artifact_store_is_refused_before_any_io() {
+    let r = Rollout::new(Kv::Builtin, 1, 0);
+    // Rejected journals only to the artifact store: dev may write it, qa may not.
+    let file = r.path().join("pipeline.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let only = text.replace(
+        r#"failed = ["artifacts", "failed_local"]"#,
+        r#"failed = ["artifacts"]"#,
+    );
+    assert_ne!(only, text);
+    write(&file, only.as_bytes());
+    let validate = |env: &str| {
+        run(r
+            .flowgate()
+            .args(["--env", env, "validate", "pipeline.toml"]))
+    };
+    assert_eq!(validate("dev").code, 0, "{}", validate("dev").all());
+    let out = validate("qa");
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.all()
+            .contains(r#"none of the stores ["artifacts"] may be written in this environment"#),
+        "{}",
+        out.all()
+    );
+    r.set("1.0.1");
+    let out = r.poll("qa");
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        r.pg.rows("SELECT 1 FROM information_schema.schemata WHERE schema_name LIKE 'qa_%'")
+            .is_empty()
+    );
+    assert!(!r.path().join("audit").exists());
+}

@@ -193,7 +193,7 @@ fn http_client(opts: &KvOptions) -> Result<reqwest::Client, String> {
 fn unavailable(store: &str, e: &reqwest::Error) -> KvError {
     KvError::Unavailable {
         store: store.to_string(),
-        message: crate::secret::redact(&e.to_string()),
+        message: crate::error::chain(e),
     }
 }
 

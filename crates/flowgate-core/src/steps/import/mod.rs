@@ -225,7 +225,7 @@ impl Job<'_> {
             .body(j.kept_jsonl.clone())
             .send()
             .await
-            .map_err(|e| StepError::external(format!("target `{}`: {e}", t.name)))?;
+            .map_err(|e| StepError::external(format!("target `{}`: {}", t.name, crate::error::chain(&e))))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(Outcome::Imported);
