@@ -10,8 +10,18 @@ fn env() -> &'static Environment<'static> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.add_filter("strftime", strftime);
+        env.add_filter("strip_suffix", strip_suffix);
         env
     })
+}
+
+/// `{{ "cat-be-dev" | strip_suffix("-dev") }}` → `cat-be`: the suffix removed
+/// once, when the value ends with it (`cat-be-dev-dev` → `cat-be-dev`).
+fn strip_suffix(value: String, suffix: String) -> String {
+    match value.strip_suffix(suffix.as_str()) {
+        Some(rest) => rest.to_string(),
+        None => value,
+    }
 }
 
 /// `{{ run.started | strftime("%Y%m%d_%H%M%S") }}`: formats an RFC 3339 timestamp (UTC).
@@ -92,5 +102,20 @@ mod tests {
         );
         assert!(render("{{ nope.x }}", &ctx).is_err());
         assert!(check("{{ unclosed").is_err());
+    }
+
+    #[test]
+    fn tenant_names_lower_case_without_one_dev_suffix() {
+        let name = |dir: &str| {
+            render(
+                "{{ d | lower | strip_suffix('-dev') }}",
+                &serde_json::json!({ "d": dir }),
+            )
+            .unwrap()
+        };
+        assert_eq!(name("CAT-BE-DEV"), "cat-be");
+        assert_eq!(name("cat-be-dev-dev"), "cat-be-dev");
+        assert_eq!(name("X-DEV-Y"), "x-dev-y");
+        assert_eq!(name("CAT-BE"), "cat-be");
     }
 }

@@ -75,6 +75,68 @@ pub struct ParamSpec {
     /// What the parameter means.
     #[serde(default)]
     pub description: Option<String>,
+    /// Its type: `string` (default), `int` or `bool` (`true`/`false`, also
+    /// `yes`/`no`, `1`/`0`; templates see `true` or `false`). Checked before a
+    /// run starts.
+    #[serde(default, rename = "type")]
+    pub kind: Option<ParamType>,
+    /// The values it may take, e.g. `["DEV", "PROD"]`. For an `int`: words it
+    /// may take besides numbers, e.g. `["all"]` for a sample size.
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+/// The type of a parameter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    #[default]
+    String,
+    Int,
+    Bool,
+}
+
+impl ParamSpec {
+    /// `value` checked against the type and the allowed values, in its canonical
+    /// form (a bool as `true`/`false`, an int without sign or leading zeros noise).
+    pub fn check(&self, name: &str, value: &str) -> Result<String, String> {
+        let allowed = || {
+            if self.values.is_empty() {
+                String::new()
+            } else {
+                format!(" (allowed: {})", self.values.join(", "))
+            }
+        };
+        match self.kind.unwrap_or_default() {
+            ParamType::String
+                if self.values.is_empty() || self.values.iter().any(|v| v == value) =>
+            {
+                Ok(value.to_string())
+            }
+            ParamType::String => Err(format!(
+                "parameter `{name}` cannot be `{value}`{}",
+                allowed()
+            )),
+            ParamType::Int if self.values.iter().any(|v| v == value) => Ok(value.to_string()),
+            ParamType::Int => value
+                .trim()
+                .parse::<i64>()
+                .map(|n| n.to_string())
+                .map_err(|_| {
+                    format!(
+                        "parameter `{name}` must be a whole number{}, not `{value}`",
+                        allowed()
+                    )
+                }),
+            ParamType::Bool => match value.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "1" | "on" => Ok("true".into()),
+                "false" | "no" | "0" | "off" => Ok("false".into()),
+                _ => Err(format!(
+                    "parameter `{name}` must be true or false (yes/no), not `{value}`"
+                )),
+            },
+        }
+    }
 }
 
 /// Triggers. Any combination may be set.

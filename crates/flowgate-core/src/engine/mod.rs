@@ -191,7 +191,7 @@ pub fn resolve_params(
     for (k, spec) in &plan.params {
         match given.get(k).or(spec.default.as_ref()) {
             Some(v) => {
-                out.insert(k.clone(), v.clone());
+                out.insert(k.clone(), spec.check(k, v)?);
             }
             None => {
                 return Err(format!(

@@ -252,6 +252,13 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
     {
         cx.key_error("matrix.values", "a matrix needs at least one axis", None);
     }
+    for (k, p) in &f.params {
+        if let Some(d) = &p.default
+            && let Err(e) = p.check(k, d)
+        {
+            cx.error(&format!("params.{k}.default"), e, None);
+        }
+    }
     if !cx.d.is_empty() {
         let mut items = cx.d.items;
         items.sort_by_key(|d| (d.line, d.col));

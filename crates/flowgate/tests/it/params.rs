@@ -190,3 +190,61 @@ extract = { from = "src", tables = ["orders"], cursor = "last_updated", to = "la
         "only runs that moved data are printed:\n{stdout}"
     );
 }
+
+#[test]
+fn typed_parameters_are_checked_before_a_run_starts_and_reach_templates_canonical() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |default_env: &str| {
+        format!(
+            r#"name = "typed"
+[params]
+env = {{ values = ["DEV", "PROD"], default = "{default_env}" }}
+sample = {{ type = "int", values = ["all"], default = "10" }}
+delete_first = {{ type = "bool", default = "no" }}
+project = {{ default = "CAT-BE-DEV" }}
+[[steps]]
+id = "show"
+command = {{ argv = ["sh", "-c", "echo \"$1 $2 $3 $4\" >> seen.txt", "-", "{{{{ params.env }}}}", "{{{{ params.sample }}}}", "{{{{ params.delete_first }}}}", "{{{{ params.project | lower | strip_suffix('-dev') }}}}"] }}
+"#
+        )
+    };
+    // A default outside the allowed values is the file's mistake, found by validate.
+    write(&dir.path().join("p.toml"), file("QA").as_bytes());
+    let out = run(flowgate(dir.path()).args(["validate", "p.toml"]));
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.all()
+            .contains("parameter `env` cannot be `QA` (allowed: DEV, PROD)"),
+        "{}",
+        out.all()
+    );
+    write(&dir.path().join("p.toml"), file("DEV").as_bytes());
+    for (param, message) in [
+        (
+            "env=prod",
+            "parameter `env` cannot be `prod` (allowed: DEV, PROD)",
+        ),
+        (
+            "sample=some",
+            "parameter `sample` must be a whole number (allowed: all), not `some`",
+        ),
+        (
+            "delete_first=maybe",
+            "parameter `delete_first` must be true or false (yes/no), not `maybe`",
+        ),
+    ] {
+        let out = run(flowgate(dir.path()).args(["run", "p.toml", "-p", param]));
+        assert_eq!(out.code, 2, "{param}: {}", out.all());
+        assert!(out.stderr.contains(message), "{param}: {}", out.stderr);
+    }
+    assert!(!dir.path().join("seen.txt").exists(), "no run started");
+    for args in [
+        &["-p", "sample=all", "-p", "delete_first=YES"][..],
+        &["-p", "env=PROD", "-p", "project=cat-be-dev-dev"][..],
+    ] {
+        let out = run(flowgate(dir.path()).args(["run", "p.toml"]).args(args));
+        assert_eq!(out.code, 0, "{}", out.all());
+    }
+    let seen = std::fs::read_to_string(dir.path().join("seen.txt")).unwrap();
+    assert_eq!(seen, "DEV all true cat-be\nPROD 10 false cat-be-dev\n");
+}
