@@ -6,6 +6,7 @@ pub mod aws;
 pub mod clock;
 pub mod config;
 pub mod connect;
+pub mod dataset;
 pub mod engine;
 pub mod error;
 pub mod formats;

@@ -34,6 +34,12 @@ impl Notice {
             run.trigger,
             run.status
         );
+        // Which of a matrix's combinations, or which routing row, this run was.
+        for key in ["matrix", "route"] {
+            if let Some(v) = run.params.get(key).filter(|v| !v.is_null()) {
+                text.push_str(&format!("\n{key}: {v}"));
+            }
+        }
         if let Some(e) = &run.error {
             text.push_str(&format!("\nerror: {e}"));
         }

@@ -162,6 +162,14 @@ enum Command {
         #[command(subcommand)]
         command: KvCommand,
     },
+    /// Published datasets: complete versions only, newest first.
+    #[command(
+        after_help = "Examples:\n  flowgate datasets list cat-be\n  flowgate datasets show cat-be LATEST --json"
+    )]
+    Datasets {
+        #[command(subcommand)]
+        command: DatasetsCommand,
+    },
     /// The state store itself.
     State {
         #[command(subcommand)]
@@ -172,6 +180,24 @@ enum Command {
         /// Where to put the demo's data and state.
         #[arg(long, default_value = "flowgate-demo")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetsCommand {
+    /// The published versions of a dataset, newest first.
+    List {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One published version (default LATEST): where it is and what it holds.
+    Show {
+        name: String,
+        #[arg(default_value = "LATEST")]
+        version: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -499,7 +525,47 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::State {
             command: StateCommand::Prune { older_than, json },
         } => prune(&cli.state, older_than.or(cli.retention.0), json).await,
+        Command::Datasets { command } => datasets(&cli.state, command).await,
         Command::Demo { dir } => crate::demo::run(&dir).await,
+    }
+}
+
+/// `flowgate datasets list NAME` and `flowgate datasets show NAME [VERSION]`.
+async fn datasets(explicit: &Option<String>, command: DatasetsCommand) -> Result<u8> {
+    let Some(state) = open_existing_state(explicit).await? else {
+        return Ok(exit::USAGE);
+    };
+    match command {
+        DatasetsCommand::List { name, json } => {
+            let list = state.list_datasets(&name).await?;
+            output::dataset_list(&name, &list, json);
+            Ok(exit::OK)
+        }
+        DatasetsCommand::Show {
+            name,
+            version,
+            json,
+        } => {
+            let list = state.list_datasets(&name).await?;
+            let found = if version == flowgate_core::dataset::LATEST {
+                list.first()
+            } else {
+                list.iter().find(|d| d.version == version)
+            };
+            match found {
+                Some(d) => {
+                    output::dataset_detail(d, json);
+                    Ok(exit::OK)
+                }
+                None => {
+                    eprintln!(
+                        "error: dataset `{name}` has no published version `{version}` ({} published)",
+                        list.len()
+                    );
+                    Ok(exit::USAGE)
+                }
+            }
+        }
     }
 }
 

@@ -406,3 +406,59 @@ fn command_output(o: &serde_json::Value) {
         }
     }
 }
+
+/// `flowgate datasets list`.
+pub fn dataset_list(name: &str, list: &[flowgate_core::state::Dataset], json: bool) {
+    if json {
+        say!("{}", serde_json::to_string_pretty(list).unwrap_or_default());
+        return;
+    }
+    if list.is_empty() {
+        say!("dataset `{name}` has no published version");
+        return;
+    }
+    say!(
+        "{:<22} {:<26} {:>8} {:>10}  location",
+        "version",
+        "published",
+        "objects",
+        "size"
+    );
+    for d in list {
+        say!(
+            "{:<22} {:<26} {:>8} {:>10}  {}",
+            d.version,
+            d.published_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            d.meta["objects"].as_u64().unwrap_or(0),
+            human_bytes(d.meta["bytes"].as_u64().unwrap_or(0)),
+            d.location
+        );
+    }
+}
+
+/// `flowgate datasets show`.
+pub fn dataset_detail(d: &flowgate_core::state::Dataset, json: bool) {
+    if json {
+        say!("{}", serde_json::to_string_pretty(d).unwrap_or_default());
+        return;
+    }
+    say!("dataset:   {}", d.name);
+    say!("version:   {}", d.version);
+    say!("location:  {}", d.location);
+    say!(
+        "published: {}",
+        d.published_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    say!("run:       {}", d.meta["run_id"].as_str().unwrap_or("?"));
+    if let Some(parts) = d.meta["parts"].as_object() {
+        for (part, p) in parts {
+            say!(
+                "  {part:<12} {:>6} objects {:>10}",
+                p["objects"].as_u64().unwrap_or(0),
+                human_bytes(p["bytes"].as_u64().unwrap_or(0))
+            );
+        }
+    }
+}

@@ -59,6 +59,9 @@ pub struct PipelineFile {
     /// environment: `[env.prod.recipients.acme]`).
     #[serde(default)]
     pub recipients: BTreeMap<String, RecipientSpec>,
+    /// The dataset a run makes or reads (see [`DatasetSpec`]).
+    #[serde(default)]
+    pub dataset: Option<DatasetSpec>,
     /// Environment overlays (`[env.prod]`), selected with `--env` or `FLOWGATE_ENV`;
     /// each overlay has the same shape as the file and is merged over it.
     #[serde(default)]
@@ -487,4 +490,24 @@ pub struct MatrixSpec {
     /// Stop starting runs after the first failure (default false: failures independent).
     #[serde(default)]
     pub fail_fast: bool,
+}
+
+/// A dataset: an immutable, named, timestamped set of objects, published as a
+/// whole. A run makes a new version (`<at>/<yyyymmdd_hhmmss>_utc/`, its steps
+/// writing parts with `outputs = { NAME = "dataset:PART" }` and a `publish` step
+/// writing its manifest last) or, with `read`, reads a published one. Templates
+/// see `{{ dataset.name }}`, `{{ dataset.version }}`, `{{ dataset.location }}`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// Its name (a template), e.g. `"{{ params.tenant }}"`.
+    pub name: String,
+    /// Where its versions live: `store:prefix` (a template), e.g.
+    /// `"bucket:{{ params.tenant }}/datasets"`.
+    pub at: String,
+    /// Read a published version instead of making one: `"LATEST"` or a version
+    /// (a template, e.g. `"{{ params.dataset }}"`), resolved once when the run
+    /// starts and recorded with its parameters.
+    #[serde(default)]
+    pub read: Option<String>,
 }

@@ -558,7 +558,7 @@ impl Engine {
         self.state.save_run(&run).await?;
         tracing::info!(pipeline = %plan.name, run = %run.id, trigger = %event.kind, key = %event.dedupe_key, attempt = event.attempts, "run started");
 
-        let template = json!({
+        let mut template = json!({
             "run": { "id": run_id, "started": started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "attempt": event.attempts },
             "pipeline": plan.name,
             "env": plan.env,
@@ -568,11 +568,24 @@ impl Engine {
             "matrix": matrix,
             "route": event.payload.get("route").cloned().unwrap_or(Value::Null),
         });
-        let stores = match (&plan.routing, event.payload.get("route")) {
-            (Some(routing), None) => Err(self
+        // The run's dataset, resolved once (`LATEST` included) and recorded.
+        let dataset = match &plan.dataset {
+            None => Ok(()),
+            Some(d) => crate::dataset::resolve(self.state.as_ref(), d, &template, started)
+                .await
+                .map(|v| {
+                    template["dataset"] = v.clone();
+                    if let Value::Object(p) = &mut run.params {
+                        p.insert("dataset".into(), v);
+                    }
+                }),
+        };
+        let stores = match (dataset, &plan.routing, event.payload.get("route")) {
+            (Err(e), _, _) => Err((e, false)),
+            (Ok(()), Some(routing), None) => Err(self
                 .unrouted(plan, &run_id, &event, routing, &template)
                 .await),
-            _ => Stores::open(plan, &template).map_err(|e| (e, false)),
+            (Ok(()), _, _) => Stores::open(plan, &template).map_err(|e| (e, false)),
         };
         let failed = match &stores {
             // No routing row: the event is set aside (a dead letter), not lost,

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::config::model::{Access, NotifyEvent, ParamSpec, StoreSpec};
 pub use crate::config::model::{CatchUp, NullCursors, OnMissed, OneAtATime};
-use crate::config::model::{NotifyEvent, ParamSpec, StoreSpec};
 use crate::config::{Diagnostic, LoadOptions, Loaded, load_file};
 pub use crate::steps::StepKind;
 pub use crate::steps::copy::plan::CopyPlan;
@@ -59,6 +59,7 @@ pub struct Plan {
     pub env: Option<String>,
     pub vars: BTreeMap<String, serde_json::Value>,
     pub params: BTreeMap<String, ParamSpec>,
+    pub dataset: Option<crate::dataset::DatasetPlan>,
     pub stores: BTreeMap<String, StoreSpec>,
     pub schedule: Option<Schedule>,
     pub schedule_text: Option<String>,
@@ -252,6 +253,7 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
     {
         cx.key_error("matrix.values", "a matrix needs at least one axis", None);
     }
+    let dataset = dataset(&mut cx);
     for (k, p) in &f.params {
         if let Some(d) = &p.default
             && let Err(e) = p.check(k, d)
@@ -272,6 +274,7 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
         env: loaded.env.clone(),
         vars: f.vars.clone(),
         params: f.params.clone(),
+        dataset,
         stores: f.stores.clone(),
         schedule,
         schedule_text: t.schedule.clone(),
@@ -329,4 +332,33 @@ fn stores(cx: &mut Ctx<'_>) {
             );
         }
     }
+}
+
+/// `[dataset]`: its store may be written unless the run only reads it.
+fn dataset(cx: &mut Ctx<'_>) -> Option<crate::dataset::DatasetPlan> {
+    let d = cx.file().dataset.as_ref()?;
+    let need = if d.read.is_some() {
+        Access::Read
+    } else {
+        Access::ReadWrite
+    };
+    let what = "the dataset";
+    let ok = cx.kind_is("dataset.at", &d.at, false, what);
+    let at = cx.location("dataset.at", &d.at, need, what);
+    for (path, t) in [
+        ("dataset.name", Some(&d.name)),
+        ("dataset.read", d.read.as_ref()),
+    ] {
+        if let Some(t) = t
+            && let Err(e) = crate::template::check(t)
+        {
+            cx.error(path, format!("not a template: {e}"), None);
+        }
+    }
+    ok.then_some(())?;
+    Some(crate::dataset::DatasetPlan {
+        name: d.name.clone(),
+        at: at?,
+        read: d.read.clone(),
+    })
 }

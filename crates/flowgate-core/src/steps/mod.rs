@@ -111,4 +111,6 @@ kinds! {
     command: Command(command::config::CommandSpec => command::plan::CommandPlan),
     /// Import one version of a journal into each target (a cluster) at most once.
     import: Import(import::config::ImportSpec => import::plan::ImportPlan),
+    /// Publish the dataset this run made: its manifest last, then listed as complete.
+    publish: Publish(publish::config::PublishSpec => publish::plan::PublishPlan),
 }

@@ -369,6 +369,34 @@ impl StoreHandle {
         format!("{}:{}", self.name, relative)
     }
 
+    /// Every object under `prefix`, with its key relative to it (never empty),
+    /// sorted by that key.
+    pub async fn list_under(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, object_store::ObjectMeta)>, crate::error::StepError> {
+        use futures::TryStreamExt;
+        let base = self.path(prefix).map_err(crate::error::StepError::user)?;
+        let listed: Vec<object_store::ObjectMeta> = self
+            .inner
+            .list(Some(&base))
+            .try_collect()
+            .await
+            .map_err(|e| {
+                crate::error::StepError::from(e)
+                    .context(format!("listing {}", self.display(prefix)))
+            })?;
+        let mut out: Vec<_> = listed
+            .into_iter()
+            .filter_map(|m| {
+                let rel = Self::relative_to(&base, &m.location)?;
+                (!rel.is_empty()).then_some((rel, m))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
     /// The key of `path` relative to `base` (a path from [`StoreHandle::path`]).
     pub fn relative_to(base: &Path, path: &Path) -> Option<String> {
         path.prefix_match(base).map(|parts| {

@@ -552,6 +552,7 @@ id = "import"
 journal = "artifacts:journals/{{{{ version }}}}/journal.csv.zst"
 kinds = ["set", "delete"]
 keep = "record.mandator == 'tech_head'"
+audit_table = "db:import_audit"
 [[steps.import.targets]]
 name = "web"
 http = "http://127.0.0.1:{port}/import"
@@ -593,6 +594,38 @@ sql = "db:public.journal"
         [
             vec![s("1"), s("set"), s("10")],
             vec![s("3"), s("delete"), s("")]
+        ]
+    );
+    // The audit table: one row per target and attempt.
+    let audit = pg.rows("SELECT target, outcome, version, records_in, records_out, kinds_kept FROM public.import_audit ORDER BY time, target");
+    assert_eq!(
+        audit,
+        [
+            vec![
+                s("table"),
+                s("imported"),
+                s("7.1"),
+                s("3"),
+                s("2"),
+                s(r#"["delete","set"]"#)
+            ],
+            vec![
+                s("web"),
+                s("imported"),
+                s("7.1"),
+                s("3"),
+                s("2"),
+                s(r#"["delete","set"]"#)
+            ],
+            vec![
+                s("table"),
+                s("already-imported"),
+                s("7.1"),
+                None,
+                None,
+                None
+            ],
+            vec![s("web"), s("already-imported"), s("7.1"), None, None, None],
         ]
     );
 }

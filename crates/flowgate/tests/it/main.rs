@@ -8,6 +8,7 @@ mod concurrency;
 mod consul;
 mod copy_s3;
 mod crash;
+mod datasets;
 mod demo;
 mod egress;
 mod egress_crash;

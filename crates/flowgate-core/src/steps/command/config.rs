@@ -43,6 +43,18 @@ pub struct CommandSpec {
     /// without a retry: running a command again is only safe where you say so.
     #[serde(default)]
     pub exit_codes: ExitCodesSpec,
+    /// Files the program reads, put in a fresh folder before it starts, its
+    /// path in `$FLOWGATE_IN_<NAME>` (upper case): `NAME = "dataset:PART"` (a part
+    /// of the run's dataset, e.g. written by an earlier step of this run) or
+    /// `NAME = "store:prefix"` (templates).
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    /// Folders the program fills, empty when it starts, their paths in
+    /// `$FLOWGATE_OUT_<NAME>`, uploaded after it succeeded (and only then):
+    /// `NAME = "dataset:PART"` (a part of the dataset this run makes, published
+    /// by a `publish` step) or `NAME = "store:prefix"`.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
     /// How much of stdout and of stderr the run record keeps, the end of each,
     /// e.g. `"16KiB"` (default 64 KiB). Every line also goes to the log as it comes.
     #[serde(default)]

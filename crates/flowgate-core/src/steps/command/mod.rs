@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod plan;
+mod staged;
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -31,7 +32,15 @@ const KEPT_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
 const MAX_LINE: u64 = 64 * 1024;
 
 pub async fn run(ctx: &StepContext<'_>, plan: &CommandPlan) -> Result<StepOutput, StepError> {
-    execute(ctx, plan, ctx.template, &[]).await
+    let (work, env) = staged::Work::prepare(ctx, plan).await?;
+    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let mut out = execute(ctx, plan, ctx.template, &env).await?;
+    if let (Some(work), None) = (&work, &out.failure) {
+        let (objects, bytes) = work.upload(ctx, plan).await?;
+        out.report.objects_out += objects;
+        out.report.bytes_out += bytes;
+    }
+    Ok(out)
 }
 
 /// Run the program of `plan` with its templates rendered from `template` and

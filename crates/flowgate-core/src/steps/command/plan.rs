@@ -27,6 +27,63 @@ pub struct CommandPlan {
     pub reject_others: bool,
     /// Bytes of the end of stdout and of stderr kept in the run record.
     pub keep_output: usize,
+    /// Staged inputs and outputs: (name, where).
+    pub inputs: Vec<(String, Staged)>,
+    pub outputs: Vec<(String, Staged)>,
+}
+
+/// Where a staged input comes from or an output goes.
+#[derive(Debug, Clone)]
+pub enum Staged {
+    /// A part of the run's dataset (template).
+    DatasetPart(String),
+    /// A store location (prefix a template).
+    At(crate::store::Location),
+}
+
+/// The staged inputs or outputs of a command, checked.
+fn staged(
+    map: &std::collections::BTreeMap<String, String>,
+    at: &str,
+    output: bool,
+    cx: &mut Ctx<'_>,
+) -> Option<Vec<(String, Staged)>> {
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (name, text) in map {
+        let path = format!("{at}.{name}");
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            cx.key_error(&path, format!("`{name}` cannot name an input or output"), Some("letters, digits and `_`".into()));
+            ok = false;
+            continue;
+        }
+        if let Some(part) = text.strip_prefix("dataset:") {
+            let dataset = cx.file().dataset.as_ref();
+            let why = match dataset {
+                None => Some("the pipeline has no [dataset]"),
+                Some(d) if output && d.read.is_some() => Some("this pipeline reads its dataset (`read`), it cannot write to it"),
+                _ => None,
+            };
+            if let Some(why) = why {
+                cx.error(&path, format!("`{text}`: {why}"), None);
+                ok = false;
+            } else if part.trim().is_empty() || crate::template::check(part).is_err() {
+                cx.error(&path, format!("`{text}` names no part"), Some("for example \"dataset:1b\"".into()));
+                ok = false;
+            } else {
+                out.push((name.clone(), Staged::DatasetPart(part.to_string())));
+            }
+            continue;
+        }
+        let need = if output { crate::config::model::Access::Write } else { crate::config::model::Access::Read };
+        let what = if output { "a command's output" } else { "a command's input" };
+        ok &= cx.kind_is(&path, text, false, what);
+        match cx.location(&path, text, need, what) {
+            Some(loc) => out.push((name.clone(), Staged::At(loc))),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
 }
 
 /// What `keep_output` is when the file does not say.
@@ -82,6 +139,9 @@ pub(crate) fn build(c: &CommandSpec, at: &str, _what: &str, cx: &mut Ctx<'_>) ->
             KEEP_OUTPUT
         }
     };
+    let inputs = staged(&c.inputs, &format!("{at}.inputs"), false, cx);
+    let outputs = staged(&c.outputs, &format!("{at}.outputs"), true, cx);
+    ok &= inputs.is_some() && outputs.is_some();
     ok.then(|| CommandPlan {
         program,
         env: c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -92,6 +152,8 @@ pub(crate) fn build(c: &CommandSpec, at: &str, _what: &str, cx: &mut Ctx<'_>) ->
         reject: c.exit_codes.reject.clone(),
         reject_others: false,
         keep_output,
+        inputs: inputs.unwrap_or_default(),
+        outputs: outputs.unwrap_or_default(),
     })
 }
 

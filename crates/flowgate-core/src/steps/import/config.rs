@@ -50,6 +50,11 @@ pub struct ImportSpec {
     /// (`flowgate runs show`).
     #[serde(default)]
     pub audit: Option<String>,
+    /// A table the outcomes are also appended to, one row each:
+    /// `"store:table"` or `"store:schema.table"` of a SQL store (created from the
+    /// records; one transaction per attempt, recorded in its `flowgate_loaded`).
+    #[serde(default)]
+    pub audit_table: Option<String>,
     /// The targets, each imported on its own: one failing or rejecting does not
     /// keep the others from their import.
     pub targets: Vec<TargetSpec>,

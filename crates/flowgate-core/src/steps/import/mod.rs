@@ -276,6 +276,14 @@ impl Job<'_> {
         if let Err(e) = self.audit(&records).await {
             return Err(e.context("writing the audit"));
         }
+        if let Some(table) = &self.plan.audit_table
+            && !records.is_empty()
+        {
+            let object = format!("audit/{}/{}", self.ctx.run_id, Utc::now().format("%Y%m%dT%H%M%S%.6fZ"));
+            sql::append(self.ctx, "audit", table, &object, &records)
+                .await
+                .map_err(|e| e.context("writing the audit table"))?;
+        }
         let count = |name: &str| results.iter().filter(|(_, o)| o.name() == name).count() as u64;
         let report = StepReport {
             objects_in: u64::from(j.is_some()),

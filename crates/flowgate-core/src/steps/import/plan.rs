@@ -18,6 +18,7 @@ pub struct ImportPlan {
     /// environment may write), if any.
     pub failed: Option<String>,
     pub audit: Option<Location>,
+    pub audit_table: Option<super::sql::SqlTarget>,
     pub targets: Vec<TargetPlan>,
 }
 
@@ -63,6 +64,8 @@ pub(crate) fn build(s: &ImportSpec, at: &str, what: &str, cx: &mut Ctx<'_>) -> O
         );
         ok = false;
     }
+    let audit_table = s.audit_table.as_ref().map(|t| sql_target(t, &format!("{at}.audit_table"), cx));
+    ok &= audit_table.as_ref().is_none_or(Option::is_some);
     let failed = failed_store(s, &at, what, cx);
     if s.targets.is_empty() {
         cx.error(&format!("{at}.targets"), "an import needs at least one target", Some("[[steps.import.targets]] with a name and a command or http".into()));
@@ -89,6 +92,7 @@ pub(crate) fn build(s: &ImportSpec, at: &str, what: &str, cx: &mut Ctx<'_>) -> O
         keep: s.keep.clone(),
         failed: failed.ok()?,
         audit,
+        audit_table: audit_table.flatten(),
         targets,
     })
 }
@@ -120,6 +124,14 @@ fn failed_store(s: &ImportSpec, at: &str, what: &str, cx: &mut Ctx<'_>) -> Resul
 fn target(t: &TargetSpec, at: &str, cx: &mut Ctx<'_>) -> Option<TargetPlan> {
     let how = match (&t.command, &t.http, &t.sql) {
         (Some(c), None, None) => {
+            if !c.inputs.is_empty() || !c.outputs.is_empty() {
+                cx.error(
+                    &format!("{at}.command"),
+                    "an import's command gets the journal in $FLOWGATE_JOURNAL; it has no `inputs` or `outputs`",
+                    None,
+                );
+                return None;
+            }
             let mut plan = crate::steps::command::plan::build(c, at, "", cx)?;
             plan.reject_others = c.exit_codes.reject.is_empty();
             How::Command(plan)
@@ -166,7 +178,7 @@ fn owners(o: &OwnersSpec, at: &str, cx: &mut Ctx<'_>) -> NotifyPlan {
 
 /// `store:table` or `store:schema.table` of a SQL store this environment may write.
 fn sql_target(text: &str, at: &str, cx: &mut Ctx<'_>) -> Option<super::sql::SqlTarget> {
-    let what = "an import into a table";
+    let what = "an import's table";
     let Some((store, table)) = text.split_once(':').filter(|(s, t)| !s.is_empty() && !t.is_empty()) else {
         cx.error(at, format!("`{text}` is not `store:table`"), Some("for example: sql = \"warehouse:public.journal\"".into()));
         return None;

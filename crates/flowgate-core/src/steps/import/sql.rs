@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
+
 use serde_json::Value;
 
 use super::Outcome;
@@ -35,6 +37,62 @@ pub(super) async fn import(
     version: &str,
     j: &Journal,
 ) -> Result<Outcome, StepError> {
+    match load(ctx, name, t, version, &j.digest, &j.kept, None).await {
+        Ok(true) => Ok(Outcome::Imported),
+        Ok(false) => Ok(Outcome::AlreadyImported),
+        Err(e) if !e.class.retriable && e.class.domain != crate::error::ErrorDomain::Internal => {
+            Ok(Outcome::Rejected(format!("table {}.{}: {e}", t.schema, t.table)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Append `records` to `t` as `object` (once: a second append of the same
+/// object loads nothing).
+pub(super) async fn append(
+    ctx: &StepContext<'_>,
+    name: &str,
+    t: &SqlTarget,
+    object: &str,
+    records: &[Value],
+) -> Result<(), StepError> {
+    load(ctx, name, t, object, object, records, Some(audit_schema())).await.map(|_| ())
+}
+
+/// The audit table's columns: fixed, so a column null in one attempt's rows
+/// (a reason, counts of a journal not read) keeps its type.
+fn audit_schema() -> SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let text = |n: &str| Field::new(n, DataType::Utf8, true);
+    let int = |n: &str| Field::new(n, DataType::Int64, true);
+    Arc::new(Schema::new(vec![
+        text("time"),
+        text("pipeline"),
+        text("env"),
+        text("version"),
+        text("target"),
+        text("journal"),
+        text("kinds_kept"),
+        int("records_in"),
+        int("records_out"),
+        text("outcome"),
+        text("reason"),
+        text("failed_at"),
+        text("run_id"),
+    ]))
+}
+
+/// Load `records` into `t` as `object` in one transaction with its ledger row;
+/// `false` when the object was loaded before.
+async fn load(
+    ctx: &StepContext<'_>,
+    name: &str,
+    t: &SqlTarget,
+    object: &str,
+    fingerprint: &str,
+    records: &[Value],
+    schema: Option<SchemaRef>,
+) -> Result<bool, StepError> {
     let spec = ctx
         .plan
         .stores
@@ -55,12 +113,12 @@ pub(super) async fn import(
         version: None,
     };
     let input = Input {
-        object: version.to_string(),
-        fingerprint: j.digest.clone(),
+        object: object.to_string(),
+        fingerprint: fingerprint.to_string(),
         superseded: Vec::new(),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let batches = batches(&j.kept)?;
+    let batches = batches(records, schema)?;
     tokio::spawn(async move {
         for b in batches {
             if tx.send(Ok(b)).await.is_err() {
@@ -68,18 +126,15 @@ pub(super) async fn import(
             }
         }
     });
-    match db.load(&claim, &target, &input, rx).await {
-        Ok(Some(_)) => Ok(Outcome::Imported),
-        Ok(None) => Ok(Outcome::AlreadyImported),
-        Err(e) if !e.class.retriable && e.class.domain != crate::error::ErrorDomain::Internal => {
-            Ok(Outcome::Rejected(format!("table {}.{}: {e}", t.schema, t.table)))
-        }
-        Err(e) => Err(e),
-    }
+    Ok(db.load(&claim, &target, &input, rx).await?.is_some())
 }
 
-/// The records as Arrow batches: nested values as their JSON text.
-fn batches(records: &[Value]) -> Result<Vec<arrow::record_batch::RecordBatch>, StepError> {
+/// The records as Arrow batches: nested values as their JSON text; the schema
+/// inferred unless given.
+fn batches(
+    records: &[Value],
+    schema: Option<SchemaRef>,
+) -> Result<Vec<arrow::record_batch::RecordBatch>, StepError> {
     let flat: Vec<Value> = records
         .iter()
         .map(|r| match r {
@@ -98,8 +153,13 @@ fn batches(records: &[Value]) -> Result<Vec<arrow::record_batch::RecordBatch>, S
         })
         .collect();
     let bad = |e: arrow::error::ArrowError| StepError::user(format!("the journal's records as rows: {e}"));
-    let schema = arrow::json::reader::infer_json_schema_from_iterator(flat.iter().map(Ok)).map_err(bad)?;
-    let mut d = arrow::json::ReaderBuilder::new(Arc::new(schema))
+    let schema = match schema {
+        Some(s) => s,
+        None => Arc::new(
+            arrow::json::reader::infer_json_schema_from_iterator(flat.iter().map(Ok)).map_err(bad)?,
+        ),
+    };
+    let mut d = arrow::json::ReaderBuilder::new(schema)
         .with_batch_size(BATCH)
         .build_decoder()
         .map_err(bad)?;

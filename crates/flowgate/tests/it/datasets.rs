@@ -1,0 +1,261 @@
+//! Datasets: stages chained through a dataset's parts in one run, published with
+//! a manifest written last; read back as LATEST or by name; a run killed before
+//! its publish leaves nothing listed.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// Stage 1a writes part 1b; 2a reads 1b and writes 2b (after `pause`); then publish.
+fn process(dir: &Path, pause: &str) {
+    write(
+        &dir.join("process.toml"),
+        format!(
+            r#"name = "process"
+[params]
+tenant = {{ default = "cat-be" }}
+[stores]
+bucket = {{ url = "file://./bucket", access = "read-write" }}
+[dataset]
+name = "{{{{ params.tenant }}}}"
+at = "bucket:{{{{ params.tenant }}}}/datasets"
+[[steps]]
+id = "1a"
+command = {{ shell = "seq 1 100 > \"$FLOWGATE_OUT_B1/rows.txt\"", outputs = {{ B1 = "dataset:1b" }} }}
+[[steps]]
+id = "2a"
+needs = ["1a"]
+command = {{ shell = "{pause} sed 's/$/,x/' \"$FLOWGATE_IN_B1/rows.txt\" > \"$FLOWGATE_OUT_B2/rows.csv\"", inputs = {{ B1 = "dataset:1b" }}, outputs = {{ B2 = "dataset:2b" }} }}
+[[steps]]
+id = "publish"
+needs = ["2a"]
+publish = {{ parts = ["1b", "2b"] }}
+"#
+        )
+        .as_bytes(),
+    );
+}
+
+/// Counts the lines of part 2b of a dataset into test_results/<version>/<time>/.
+fn tests(dir: &Path) {
+    write(
+        &dir.join("test.toml"),
+        br#"name = "test"
+[params]
+dataset = { default = "LATEST" }
+[stores]
+bucket = { url = "file://./bucket", access = "read-write" }
+[dataset]
+name = "cat-be"
+at = "bucket:cat-be/datasets"
+read = "{{ params.dataset }}"
+[[steps]]
+id = "count"
+command = { shell = "wc -l < \"$FLOWGATE_IN_D/rows.csv\" | tr -d ' ' > \"$FLOWGATE_OUT_R/count.txt\"", inputs = { D = "dataset:2b" }, outputs = { R = "bucket:cat-be/test_results/{{ dataset.version }}/{{ run.id }}" } }
+"#,
+    );
+}
+
+fn versions(dir: &Path) -> Vec<String> {
+    let out = run(flowgate(dir).args(["datasets", "list", "cat-be", "--json"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let list: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["version"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn stages_chain_through_a_published_dataset_that_tests_read_as_latest_or_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    process(dir.path(), "");
+    tests(dir.path());
+    let out = run(flowgate(dir.path()).args(["run", "process.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let published = versions(dir.path());
+    assert_eq!(published.len(), 1, "{published:?}");
+    let v = &published[0];
+    assert!(
+        v.ends_with("_utc") && v.len() == "20261204_153000_utc".len(),
+        "{v}"
+    );
+    let folder = dir.path().join("bucket/cat-be/datasets").join(v);
+    let names: Vec<String> = tree(&folder).into_iter().map(|f| f.0).collect();
+    assert_eq!(names, ["1b/rows.txt", "2b/rows.csv", "_manifest.json"]);
+    let csv = std::fs::read_to_string(folder.join("2b/rows.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 100);
+    assert_eq!(csv.lines().next(), Some("1,x"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("_manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["objects"].as_array().unwrap().len(),
+        2,
+        "{manifest}"
+    );
+    assert_eq!(manifest["parts"]["2b"]["objects"], 1, "{manifest}");
+
+    // Tests on LATEST, twice, and on the version by name: none overwrites another.
+    let named = format!("dataset={v}");
+    for args in [&[][..], &[][..], &["-p", named.as_str()][..]] {
+        let out = run(flowgate(dir.path()).args(["run", "test.toml"]).args(args));
+        assert_eq!(out.code, 0, "{}", out.all());
+    }
+    let results = tree(&dir.path().join("bucket/cat-be/test_results").join(v));
+    assert_eq!(
+        results.len(),
+        3,
+        "{:?}",
+        results.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    assert!(results.iter().all(|(_, body)| body == b"100\n"));
+    // The run records which version LATEST was.
+    let out =
+        run(flowgate(dir.path()).args(["runs", "--json", "--pipeline", "test", "--limit", "1"]));
+    let runs: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        runs[0]["params"]["dataset"]["version"],
+        v.as_str(),
+        "{runs}"
+    );
+    // A version that was never published is refused before anything runs.
+    let out =
+        run(flowgate(dir.path()).args(["run", "test.toml", "-p", "dataset=20990101_000000_utc"]));
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.all()
+            .contains("dataset `cat-be` has no published version `20990101_000000_utc`"),
+        "{}",
+        out.all()
+    );
+    let out = run(flowgate(dir.path()).args(["datasets", "show", "cat-be"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout.contains(&format!("version:   {v}")),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_run_killed_in_stage_2a_leaves_no_listed_dataset_and_the_rerun_publishes_one() {
+    let dir = tempfile::tempdir().unwrap();
+    process(dir.path(), "sleep 3;");
+    let mut child = flowgate(dir.path())
+        .args(["run", "process.toml"])
+        .env("FLOWGATE_LEASE_TTL", "2s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Killed once 1b is uploaded, while 2a runs.
+    while !tree(&dir.path().join("bucket"))
+        .iter()
+        .any(|f| f.0.ends_with("1b/rows.txt"))
+    {
+        assert!(Instant::now() < deadline, "1a never finished");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = child.kill();
+    child.wait().unwrap();
+    assert!(
+        versions(dir.path()).is_empty(),
+        "a half-written dataset is listed"
+    );
+    let out = run(flowgate(dir.path()).args(["datasets", "show", "cat-be", "LATEST"]));
+    assert_eq!(out.code, 2, "{}", out.all());
+    // The rerun (after the killed run's lease ran out) publishes exactly one.
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = run(flowgate(dir.path())
+        .args(["run", "process.toml"])
+        .env("FLOWGATE_LEASE_TTL", "2s"));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let published = versions(dir.path());
+    assert_eq!(published.len(), 1, "{published:?}");
+    let manifests: Vec<String> = tree(&dir.path().join("bucket"))
+        .into_iter()
+        .map(|f| f.0)
+        .filter(|n| n.ends_with("_manifest.json"))
+        .collect();
+    assert_eq!(
+        manifests,
+        [format!("cat-be/datasets/{}/_manifest.json", published[0])]
+    );
+}
+
+#[test]
+fn a_matrix_of_four_tenants_publishes_three_datasets_three_at_a_time_and_times_out_the_fourth() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, notices) = receiver();
+    write(
+        &dir.path().join("sync.toml"),
+        format!(
+            r#"name = "sync"
+[matrix]
+values = {{ entry = ["DEV:CAT-BE-DEV", "PROD:CAT-BE", "PROD:DOG-NL", "DEV:HANGS-DEV"] }}
+max_parallel = 3
+[stores]
+bucket = {{ url = "file://./bucket", access = "read-write" }}
+[dataset]
+name = "{{{{ (matrix.entry | split(':'))[1] | lower | strip_suffix('-dev') }}}}-{{{{ (matrix.entry | split(':'))[0] | lower }}}}"
+at = "bucket:{{{{ (matrix.entry | split(':'))[1] | lower | strip_suffix('-dev') }}}}/datasets"
+[[steps]]
+id = "update"
+timeout = "2s"
+command = {{ shell = "case \"$DIR\" in HANGS*) sleep 30;; esac; sleep 0.5; echo \"$DIR\" > \"$FLOWGATE_OUT_O/tenant.txt\"", env = {{ DIR = "{{{{ (matrix.entry | split(':'))[1] }}}}" }}, outputs = {{ O = "dataset:1b" }} }}
+[[steps]]
+id = "publish"
+needs = ["update"]
+publish = {{ parts = ["1b"] }}
+[policy]
+retry = {{ attempts = 1 }}
+[notify]
+webhook = "http://127.0.0.1:{port}/slack"
+"#
+        )
+        .as_bytes(),
+    );
+    let out = run(flowgate(dir.path()).args(["run", "sync.toml", "--json"]));
+    assert_eq!(out.code, 1, "{}", out.all());
+    for name in ["cat-be-dev", "cat-be-prod", "dog-nl-prod"] {
+        let out = run(flowgate(dir.path()).args(["datasets", "list", name, "--json"]));
+        let list: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 1, "{name}: {list}");
+    }
+    let out = run(flowgate(dir.path()).args(["datasets", "list", "hangs-dev", "--json"]));
+    assert_eq!(out.stdout.trim(), "[]");
+    // At most 3 ran at once, by the runs' own recorded times.
+    let out = run(flowgate(dir.path()).args(["runs", "--json"]));
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(runs.len(), 4, "{runs:#?}");
+    let at = |r: &serde_json::Value, k: &str| {
+        chrono::DateTime::parse_from_rfc3339(r[k].as_str().unwrap()).unwrap()
+    };
+    for r in &runs {
+        let start = at(r, "started_at");
+        let overlapping = runs
+            .iter()
+            .filter(|o| at(o, "started_at") <= start && start < at(o, "finished_at"))
+            .count();
+        assert!(
+            overlapping <= 3,
+            "{overlapping} runs at once at {start}: {runs:#?}"
+        );
+    }
+    let failed: Vec<_> = runs.iter().filter(|r| r["status"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{runs:#?}");
+    let error = failed[0]["error"].as_str().unwrap_or_default().to_string()
+        + &failed[0]["steps"].to_string();
+    assert!(
+        error.contains("timed out") || error.contains("time limit"),
+        "{error}"
+    );
+    let notices = notices.lock().unwrap().clone();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(notices[0].contains("HANGS-DEV"), "{notices:?}");
+}
