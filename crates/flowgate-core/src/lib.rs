@@ -17,6 +17,7 @@ pub mod plan;
 pub mod quarantine;
 #[cfg(feature = "aws")]
 pub mod queue;
+pub mod records;
 pub mod routing;
 pub mod secret;
 pub mod sql;

@@ -13,6 +13,25 @@ const COPY_ARRIVAL: &str = include_str!("../../../examples/copy-arrival/pipeline
 const DATA_EGRESS: &str = include_str!("../../../examples/data-egress/pipeline.toml");
 const JOURNAL_ROLLOUT: &str = include_str!("../../../examples/journal-rollout/pipeline.toml");
 
+macro_rules! tenant_files {
+    ($($path:literal),* $(,)?) => { &[$(($path, include_str!(concat!("../../../examples/tenant-datasets/", $path)))),*] };
+}
+const TENANT_DATASETS: &[(&str, &str)] = tenant_files!(
+    "sync.toml",
+    "process.toml",
+    "test.toml",
+    "upload.toml",
+    "lib/stage.sh",
+    "lib/update.sh",
+    "lib/upload.sh",
+    "Project/CAT-BE/tenant.conf",
+    "Project/CAT-BE/run_update.sh",
+    "Project/CAT-BE-DEV/tenant.conf",
+    "Project/CAT-BE-DEV/run_update.sh",
+    "Project/DOG-NL/tenant.conf",
+    "Project/DOG-NL/run_update.sh",
+);
+
 macro_rules! example {
     ($($path:literal),* $(,)?) => { &[$(($path, include_str!(concat!("../../../examples/oltp-warehouse/", $path)))),*] };
 }
@@ -101,6 +120,7 @@ pub async fn run(dir: &Path) -> Result<u8> {
     let code = code.max(oltp_warehouse(dir).await?);
     let code = code.max(data_egress(dir).await?);
     let code = code.max(journal_rollout(dir).await?);
+    let code = code.max(tenant_datasets(dir).await?);
 
     say!("\n== summary");
     say!("runs: {ran}; files in the outbox: {copied} (each dataset with its _manifest.json)");
@@ -338,6 +358,82 @@ async fn journal_rollout(dir: &Path) -> Result<u8> {
     if rejected != 2 {
         anyhow::bail!("the conflicting journal was rejected in {rejected} of 2 environments");
     }
+    Ok(code)
+}
+
+/// tenant-datasets on local folders: the daily sync of three tenants, each
+/// tenant's stages published as a dataset (one tenant's stage fails), checks on
+/// LATEST. The upload needs PostgreSQL: `scripts/test.sh` runs it.
+async fn tenant_datasets(dir: &Path) -> Result<u8> {
+    let example = dir.join("tenant-datasets");
+    for (path, body) in TENANT_DATASETS {
+        let at = example.join(path);
+        write(&at, body.as_bytes())?;
+        #[cfg(unix)]
+        if path.ends_with(".sh") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    say!("\n== tenant-datasets: staged tenant scripts → timestamped datasets → checks");
+    let run = |file: &'static str, params: &'static [(&'static str, &'static str)]| {
+        let example = example.clone();
+        async move {
+            let opts = flowgate_core::config::LoadOptions::default();
+            let plan = plan_file(&example.join(file), &opts).map_err(|d| {
+                anyhow::anyhow!(
+                    "the embedded example is invalid: {}",
+                    d.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            })?;
+            let state = flowgate_core::state::open(
+                &example.join(".flowgate/state.db").display().to_string(),
+            )
+            .await?;
+            let engine = Engine::new(state);
+            let params = params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let runs = engine
+                .submit_all(
+                    &plan,
+                    flowgate_core::engine::Submission::manual("demo", None, params),
+                )
+                .await?;
+            anyhow::Ok(crate::output::outcomes(&runs, false))
+        }
+    };
+    let mut code = run("sync.toml", &[]).await?;
+    for (project, env) in [("CAT-BE", "PROD"), ("CAT-BE-DEV", "DEV")] {
+        let params: &'static [(&str, &str)] = if env == "PROD" {
+            &[("project", "CAT-BE"), ("env", "PROD")]
+        } else {
+            &[("project", "CAT-BE-DEV"), ("env", "DEV")]
+        };
+        say!("\n-- process {project} ({env})");
+        code = code.max(run("process.toml", params).await?);
+    }
+    say!("\n-- process DOG-NL (PROD): its stage 2a fails, so it publishes nothing");
+    if run("process.toml", &[("project", "DOG-NL"), ("env", "PROD")]).await? != exit::RUN_FAILED {
+        anyhow::bail!("DOG-NL's failing stage did not fail its run");
+    }
+    say!("\n-- checks on cat-be-prod LATEST, a sample of 10 records");
+    code = code.max(
+        run(
+            "test.toml",
+            &[("project", "CAT-BE"), ("env", "PROD"), ("sample", "10")],
+        )
+        .await?,
+    );
+    say!(
+        "datasets in {}; try: cargo run -- datasets list cat-be-prod --state {}",
+        example.join("buckets").display(),
+        example.join(".flowgate/state.db").display()
+    );
     Ok(code)
 }
 

@@ -214,8 +214,18 @@ pub fn summary(run: &RunRecord) {
         }
         let exit = s.output.as_ref().and_then(|o| o.get("exit_code"));
         let imports = s.output.as_ref().and_then(|o| o.get("imports")?.as_array());
+        let tests = s.output.as_ref().and_then(|o| o.get("tests"));
         let moved = if let Some(imports) = imports {
             import_summary(s, imports)
+        } else if let Some(t) = tests {
+            format!(
+                "{} checks passed, {} failed, {} warned on {} records; results in {}",
+                t["passed"],
+                t["failed"],
+                t["warned"],
+                t["records"],
+                t["results"].as_str().unwrap_or("?")
+            )
         } else if let Some(code) = exit {
             match code.as_i64() {
                 Some(c) => format!("exit code {c}"),

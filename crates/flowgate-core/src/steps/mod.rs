@@ -113,4 +113,6 @@ kinds! {
     import: Import(import::config::ImportSpec => import::plan::ImportPlan),
     /// Publish the dataset this run made: its manifest last, then listed as complete.
     publish: Publish(publish::config::PublishSpec => publish::plan::PublishPlan),
+    /// Check a sample of records; results as JSON and JUnit XML.
+    test: Test(test::config::TestSpec => test::plan::TestPlan),
 }

@@ -58,17 +58,6 @@ command = { shell = "wc -l < \"$FLOWGATE_IN_D/rows.csv\" | tr -d ' ' > \"$FLOWGA
     );
 }
 
-fn versions(dir: &Path) -> Vec<String> {
-    let out = run(flowgate(dir).args(["datasets", "list", "cat-be", "--json"]));
-    assert_eq!(out.code, 0, "{}", out.all());
-    let list: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["version"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn stages_chain_through_a_published_dataset_that_tests_read_as_latest_or_by_name() {
     let dir = tempfile::tempdir().unwrap();
@@ -76,7 +65,7 @@ fn stages_chain_through_a_published_dataset_that_tests_read_as_latest_or_by_name
     tests(dir.path());
     let out = run(flowgate(dir.path()).args(["run", "process.toml"]));
     assert_eq!(out.code, 0, "{}", out.all());
-    let published = versions(dir.path());
+    let published = dataset_versions(dir.path(), "cat-be");
     assert_eq!(published.len(), 1, "{published:?}");
     let v = &published[0];
     assert!(
@@ -164,7 +153,7 @@ fn a_run_killed_in_stage_2a_leaves_no_listed_dataset_and_the_rerun_publishes_one
     let _ = child.kill();
     child.wait().unwrap();
     assert!(
-        versions(dir.path()).is_empty(),
+        dataset_versions(dir.path(), "cat-be").is_empty(),
         "a half-written dataset is listed"
     );
     let out = run(flowgate(dir.path()).args(["datasets", "show", "cat-be", "LATEST"]));
@@ -175,7 +164,7 @@ fn a_run_killed_in_stage_2a_leaves_no_listed_dataset_and_the_rerun_publishes_one
         .args(["run", "process.toml"])
         .env("FLOWGATE_LEASE_TTL", "2s"));
     assert_eq!(out.code, 0, "{}", out.all());
-    let published = versions(dir.path());
+    let published = dataset_versions(dir.path(), "cat-be");
     assert_eq!(published.len(), 1, "{published:?}");
     let manifests: Vec<String> = tree(&dir.path().join("bucket"))
         .into_iter()
@@ -223,12 +212,9 @@ webhook = "http://127.0.0.1:{port}/slack"
     let out = run(flowgate(dir.path()).args(["run", "sync.toml", "--json"]));
     assert_eq!(out.code, 1, "{}", out.all());
     for name in ["cat-be-dev", "cat-be-prod", "dog-nl-prod"] {
-        let out = run(flowgate(dir.path()).args(["datasets", "list", name, "--json"]));
-        let list: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        assert_eq!(list.as_array().unwrap().len(), 1, "{name}: {list}");
+        assert_eq!(dataset_versions(dir.path(), name).len(), 1, "{name}");
     }
-    let out = run(flowgate(dir.path()).args(["datasets", "list", "hangs-dev", "--json"]));
-    assert_eq!(out.stdout.trim(), "[]");
+    assert!(dataset_versions(dir.path(), "hangs-dev").is_empty());
     // At most 3 ran at once, by the runs' own recorded times.
     let out = run(flowgate(dir.path()).args(["runs", "--json"]));
     let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
@@ -258,4 +244,148 @@ webhook = "http://127.0.0.1:{port}/slack"
     let notices = notices.lock().unwrap().clone();
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert!(notices[0].contains("HANGS-DEV"), "{notices:?}");
+}
+
+/// The JUnit file's suite: (tests, failures, failure messages), by a real XML parser.
+fn junit(xml: &[u8]) -> (String, String, Vec<String>) {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    let (mut tests, mut failures, mut messages) = (String::new(), String::new(), Vec::new());
+    let mut buf = Vec::new();
+    loop {
+        match reader
+            .read_event_into(&mut buf)
+            .expect("junit.xml is not XML")
+        {
+            Event::Start(e) | Event::Empty(e) => {
+                let attr = |name: &[u8]| {
+                    e.attributes()
+                        .flatten()
+                        .find(|a| a.key.as_ref() == name)
+                        .map(|a| a.unescape_value().unwrap().into_owned())
+                        .unwrap_or_default()
+                };
+                match e.name().as_ref() {
+                    b"testsuite" => (tests, failures) = (attr(b"tests"), attr(b"failures")),
+                    b"failure" => messages.push(attr(b"message")),
+                    _ => {}
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+        buf.clear();
+    }
+    (tests, failures, messages)
+}
+
+#[test]
+fn checks_on_a_sample_and_on_all_records_store_json_and_junit_per_run() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("make.toml"),
+        br#"name = "make"
+[stores]
+bucket = { url = "file://./bucket", access = "read-write" }
+[dataset]
+name = "dog-nl"
+at = "bucket:dog-nl/datasets"
+[[steps]]
+id = "3a"
+command = { shell = "o=\"$FLOWGATE_OUT_P/rows.csv\"; echo id,status > $o; seq 1 50 | sed 's/$/,ok/' >> $o; echo 7,late >> $o", outputs = { P = "dataset:3b" } }
+[[steps]]
+id = "publish"
+needs = ["3a"]
+publish = { parts = ["3b"] }
+"#,
+    );
+    write(
+        &dir.path().join("check.toml"),
+        br#"name = "check"
+[params]
+dataset = { default = "LATEST" }
+sample = { type = "int", values = ["all"], default = "all" }
+[stores]
+bucket = { url = "file://./bucket", access = "read-write" }
+[dataset]
+name = "dog-nl"
+at = "bucket:dog-nl/datasets"
+read = "{{ params.dataset }}"
+[[steps]]
+id = "checks"
+[steps.test]
+data = "dataset:3b"
+sample = "{{ params.sample }}"
+results = "bucket:dog-nl/test_results/{{ dataset.version }}/{{ run.id }}"
+checks = [
+  { row_count = { min = 1 } },
+  { not_null = "id" },
+  { unique = "id" },
+  { accepted_values = { column = "status", values = ["ok"] }, severity = "warn" },
+  { columns = ["id", "status"] },
+]
+"#,
+    );
+    assert_eq!(run(flowgate(dir.path()).args(["run", "make.toml"])).code, 0);
+    let out = run(flowgate(dir.path()).args(["run", "check.toml", "-p", "sample=10"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("5 checks passed, 0 failed, 0 warned on 10 records"),
+        "{}",
+        out.stdout
+    );
+    let out = run(flowgate(dir.path()).args(["run", "check.toml"]));
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("3 checks passed, 1 failed, 1 warned on 51 records"),
+        "{}",
+        out.stdout
+    );
+    // Two runs on one dataset: two result folders, each with both files.
+    let results = tree(&dir.path().join("bucket/dog-nl/test_results"));
+    let names: Vec<&str> = results
+        .iter()
+        .map(|f| f.0.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        names.len(),
+        4,
+        "{:?}",
+        results.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    let mut suites = Vec::new();
+    for (name, body) in &results {
+        if name.ends_with("junit.xml") {
+            suites.push(junit(body));
+        } else {
+            let doc: serde_json::Value = serde_json::from_slice(body).unwrap();
+            let records = doc["records"].as_u64().unwrap();
+            assert!(records == 10 || records == 51, "{doc}");
+            if records == 51 {
+                let unique = &doc["checks"][2];
+                assert_eq!(unique["passed"], false, "{doc}");
+                assert_eq!(
+                    unique["examples"][0],
+                    "dog-nl/datasets/".to_string()
+                        + doc["dataset"]["version"].as_str().unwrap()
+                        + "/3b/rows.csv:52 (\"7\")",
+                    "{doc}"
+                );
+            }
+        }
+    }
+    suites.sort();
+    assert_eq!(
+        suites,
+        [
+            ("5".to_string(), "0".to_string(), vec![]),
+            (
+                "5".to_string(),
+                "1".to_string(),
+                vec!["1 records repeat a value of `id`".to_string()]
+            ),
+        ]
+    );
 }

@@ -93,6 +93,20 @@ fn demo_runs_on_embedded_defaults_without_services() {
             "tech:3-over"
         ]
     );
+    // tenant-datasets: two tenants published, the failing one not, checks on LATEST.
+    for text in [
+        "published dataset `cat-be-prod` version",
+        "published dataset `cat-be-dev` version",
+        "the source page changed its layout",
+        "5 checks passed, 0 failed, 0 warned on 10 records",
+    ] {
+        assert!(out.stdout.contains(text), "{text}: {}", out.stdout);
+    }
+    assert!(
+        !out.stdout.contains("published dataset `dog-nl"),
+        "{}",
+        out.stdout
+    );
     for failed in [
         "artifacts/failed/1.0.3/error.json",
         "failed/failed/1.0.3/journal.jsonl.gz",

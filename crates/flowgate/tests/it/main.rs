@@ -27,6 +27,7 @@ mod oltp_workers;
 mod params;
 mod postgres_tls;
 mod secrets;
+mod tenants;
 mod triggers;
 mod validate;
 mod workers;

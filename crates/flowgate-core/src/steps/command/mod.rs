@@ -6,7 +6,7 @@
 
 pub mod config;
 pub mod plan;
-mod staged;
+pub(crate) mod staged;
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -56,7 +56,21 @@ pub(crate) async fn execute(
             .map_err(|e| StepError::user(format!("step `{}`: {e}", ctx.step.id)))
     };
     let dir = match &plan.dir {
-        Some(d) => ctx.plan.dir.join(render(d)?),
+        Some(d) => {
+            let rendered = render(d)?;
+            // A folder named by run data (a parameter, a routing row) stays
+            // inside the pipeline's folder.
+            let escapes = Path::new(&rendered).components().any(|c| {
+                !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir)
+            });
+            if d.contains("{{") && escapes {
+                return Err(StepError::user(format!(
+                    "step `{}`: the working directory `{rendered}` leaves the pipeline's folder (a `..` or an absolute path came from the run's data)",
+                    ctx.step.id
+                )));
+            }
+            ctx.plan.dir.join(rendered)
+        }
         None => ctx.plan.dir.clone(),
     };
     // Absolute: a relative program path would otherwise be resolved after the

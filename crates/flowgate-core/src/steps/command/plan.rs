@@ -42,7 +42,7 @@ pub enum Staged {
 }
 
 /// The staged inputs or outputs of a command, checked.
-fn staged(
+pub(crate) fn staged(
     map: &std::collections::BTreeMap<String, String>,
     at: &str,
     output: bool,

@@ -29,7 +29,7 @@ fn var(kind: &str, name: &str) -> String {
 }
 
 /// The store and prefix a staged input or output names in this run.
-fn place<'a>(ctx: &'a StepContext<'_>, s: &Staged) -> Result<(&'a StoreHandle, String), StepError> {
+pub(crate) fn place<'a>(ctx: &'a StepContext<'_>, s: &Staged) -> Result<(&'a StoreHandle, String), StepError> {
     let render = |t: &str| crate::template::render(t, ctx.template).map_err(StepError::user);
     match s {
         Staged::DatasetPart(part) => {

@@ -406,3 +406,16 @@ pub fn seeded(mut seed: u64) -> impl FnMut(u64) -> u64 {
         seed % m.max(1)
     }
 }
+
+/// The published versions of dataset `name` in the state of `dir`, newest first.
+pub fn dataset_versions(dir: &Path, name: &str) -> Vec<String> {
+    let out = run(flowgate(dir).args(["datasets", "list", name, "--json"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    let list: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.all()));
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["version"].as_str().unwrap().to_string())
+        .collect()
+}
