@@ -20,6 +20,8 @@ pub mod queue;
 pub mod records;
 pub mod routing;
 pub mod secret;
+#[cfg(feature = "aws")]
+pub mod secrets_manager;
 pub mod sql;
 pub mod state;
 pub mod steps;

@@ -273,3 +273,42 @@ fn a_command_without_inherit_env_sees_none_of_flowgates_environment() {
     let stdout = step_of(dir.path())["output"]["stdout"].clone();
     assert_ne!(stdout, "key=unset mine= path=set\n", "{}", out.all());
 }
+
+#[test]
+fn a_setup_runs_again_only_when_its_key_files_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("tenant/Pipfile.lock"), b"{\"requests\": \"2.31\"}");
+    write(
+        &d.join("p.toml"),
+        br#"name = "setup"
+[[steps]]
+id = "s"
+retry = { attempts = 1 }
+command = { argv = ["sh", "-c", "cat venv.txt"], dir = "tenant", setup = { argv = ["sh", "-c", "test -z \"$BREAK\" && cp Pipfile.lock venv.txt && echo built >> setups.txt"], key = ["Pipfile.lock"] } }
+"#,
+    );
+    let setups = || {
+        std::fs::read_to_string(d.join("tenant/setups.txt"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    for expected in [1, 1] {
+        let out = run(flowgate(d).args(["run", "p.toml"]));
+        assert_eq!(out.code, 0, "{}", out.all());
+        assert_eq!(setups(), expected);
+    }
+    write(&d.join("tenant/Pipfile.lock"), b"{\"requests\": \"2.32\"}");
+    // A setup that fails fails the step and is tried again next time.
+    let out = run(flowgate(d).env("BREAK", "1").args(["run", "p.toml"]));
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.all().contains("setup `sh` failed"), "{}", out.all());
+    let out = run(flowgate(d).args(["run", "p.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(setups(), 2);
+    assert_eq!(
+        std::fs::read_to_string(d.join("tenant/venv.txt")).unwrap(),
+        "{\"requests\": \"2.32\"}"
+    );
+}

@@ -92,3 +92,79 @@ webhook = "http://127.0.0.1:9/hooks/${FG_TEST_HOOK_TOKEN}"
     }
     assert!(checked > 0);
 }
+
+/// A secret in moto's Secrets Manager (a JSON object), created with boto3.
+fn put_secret(name: &str, value: &serde_json::Value) {
+    let py = service_var("FLOWGATE_TEST_PYTHON");
+    let endpoint = service_var("FLOWGATE_TEST_MOTO_ENDPOINT");
+    let out = std::process::Command::new(py)
+        .arg("-c")
+        .arg(format!(
+            "import boto3\nc = boto3.client('secretsmanager', endpoint_url={endpoint:?}, region_name='us-east-1', aws_access_key_id='k', aws_secret_access_key='s')\nc.create_secret(Name={name:?}, SecretString={:?})",
+            value.to_string()
+        ))
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn secrets_manager_and_env_file_values_reach_the_command_and_nothing_flowgate_prints_or_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = format!("t{}", uuid_like());
+    let token = format!("tok-{}", uuid_like());
+    let password = format!("pw-{}", uuid_like());
+    put_secret(
+        &format!("{tenant}-scraper-secrets"),
+        &serde_json::json!({ "API_TOKEN": token, "RETRIES": 3 }),
+    );
+    write(
+        &dir.path().join("Project/.env_gha"),
+        format!("DB_PASSWORD={password}\nREGION=eu-west-1\n").as_bytes(),
+    );
+    write(
+        &dir.path().join("p.toml"),
+        br#"name = "sm"
+[params]
+tenant = {}
+[[steps]]
+id = "scrape"
+retry = { attempts = 1 }
+command = { shell = "echo \"token $API_TOKEN retries $RETRIES region $REGION pw $DB_PASSWORD\" | tee got.txt; echo \"failed with $API_TOKEN\" >&2; exit 3", dir = "Project", env_file = "Project/.env_gha", secrets = "aws-secrets:{{ params.tenant }}-scraper-secrets", role_arn = "${ROLE_ARN:-}" }
+"#,
+    );
+    for role in ["", "arn:aws:iam::123456789012:role/prod-scraper"] {
+        let out = run(flowgate(dir.path())
+            .env(
+                "AWS_ENDPOINT_URL",
+                service_var("FLOWGATE_TEST_MOTO_ENDPOINT"),
+            )
+            .env("ROLE_ARN", role)
+            .args(["run", "p.toml", "-p", &format!("tenant={tenant}")]));
+        assert_eq!(out.code, 1, "role {role:?}: {}", out.all());
+        // The program got the values.
+        let got = std::fs::read_to_string(dir.path().join("Project/got.txt")).unwrap();
+        assert_eq!(
+            got,
+            format!("token {token} retries 3 region eu-west-1 pw {password}\n"),
+            "role {role:?}"
+        );
+        // Nothing flowgate printed or kept shows them.
+        let shown = run(flowgate(dir.path()).args(["runs", "--json"]));
+        for text in [out.all(), shown.stdout.clone()] {
+            assert!(
+                !text.contains(&token) && !text.contains(&password),
+                "role {role:?}: a secret leaked: {text}"
+            );
+        }
+        assert!(
+            out.all().contains("failed with ***"),
+            "role {role:?}: {}",
+            out.all()
+        );
+    }
+}

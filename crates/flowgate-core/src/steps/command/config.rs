@@ -29,6 +29,29 @@ pub struct CommandSpec {
     /// `FLOWGATE_STEP` are always set.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// A dotenv file whose variables the program gets (a template, relative to
+    /// the pipeline's folder), e.g. the tenant's `"Project/{{ params.project }}/.env_gha"`:
+    /// kept beside the scripts, never in the pipeline file. `env` wins over it;
+    /// values of names that look secret (`…TOKEN`, `…PASSWORD`, `…SECRET`, `…KEY`)
+    /// are masked.
+    #[serde(default)]
+    pub env_file: Option<String>,
+    /// Secrets the program gets as environment variables, from a secret holding
+    /// a JSON object: `"aws-secrets:NAME"` (AWS Secrets Manager; a template, e.g.
+    /// `"aws-secrets:{{ tenant }}-scraper-secrets"`). Every value is masked in all
+    /// flowgate prints and keeps, the command's own output included.
+    #[serde(default)]
+    pub secrets: Option<String>,
+    /// A role to assume through STS for `secrets` (a template, e.g.
+    /// `"${PROD_ROLE_ARN:-}"`; empty: the credentials as they are).
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    /// A command that prepares the working directory (e.g. a virtualenv from
+    /// `Pipfile.lock`), run first and then only again when the content of its
+    /// `key` files (or the command) changed: its hash is kept in
+    /// `<dir>/.flowgate-setup` once the setup succeeded.
+    #[serde(default)]
+    pub setup: Option<SetupSpec>,
     /// Whether the program sees flowgate's own environment (default true). With
     /// `false` it gets only `PATH`, `HOME`, `LANG`, `TZ`, the `FLOWGATE_*` ones and
     /// `env`: nothing of flowgate's credentials reaches a script that does not
@@ -75,4 +98,16 @@ pub struct ExitCodesSpec {
     /// rejected, with the end of stderr as the reason, and is not retried.
     #[serde(default)]
     pub reject: Vec<i32>,
+}
+
+/// A setup command, cached by the content of its key files.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetupSpec {
+    /// The program and its arguments (no shell), run in the step's directory
+    /// with the step's environment.
+    pub argv: Vec<String>,
+    /// Files (relative to the step's directory) whose content decides whether
+    /// the setup runs again, e.g. `["Pipfile.lock"]`.
+    pub key: Vec<String>,
 }

@@ -56,40 +56,45 @@ pub(crate) async fn execute(
             .map_err(|e| StepError::user(format!("step `{}`: {e}", ctx.step.id)))
     };
     let dir = match &plan.dir {
-        Some(d) => {
-            let rendered = render(d)?;
-            // A folder named by run data (a parameter, a routing row) stays
-            // inside the pipeline's folder.
-            let escapes = Path::new(&rendered).components().any(|c| {
-                !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir)
-            });
-            if d.contains("{{") && escapes {
-                return Err(StepError::user(format!(
-                    "step `{}`: the working directory `{rendered}` leaves the pipeline's folder (a `..` or an absolute path came from the run's data)",
-                    ctx.step.id
-                )));
-            }
-            ctx.plan.dir.join(rendered)
-        }
+        Some(d) => inside(ctx, d, &render(d)?, "working directory")?,
         None => ctx.plan.dir.clone(),
     };
     // Absolute: a relative program path would otherwise be resolved after the
     // child changed into `dir`.
     let dir = std::path::absolute(&dir).unwrap_or(dir);
-    let (mut cmd, shown) = match &plan.program {
+    let mut env = outside_env(ctx, plan, &render).await?;
+    for (k, v) in &plan.env {
+        env.push((k.clone(), render(v)?));
+    }
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    env.extend([
+        ("FLOWGATE_PIPELINE".to_string(), ctx.plan.name.clone()),
+        ("FLOWGATE_RUN_ID".to_string(), ctx.run_id.to_string()),
+        ("FLOWGATE_STEP".to_string(), ctx.step.id.clone()),
+    ]);
+    if let Some(setup) = &plan.setup {
+        self::setup(ctx, plan, setup, &dir, &env).await?;
+    }
+    let (program, args, shown) = match &plan.program {
         Program::Argv(argv) => {
             let argv = argv.iter().map(|a| render(a)).collect::<Result<Vec<_>, _>>()?;
-            let mut cmd = Command::new(program_path(&argv[0], &dir));
-            cmd.args(&argv[1..]);
-            (cmd, argv[0].clone())
+            (program_path(&argv[0], &dir), argv[1..].to_vec(), argv[0].clone())
         }
-        Program::Shell(line) => {
-            let mut cmd = Command::new("sh");
-            cmd.arg("-c").arg(render(line)?);
-            (cmd, "sh -c …".to_string())
-        }
+        Program::Shell(line) => (PathBuf::from("sh"), vec!["-c".to_string(), render(line)?], "sh -c …".to_string()),
     };
-    if !plan.inherit_env {
+    let mut cmd = command(&program, &args, &dir, plan.inherit_env, &env);
+    let child = cmd.spawn().map_err(|e| spawn_error(&shown, &dir, &e))?;
+    let (status, stdout, stderr) = supervise(ctx, child, plan.keep_output).await?;
+    judge(plan, &shown, status, stdout, stderr)
+}
+
+/// A child process: in `dir`, in its own process group, killed when dropped,
+/// with `env` (and of flowgate's own environment only a few variables unless
+/// `inherit`), its output piped.
+fn command(program: &Path, args: &[String], dir: &Path, inherit: bool, env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    if !inherit {
         cmd.env_clear();
         for k in KEPT_ENV {
             if let Some(v) = std::env::var_os(k) {
@@ -97,25 +102,105 @@ pub(crate) async fn execute(
             }
         }
     }
-    for (k, v) in &plan.env {
-        cmd.env(k, render(v)?);
-    }
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    cmd.env("FLOWGATE_PIPELINE", &ctx.plan.name)
-        .env("FLOWGATE_RUN_ID", ctx.run_id)
-        .env("FLOWGATE_STEP", &ctx.step.id)
-        .current_dir(&dir)
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     #[cfg(unix)]
     cmd.process_group(0);
-    let child = cmd.spawn().map_err(|e| spawn_error(&shown, &dir, &e))?;
-    let (status, stdout, stderr) = supervise(ctx, child, plan.keep_output).await?;
-    judge(plan, &shown, status, stdout, stderr)
+    cmd
+}
+
+/// The file in a step's directory that holds the hash of its last good setup.
+const SETUP_MARK: &str = ".flowgate-setup";
+
+/// Run the setup unless the hash of its command and key files is the one its
+/// last success left.
+async fn setup(
+    ctx: &StepContext<'_>,
+    plan: &CommandPlan,
+    setup: &config::SetupSpec,
+    dir: &Path,
+    env: &[(String, String)],
+) -> Result<(), StepError> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for a in &setup.argv {
+        h.update(a.as_bytes());
+        h.update([0]);
+    }
+    for k in &setup.key {
+        let body = std::fs::read(dir.join(k)).map_err(|e| {
+            StepError::user(format!("step `{}`: setup key file {k}: {e}", ctx.step.id))
+        })?;
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(sha2::Sha256::digest(&body));
+    }
+    let hash = hex::encode(h.finalize());
+    let mark = dir.join(SETUP_MARK);
+    if std::fs::read_to_string(&mark).is_ok_and(|m| m.trim() == hash) {
+        tracing::info!(step = %ctx.step.id, "setup is current (its key files did not change)");
+        return Ok(());
+    }
+    let program = program_path(&setup.argv[0], dir);
+    let child = command(&program, &setup.argv[1..], dir, plan.inherit_env, env)
+        .spawn()
+        .map_err(|e| spawn_error(&setup.argv[0], dir, &e))?;
+    let (status, _, (stderr, _)) = supervise(ctx, child, plan.keep_output).await?;
+    if !status.success() {
+        let tail: String = stderr.chars().rev().take(REASON_CHARS).collect::<Vec<_>>().into_iter().rev().collect();
+        return Err(StepError::new(
+            crate::error::ErrorClass::EXTERNAL_FATAL,
+            format!("step `{}`: setup `{}` failed ({status}): {}", ctx.step.id, setup.argv[0], tail.trim()),
+        ));
+    }
+    std::fs::write(&mark, &hash).map_err(crate::store::io_error)?;
+    Ok(())
+}
+
+/// `rendered` (from template `t`) as a path in the pipeline's folder: one named
+/// by run data (a parameter, a routing row) may not leave it.
+fn inside(ctx: &StepContext<'_>, t: &str, rendered: &str, what: &str) -> Result<PathBuf, StepError> {
+    let escapes = Path::new(rendered)
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+    if t.contains("{{") && escapes {
+        return Err(StepError::user(format!(
+            "step `{}`: the {what} `{rendered}` leaves the pipeline's folder (a `..` or an absolute path came from the run's data)",
+            ctx.step.id
+        )));
+    }
+    Ok(ctx.plan.dir.join(rendered))
+}
+
+/// The variables of `env_file` and of `secrets`, in that order (secrets win).
+async fn outside_env(
+    ctx: &StepContext<'_>,
+    plan: &CommandPlan,
+    render: &impl Fn(&str) -> Result<String, StepError>,
+) -> Result<Vec<(String, String)>, StepError> {
+    let mut vars = Vec::new();
+    if let Some(t) = &plan.env_file {
+        let path = inside(ctx, t, &render(t)?, "env_file")?;
+        let iter = dotenvy::from_path_iter(&path)
+            .map_err(|e| StepError::user(format!("step `{}`: env_file {}: {e}", ctx.step.id, path.display())))?;
+        for item in iter {
+            let (k, v) = item.map_err(|e| StepError::user(format!("step `{}`: env_file {}: {e}", ctx.step.id, path.display())))?;
+            if crate::secret::name_looks_secret(&k) {
+                crate::secret::register(&v);
+            }
+            vars.push((k, v));
+        }
+    }
+    #[cfg(feature = "aws")]
+    if let Some(name) = &plan.secrets {
+        let role = plan.role_arn.as_deref().map(render).transpose()?.filter(|r| !r.trim().is_empty());
+        vars.extend(crate::secrets_manager::fetch(render(name)?.trim(), role.as_deref()).await?);
+    }
+    Ok(vars)
 }
 
 /// A program named with a `/` is relative to the working directory; a bare name

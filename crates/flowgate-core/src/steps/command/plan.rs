@@ -23,6 +23,13 @@ pub struct CommandPlan {
     pub ok: Vec<i32>,
     pub retry: Vec<i32>,
     pub reject: Vec<i32>,
+    /// A setup command and its key files.
+    pub setup: Option<super::config::SetupSpec>,
+    /// A dotenv file (template) whose variables the program gets.
+    pub env_file: Option<String>,
+    /// The name of a Secrets Manager secret (template) and a role to assume.
+    pub secrets: Option<String>,
+    pub role_arn: Option<String>,
     /// Every code neither `ok` nor `retry` means rejected (an import's target).
     pub reject_others: bool,
     /// Bytes of the end of stdout and of stderr kept in the run record.
@@ -139,6 +146,37 @@ pub(crate) fn build(c: &CommandSpec, at: &str, _what: &str, cx: &mut Ctx<'_>) ->
             KEEP_OUTPUT
         }
     };
+    let secrets = match c.secrets.as_deref().map(|t| t.strip_prefix("aws-secrets:")) {
+        None => None,
+        Some(Some(name)) if !name.trim().is_empty() && crate::template::check(name).is_ok() => {
+            if cfg!(not(feature = "aws")) {
+                cx.error(&format!("{at}.secrets"), "this flowgate was built without the `aws` feature", None);
+                ok = false;
+            }
+            Some(name.to_string())
+        }
+        Some(_) => {
+            cx.error(
+                &format!("{at}.secrets"),
+                "secrets come from `aws-secrets:NAME` (AWS Secrets Manager)",
+                Some("for example: secrets = \"aws-secrets:{{ params.tenant }}-scraper-secrets\"".into()),
+            );
+            ok = false;
+            None
+        }
+    };
+    if c.setup.as_ref().is_some_and(|s| s.argv.first().is_none_or(|p| p.trim().is_empty())) {
+        cx.error(&format!("{at}.setup.argv"), "a setup needs a program", None);
+        ok = false;
+    }
+    for (path, t) in [("env_file", &c.env_file), ("role_arn", &c.role_arn)] {
+        if let Some(t) = t
+            && let Err(e) = crate::template::check(t)
+        {
+            cx.error(&format!("{at}.{path}"), format!("not a template: {e}"), None);
+            ok = false;
+        }
+    }
     let inputs = staged(&c.inputs, &format!("{at}.inputs"), false, cx);
     let outputs = staged(&c.outputs, &format!("{at}.outputs"), true, cx);
     ok &= inputs.is_some() && outputs.is_some();
@@ -150,6 +188,10 @@ pub(crate) fn build(c: &CommandSpec, at: &str, _what: &str, cx: &mut Ctx<'_>) ->
         ok: c.exit_codes.ok.clone().unwrap_or_else(|| vec![0]),
         retry: c.exit_codes.retry.clone(),
         reject: c.exit_codes.reject.clone(),
+        setup: c.setup.clone(),
+        env_file: c.env_file.clone(),
+        secrets,
+        role_arn: c.role_arn.clone(),
         reject_others: false,
         keep_output,
         inputs: inputs.unwrap_or_default(),

@@ -31,7 +31,7 @@ pub struct TargetPlan {
 
 #[derive(Debug, Clone)]
 pub enum How {
-    Command(CommandPlan),
+    Command(Box<CommandPlan>),
     Http(url::Url),
     Sql(super::sql::SqlTarget),
 }
@@ -134,7 +134,7 @@ fn target(t: &TargetSpec, at: &str, cx: &mut Ctx<'_>) -> Option<TargetPlan> {
             }
             let mut plan = crate::steps::command::plan::build(c, at, "", cx)?;
             plan.reject_others = c.exit_codes.reject.is_empty();
-            How::Command(plan)
+            How::Command(Box::new(plan))
         }
         (None, Some(u), None) => match url::Url::parse(u) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => How::Http(url),
