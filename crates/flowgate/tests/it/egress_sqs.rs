@@ -7,24 +7,11 @@ use crate::common::*;
 
 use std::path::PathBuf;
 
-/// Run Python (the services' venv, with boto3) against moto; returns stdout.
+/// Python against moto, with `s3` and `sqs` clients.
 fn moto(script: &str) -> String {
-    let py = service_var("FLOWGATE_TEST_PYTHON");
-    let endpoint = service_var("FLOWGATE_TEST_MOTO_ENDPOINT");
-    let prelude = format!(
-        "import boto3, json, sys\nE={endpoint:?}\nkw=dict(endpoint_url=E, region_name='us-east-1', aws_access_key_id='k', aws_secret_access_key='s')\ns3=boto3.client('s3', **kw)\nsqs=boto3.client('sqs', **kw)\n"
-    );
-    let out = std::process::Command::new(py)
-        .arg("-c")
-        .arg(format!("{prelude}{script}"))
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    moto_python(&format!(
+        "s3=boto3.client('s3', **kw)\nsqs=boto3.client('sqs', **kw)\n{script}"
+    ))
 }
 
 struct Setup {

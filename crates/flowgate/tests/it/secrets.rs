@@ -95,21 +95,10 @@ webhook = "http://127.0.0.1:9/hooks/${FG_TEST_HOOK_TOKEN}"
 
 /// A secret in moto's Secrets Manager (a JSON object), created with boto3.
 fn put_secret(name: &str, value: &serde_json::Value) {
-    let py = service_var("FLOWGATE_TEST_PYTHON");
-    let endpoint = service_var("FLOWGATE_TEST_MOTO_ENDPOINT");
-    let out = std::process::Command::new(py)
-        .arg("-c")
-        .arg(format!(
-            "import boto3\nc = boto3.client('secretsmanager', endpoint_url={endpoint:?}, region_name='us-east-1', aws_access_key_id='k', aws_secret_access_key='s')\nc.create_secret(Name={name:?}, SecretString={:?})",
-            value.to_string()
-        ))
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    moto_python(&format!(
+        "boto3.client('secretsmanager', **kw).create_secret(Name={name:?}, SecretString={:?})",
+        value.to_string()
+    ));
 }
 
 #[test]

@@ -419,3 +419,24 @@ pub fn dataset_versions(dir: &Path, name: &str) -> Vec<String> {
         .map(|d| d["version"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// Run Python (the services' venv, with boto3) after a prelude that sets `E`
+/// (moto's endpoint) and `kw` (client arguments for it); returns stdout.
+pub fn moto_python(script: &str) -> String {
+    let py = service_var("FLOWGATE_TEST_PYTHON");
+    let endpoint = service_var("FLOWGATE_TEST_MOTO_ENDPOINT");
+    let prelude = format!(
+        "import boto3, json, sys\nE={endpoint:?}\nkw=dict(endpoint_url=E, region_name='us-east-1', aws_access_key_id='k', aws_secret_access_key='s')\n"
+    );
+    let out = std::process::Command::new(py)
+        .arg("-c")
+        .arg(format!("{prelude}{script}"))
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
