@@ -6,6 +6,7 @@
 #   scripts/bench.sh oltp-warehouse [--only extract,upsert,convert,freshness] [--orders N]
 #                                   [--repeat N] [--fresh-runs N] [--fresh-seconds S]
 #   scripts/bench.sh data-egress [--total-mb N] [--objects N] [--repeat N]
+#   scripts/bench.sh tenant-datasets [--repeat N]
 #
 # Each cell is the median of --repeat runs (default 5), tools in rotating order.
 #
@@ -21,7 +22,7 @@ ROOT=$PWD
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flowgate/target}"
 VENV="$ROOT/bench/.venv"
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 what=$1; shift
 
@@ -112,6 +113,13 @@ case "$what" in
     # loopback, data under bench/data/data-egress); no other service is needed.
     "$VENV/bin/python" bench/data_egress.py \
       --flowgate "$CARGO_TARGET_DIR/release/flowgate" --aws "$VENV/bin/aws" --versitygw "$VERSITYGW" "$@"
+    ;;
+  tenant-datasets)
+    ensure_time
+    ensure_venv
+    echo "== building flowgate (release)" >&2
+    cargo build --release --quiet -p flowgate
+    "$VENV/bin/python" bench/tenant_datasets.py --flowgate "$CARGO_TARGET_DIR/release/flowgate" "$@"
     ;;
   *) usage ;;
 esac
