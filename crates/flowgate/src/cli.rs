@@ -227,6 +227,20 @@ enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run a failed run again: its parameters, matrix combination and dataset,
+    /// without the steps it completed, with the pipeline file and scripts as
+    /// they are now.
+    #[command(
+        after_help = "Example:\n  flowgate runs rerun 01a2 examples/tenant-datasets/process.toml"
+    )]
+    Rerun {
+        /// The failed run (an id or a unique prefix of one).
+        id: String,
+        /// Its pipeline file.
+        pipeline: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -490,7 +504,14 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             )
             .await
         }
-        Command::Runs(args) => runs(&cli.state, args).await,
+        Command::Runs(args) => {
+            let at = Where {
+                state: cli.state.clone(),
+                env: cli.env_name.clone(),
+                lease_ttl: cli.lease_ttl,
+            };
+            runs(&at, args).await
+        }
         Command::Status { json } => status(&cli.state, json).await,
         Command::Kv {
             store: Some(store),
@@ -570,11 +591,22 @@ async fn datasets(explicit: &Option<String>, command: DatasetsCommand) -> Result
 }
 
 /// `flowgate runs` and `flowgate runs show ID`.
-async fn runs(explicit: &Option<String>, args: RunsArgs) -> Result<u8> {
-    let Some(state) = open_existing_state(explicit).await? else {
+/// What `runs` needs of the global options.
+struct Where {
+    state: Option<String>,
+    env: Option<String>,
+    lease_ttl: std::time::Duration,
+}
+
+async fn runs(cli: &Where, args: RunsArgs) -> Result<u8> {
+    if let Some(RunsCommand::Rerun { id, pipeline, json }) = args.show {
+        return rerun(cli, &id, &pipeline, json).await;
+    }
+    let Some(state) = open_existing_state(&cli.state).await? else {
         return Ok(exit::USAGE);
     };
     match args.show {
+        Some(RunsCommand::Rerun { .. }) => Ok(exit::USAGE),
         Some(RunsCommand::Show { id, json }) => match state.get_run(&id).await {
             Ok(run) => {
                 output::run_detail(&run, json || args.json);
@@ -598,6 +630,33 @@ async fn runs(explicit: &Option<String>, args: RunsArgs) -> Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// `flowgate runs rerun ID FILE`: a failed run's failed and unrun steps again.
+async fn rerun(cli: &Where, id: &str, pipeline: &Path, json: bool) -> Result<u8> {
+    let plan = match plan_or_report(pipeline, &cli.env) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let state = open_state(&cli.state, &plan.dir).await?;
+    let earlier = match state.get_run(id).await {
+        Ok(r) => r,
+        Err(e @ (state::StateError::RunNotFound(_) | state::StateError::Ambiguous(_))) => {
+            eprintln!("error: {e}");
+            return Ok(exit::USAGE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if earlier.pipeline != plan.name || earlier.status.is_success() || !earlier.status.is_final() {
+        eprintln!(
+            "error: run {} is a {} run of `{}`; only a failed run of `{}` can be run again",
+            earlier.id, earlier.status, earlier.pipeline, plan.name
+        );
+        return Ok(exit::USAGE);
+    }
+    let engine = engine(state, !json, cli.lease_ttl);
+    let outcome = engine.submit(&plan, Submission::rerun(&earlier)).await?;
+    Ok(output::outcomes(&[outcome], json))
 }
 
 /// `flowgate status`: each pipeline's last run and freshness.

@@ -62,6 +62,53 @@ pub struct Submission {
 }
 
 impl Submission {
+    /// Run `earlier` (a failed run) again: its parameters, matrix combination and
+    /// dataset, without the steps it completed.
+    pub fn rerun(earlier: &RunRecord) -> Submission {
+        let mut params = BTreeMap::new();
+        let mut matrix = BTreeMap::new();
+        let mut dataset = Value::Null;
+        for (k, v) in earlier.params.as_object().into_iter().flatten() {
+            match (k.as_str(), v) {
+                ("matrix", Value::Object(m)) => {
+                    matrix = m
+                        .iter()
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                            )
+                        })
+                        .collect();
+                }
+                ("dataset", d) => dataset = d.clone(),
+                ("route" | "trigger", _) => {}
+                (k, Value::String(s)) => {
+                    params.insert(k.to_string(), s.clone());
+                }
+                _ => {}
+            }
+        }
+        let done: Vec<&str> = earlier
+            .steps
+            .iter()
+            .filter(|s| matches!(s.status, RunStatus::Succeeded))
+            .map(|s| s.step.as_str())
+            .collect();
+        let key = uuid::Uuid::now_v7().to_string();
+        Submission {
+            params,
+            matrix,
+            retry_failed: true,
+            wait: true,
+            ..Submission::event(
+                "manual",
+                format!("manual:{key}"),
+                json!({"kind": "rerun", "of": earlier.id, "done": done, "dataset": dataset}),
+            )
+        }
+    }
+
     /// A trigger event (not manual): left pending when its lane is busy, never
     /// retried once it failed (a person does that).
     pub fn event(kind: &str, dedupe_key: String, trigger: Value) -> Submission {
@@ -569,8 +616,17 @@ impl Engine {
             "route": event.payload.get("route").cloned().unwrap_or(Value::Null),
         });
         // The run's dataset, resolved once (`LATEST` included) and recorded.
+        // A rerun keeps the dataset of the run it continues.
+        let pinned = template["trigger"]["dataset"].clone();
         let dataset = match &plan.dataset {
             None => Ok(()),
+            Some(_) if pinned.is_object() => {
+                template["dataset"] = pinned.clone();
+                if let Value::Object(p) = &mut run.params {
+                    p.insert("dataset".into(), pinned);
+                }
+                Ok(())
+            }
             Some(d) => crate::dataset::resolve(self.state.as_ref(), d, &template, started)
                 .await
                 .map(|v| {
@@ -665,9 +721,26 @@ impl Engine {
     ) -> Result<HashSet<String>, EngineError> {
         let mut failed: HashSet<String> = HashSet::new();
         let mut skipped: HashSet<String> = HashSet::new();
+        // A rerun: the steps its earlier run completed are not run again.
+        let done: HashSet<&str> = template["trigger"]["done"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let of = template["trigger"]["of"].as_str().unwrap_or_default();
         for step in &plan.steps {
             if claim.cancel.is_cancelled() || claim.is_lost() {
                 break;
+            }
+            if done.contains(step.id.as_str()) {
+                run.steps.push(StepReport {
+                    step: step.id.clone(),
+                    status: RunStatus::Skipped,
+                    notes: vec![format!("completed by run {of}; not run again")],
+                    ..Default::default()
+                });
+                continue;
             }
             let report = match gate(step, &failed, &skipped, template) {
                 Gate::Run => {

@@ -389,3 +389,67 @@ checks = [
         ]
     );
 }
+
+#[test]
+fn a_rerun_continues_a_failed_run_in_its_dataset_without_the_steps_it_completed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 1a counts its runs; 2a fails until the file `fixed` exists.
+    process(d, "test -f fixed || exit 1;");
+    let text = std::fs::read_to_string(d.join("process.toml")).unwrap();
+    write(
+        &d.join("process.toml"),
+        text.replace(
+            "shell = \"seq 1 100",
+            "shell = \"echo x >> count-1a.txt; seq 1 100",
+        )
+        .as_bytes(),
+    );
+    let out = run(flowgate(d).args(["run", "process.toml", "--json"]));
+    assert_eq!(out.code, 1, "{}", out.all());
+    let runs: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let id = runs[0]["run"]["id"].as_str().unwrap().to_string();
+    let version = runs[0]["run"]["params"]["dataset"]["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(dataset_versions(d, "cat-be").is_empty());
+    write(&d.join("fixed"), b"");
+    let out = run(flowgate(d).args(["runs", "rerun", &id[..8], "process.toml"]));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains(&format!("completed by run {id}; not run again")),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        dataset_versions(d, "cat-be"),
+        [version],
+        "the failed run's own version, completed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("count-1a.txt")).unwrap(),
+        "x\n",
+        "1a ran once"
+    );
+    // A run that succeeded is not run again.
+    let out = run(flowgate(d).args(["runs", "rerun", &id, "process.toml"]));
+    assert_eq!(
+        out.code,
+        0,
+        "the failed run itself may be run again: {}",
+        out.all()
+    );
+    let last = run(flowgate(d).args(["runs", "--json", "--limit", "1"]));
+    let last: serde_json::Value = serde_json::from_str(&last.stdout).unwrap();
+    let ok_id = last[0]["id"].as_str().unwrap().to_string();
+    let out = run(flowgate(d).args(["runs", "rerun", &ok_id, "process.toml"]));
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("only a failed run of `process` can be run again"),
+        "{}",
+        out.stderr
+    );
+}
