@@ -453,3 +453,59 @@ fn a_rerun_continues_a_failed_run_in_its_dataset_without_the_steps_it_completed(
         out.stderr
     );
 }
+
+#[test]
+fn a_run_killed_while_publishing_is_listed_whole_or_not_at_all_and_then_publishes_once() {
+    for case in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        process(d, "");
+        let mut child = flowgate(d)
+            .args(["run", "process.toml"])
+            .env("FLOWGATE_LEASE_TTL", "2s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Killed the moment the manifest is written: before or after the state
+        // store's row, whichever the race gives.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !tree(&d.join("bucket"))
+            .iter()
+            .any(|f| f.0.ends_with("_manifest.json"))
+            && child.try_wait().unwrap().is_none()
+        {
+            assert!(Instant::now() < deadline, "case {case}: no manifest");
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        let listed = dataset_versions(d, "cat-be");
+        eprintln!(
+            "case {case}: killed with the version {}",
+            if listed.is_empty() {
+                "not listed"
+            } else {
+                "listed"
+            }
+        );
+        if listed.is_empty() {
+            // Not published: not LATEST either; the rerun publishes exactly one.
+            let out = run(flowgate(d).args(["datasets", "show", "cat-be", "LATEST"]));
+            assert_eq!(out.code, 2, "case {case}: {}", out.all());
+            std::thread::sleep(Duration::from_millis(2100));
+            let out = run(flowgate(d)
+                .args(["run", "process.toml"])
+                .env("FLOWGATE_LEASE_TTL", "2s"));
+            assert_eq!(out.code, 0, "case {case}: {}", out.all());
+        }
+        let listed = dataset_versions(d, "cat-be");
+        assert_eq!(listed.len(), 1, "case {case}: {listed:?}");
+        let folder = d.join("bucket/cat-be/datasets").join(&listed[0]);
+        let names: Vec<String> = tree(&folder).into_iter().map(|f| f.0).collect();
+        assert_eq!(
+            names,
+            ["1b/rows.txt", "2b/rows.csv", "_manifest.json"],
+            "case {case}"
+        );
+    }
+}
