@@ -38,6 +38,17 @@ publish = {{ parts = ["1b", "2b"] }}
     );
 }
 
+/// `flowgate run process.toml` in the background, its lease short (to be killed).
+fn spawn_process(dir: &Path) -> std::process::Child {
+    flowgate(dir)
+        .args(["run", "process.toml"])
+        .env("FLOWGATE_LEASE_TTL", "2s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Counts the lines of part 2b of a dataset into test_results/<version>/<time>/.
 fn tests(dir: &Path) {
     write(
@@ -133,13 +144,7 @@ fn stages_chain_through_a_published_dataset_that_tests_read_as_latest_or_by_name
 fn a_run_killed_in_stage_2a_leaves_no_listed_dataset_and_the_rerun_publishes_one() {
     let dir = tempfile::tempdir().unwrap();
     process(dir.path(), "sleep 3;");
-    let mut child = flowgate(dir.path())
-        .args(["run", "process.toml"])
-        .env("FLOWGATE_LEASE_TTL", "2s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_process(dir.path());
     let deadline = Instant::now() + Duration::from_secs(30);
     // Killed once 1b is uploaded, while 2a runs.
     while !tree(&dir.path().join("bucket"))
@@ -460,13 +465,7 @@ fn a_run_killed_while_publishing_is_listed_whole_or_not_at_all_and_then_publishe
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         process(d, "");
-        let mut child = flowgate(d)
-            .args(["run", "process.toml"])
-            .env("FLOWGATE_LEASE_TTL", "2s")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_process(d);
         // Killed the moment the manifest is written: before or after the state
         // store's row, whichever the race gives.
         let deadline = Instant::now() + Duration::from_secs(30);
