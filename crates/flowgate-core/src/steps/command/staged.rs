@@ -5,12 +5,17 @@
 
 use std::path::{Path, PathBuf};
 
+use futures::StreamExt;
 use object_store::ObjectStoreExt as _;
+use tokio::io::AsyncWriteExt;
 
 use super::plan::{CommandPlan, Staged};
 use crate::error::StepError;
 use crate::store::{StoreHandle, io_error, join_key};
 use crate::steps::context::StepContext;
+
+/// Part size of an output's multipart upload.
+const UPLOAD_PART: usize = 8 << 20;
 
 /// The attempt's folders; removed when dropped.
 pub(super) struct Work {
@@ -87,14 +92,15 @@ impl Work {
                 .map_err(|e| StepError::user(e.to_string()))?;
             let dir = self.root.join("out").join(name);
             for (rel, path) in files(&dir)? {
-                let body = tokio::fs::read(&path).await.map_err(io_error)?;
                 let key = join_key(&prefix, &rel);
                 let at = store.path(&key).map_err(StepError::user)?;
-                bytes += body.len() as u64;
-                writer
-                    .put(&at, body.into())
+                // Streamed: memory stays at a few parts whatever the file's size.
+                let file = tokio::fs::File::open(&path).await.map_err(io_error)?;
+                let chunks = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+                    .map(|c| c.map_err(io_error));
+                bytes += crate::store::put_stream(writer, &at, UPLOAD_PART, Box::pin(chunks), |_| {})
                     .await
-                    .map_err(|e| StepError::from(e).context(format!("uploading {}", store.display(&key))))?;
+                    .map_err(|e| e.context(format!("uploading {}", store.display(&key))))?;
                 objects += 1;
             }
         }
@@ -110,19 +116,22 @@ async fn download(store: &StoreHandle, prefix: &str, dir: &Path) -> Result<u64, 
         if rel.split('/').any(|s| s == ".." || s.is_empty()) {
             continue;
         }
-        let body = store
-            .reader()
-            .get(&meta.location)
-            .await
-            .map_err(StepError::from)?
-            .bytes()
-            .await
-            .map_err(StepError::from)?;
         let path = dir.join(&rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io_error)?;
         }
-        tokio::fs::write(&path, &body).await.map_err(io_error)?;
+        // Streamed to the file: memory stays at one chunk whatever the object's size.
+        let mut chunks = store
+            .reader()
+            .get(&meta.location)
+            .await
+            .map_err(StepError::from)?
+            .into_stream();
+        let mut file = tokio::fs::File::create(&path).await.map_err(io_error)?;
+        while let Some(chunk) = chunks.next().await {
+            file.write_all(&chunk.map_err(StepError::from)?).await.map_err(io_error)?;
+        }
+        file.flush().await.map_err(io_error)?;
         n += 1;
     }
     Ok(n)
