@@ -158,6 +158,15 @@ pub async fn poll_once(
     }
     let mut skipped = Vec::new();
     for f in found {
+        if let (Some(store), Some(w)) = (&f.unset, &plan.watch)
+            && poller.seen.insert(format!("unset:{}", w.key))
+        {
+            tracing::warn!(
+                pipeline = %plan.name, store = %store,
+                "the watched key `{}` is not set; nothing runs until it is (flowgate kv set {} VALUE)",
+                w.key, w.key
+            );
+        }
         for (sub, why) in f.skip {
             let what = skipped_line(&sub, &why);
             if engine.skip(plan, sub, &why).await? {
@@ -255,6 +264,8 @@ struct Found {
     run: Vec<Submission>,
     skip: Vec<(Submission, String)>,
     position: Option<(String, String)>,
+    /// The watched key is not set (in this store): said once per poller.
+    unset: Option<String>,
 }
 
 /// The watched key's revisions since the last pass: each one to run (`each`), or
@@ -301,14 +312,10 @@ async fn watch_events(
         }
     };
     let Some((newest, older)) = seen.split_last() else {
-        if after.is_none() {
-            tracing::warn!(
-                pipeline = %plan.name, store = %kv.describe(),
-                "the watched key `{}` is not set; nothing runs until it is (flowgate kv set {} VALUE)",
-                w.key, w.key
-            );
-        }
-        return Ok(Found::default());
+        return Ok(Found {
+            unset: after.is_none().then(|| kv.describe()),
+            ..Found::default()
+        });
     };
     let store = w.store.as_ref().map(|s| s.name.as_str());
     let sub = |e: &crate::state::KvEntry| {

@@ -346,7 +346,7 @@ pub fn run_detail(run: &RunRecord, json: bool) {
             say!("      note: {}", redact(n));
         }
         if let Some(o) = &s.output {
-            command_output(o);
+            step_output(o);
         }
     }
 }
@@ -376,9 +376,9 @@ fn import_summary(s: &flowgate_core::state::StepReport, imports: &[serde_json::V
     format!("version {version}: {}{kept}", outcomes.join(", "))
 }
 
-/// A command step's exit code and the end of its output, as the run record
-/// keeps them; an import step's outcome per target.
-fn command_output(o: &serde_json::Value) {
+/// What a step kind keeps of its own, as the run record has it: a command's
+/// exit code and the end of its output, an import step's outcome per target.
+fn step_output(o: &serde_json::Value) {
     for i in o
         .get("imports")
         .and_then(|i| i.as_array())

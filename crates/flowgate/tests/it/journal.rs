@@ -722,3 +722,44 @@ fn an_environment_that_may_not_write_the_artifact_store_is_refused_before_any_io
     );
     assert!(!r.path().join("audit").exists());
 }
+
+#[test]
+fn a_rejection_in_one_attempt_still_fails_the_run_when_a_retry_imports_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("artifacts/j/1.0/journal.jsonl"),
+        b"{\"kind\":\"set\",\"id\":1}\n",
+    );
+    write(
+        &dir.path().join("p.toml"),
+        br#"name = "retry-after-reject"
+[trigger]
+watch = { key = "v" }
+[stores]
+artifacts = { url = "file://./artifacts" }
+[[steps]]
+id = "import"
+retry = { attempts = 2, backoff = "10ms..10ms" }
+[steps.import]
+journal = "artifacts:j/{{ version }}/journal.jsonl"
+[[steps.import.targets]]
+name = "refuses"
+command = { shell = "echo conflict >&2; exit 2" }
+[[steps.import.targets]]
+name = "flaky"
+command = { shell = "test -f tried && exit 0; touch tried; exit 75", exit_codes = { retry = [75] } }
+"#,
+    );
+    assert_eq!(
+        run(flowgate(dir.path()).args(["kv", "set", "v", "1.0"])).code,
+        0
+    );
+    let out = run(flowgate(dir.path()).args(["poll", "p.toml"]));
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.all().contains("version 1.0 was rejected by `refuses`"),
+        "{}",
+        out.all()
+    );
+    assert!(out.stdout.contains("2 attempts"), "{}", out.all());
+}

@@ -41,6 +41,8 @@ enum Outcome {
     Imported,
     AlreadyImported,
     Rejected(String),
+    /// Rejected by an earlier attempt of this run: set aside and told then.
+    RejectedEarlier(String),
     Failed(StepError),
 }
 
@@ -49,13 +51,13 @@ impl Outcome {
         match self {
             Outcome::Imported => "imported",
             Outcome::AlreadyImported => "already-imported",
-            Outcome::Rejected(_) => "rejected",
+            Outcome::Rejected(_) | Outcome::RejectedEarlier(_) => "rejected",
             Outcome::Failed(_) => "failed",
         }
     }
     fn reason(&self) -> Option<String> {
         match self {
-            Outcome::Rejected(r) => Some(r.clone()),
+            Outcome::Rejected(r) | Outcome::RejectedEarlier(r) => Some(r.clone()),
             Outcome::Failed(e) => Some(e.message.clone()),
             _ => None,
         }
@@ -116,6 +118,12 @@ pub async fn run(ctx: &StepContext<'_>, plan: &ImportPlan) -> Result<StepOutput,
         .filter(|t| done.contains_key(&job.key(t)))
         .map(|t| (t, Outcome::AlreadyImported))
         .collect();
+    // A target an earlier attempt of this run rejected still fails the run.
+    results.extend(plan.targets.iter().filter_map(|t| {
+        let entry = rejected_here.get(&job.rejected_key(t))?;
+        let reason = entry.detail["reason"].as_str().unwrap_or("rejected");
+        Some((t, Outcome::RejectedEarlier(reason.to_string())))
+    }));
     let mut journal = None;
     if !pending.is_empty() {
         match job.read(&path).await {
@@ -306,7 +314,11 @@ impl Job<'_> {
             }
             return Ok(StepOutput { report, failure: Some(e) });
         }
-        let rejected: Vec<&str> = results.iter().filter(|(_, o)| matches!(o, Outcome::Rejected(_))).map(|(t, _)| t.name.as_str()).collect();
+        let rejected: Vec<&str> = results
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Rejected(_) | Outcome::RejectedEarlier(_)))
+            .map(|(t, _)| t.name.as_str())
+            .collect();
         if rejected.is_empty() {
             return Ok(report.into());
         }
