@@ -4,6 +4,7 @@
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod clock;
+pub mod code;
 pub mod config;
 pub mod connect;
 pub mod dataset;

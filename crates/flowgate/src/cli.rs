@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use flowgate_core::config::{LoadOptions, Variables};
 use flowgate_core::engine::{Engine, Submission};
-use flowgate_core::plan::{Plan, plan_file};
+use flowgate_core::plan::{Plan, plan_file, plan_text};
 use flowgate_core::state::{self, RunFilter, RunStatus, StateStore};
 
 use crate::output;
@@ -228,16 +228,26 @@ enum RunsCommand {
         json: bool,
     },
     /// Run a failed run again: its parameters, matrix combination and dataset,
-    /// without the steps it completed, with the pipeline file and scripts as
-    /// they are now.
+    /// without the steps it completed, with the pipeline file and pinned files
+    /// (`pin = [...]`) as they were when it ran.
     #[command(
-        after_help = "Example:\n  flowgate runs rerun 01a2 examples/tenant-datasets/process.toml"
+        after_help = "The files a run ran are kept by content hash in the state store; the rerun \
+restores them into a folder of their own, beside links to everything else in the \
+pipeline's folder (data, .env files, caches: today's). Stores, state and data paths \
+stay where the pipeline file is.
+
+Examples:
+  flowgate runs rerun 01a2 examples/tenant-datasets/process.toml
+  flowgate runs rerun 01a2 examples/tenant-datasets/process.toml --latest"
     )]
     Rerun {
         /// The failed run (an id or a unique prefix of one).
         id: String,
-        /// Its pipeline file.
+        /// Its pipeline file (where it is today: it says where the state is).
         pipeline: PathBuf,
+        /// With the pipeline file and scripts as they are now, not as they were.
+        #[arg(long)]
+        latest: bool,
         #[arg(long)]
         json: bool,
     },
@@ -343,18 +353,21 @@ fn load_opts(env: &Option<String>) -> LoadOptions {
 
 /// Load and validate one pipeline, printing diagnostics on failure.
 fn plan_or_report(path: &Path, env: &Option<String>) -> Result<Plan, u8> {
-    plan_file(path, &load_opts(env)).map_err(|diags| {
-        for d in &diags {
-            eprintln!("{d}");
-        }
-        eprintln!(
-            "{}: {} error{}",
-            path.display(),
-            diags.len(),
-            if diags.len() == 1 { "" } else { "s" }
-        );
-        exit::USAGE
-    })
+    plan_file(path, &load_opts(env)).map_err(|diags| report(path, &diags))
+}
+
+/// Print a file's diagnostics; the exit code they mean.
+fn report(path: &Path, diags: &[flowgate_core::config::Diagnostic]) -> u8 {
+    for d in diags {
+        eprintln!("{d}");
+    }
+    eprintln!(
+        "{}: {} error{}",
+        path.display(),
+        diags.len(),
+        if diags.len() == 1 { "" } else { "s" }
+    );
+    exit::USAGE
 }
 
 fn default_state(dir: &Path) -> String {
@@ -599,8 +612,14 @@ struct Where {
 }
 
 async fn runs(cli: &Where, args: RunsArgs) -> Result<u8> {
-    if let Some(RunsCommand::Rerun { id, pipeline, json }) = args.show {
-        return rerun(cli, &id, &pipeline, json).await;
+    if let Some(RunsCommand::Rerun {
+        id,
+        pipeline,
+        latest,
+        json,
+    }) = args.show
+    {
+        return rerun(cli, &id, &pipeline, latest, json).await;
     }
     let Some(state) = open_existing_state(&cli.state).await? else {
         return Ok(exit::USAGE);
@@ -632,13 +651,14 @@ async fn runs(cli: &Where, args: RunsArgs) -> Result<u8> {
     }
 }
 
-/// `flowgate runs rerun ID FILE`: a failed run's failed and unrun steps again.
-async fn rerun(cli: &Where, id: &str, pipeline: &Path, json: bool) -> Result<u8> {
-    let plan = match plan_or_report(pipeline, &cli.env) {
+/// `flowgate runs rerun ID FILE`: a failed run's failed and unrun steps again,
+/// with the files it ran unless `latest`.
+async fn rerun(cli: &Where, id: &str, pipeline: &Path, latest: bool, json: bool) -> Result<u8> {
+    let today = match plan_or_report(pipeline, &cli.env) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
-    let state = open_state(&cli.state, &plan.dir).await?;
+    let state = open_state(&cli.state, &today.dir).await?;
     let earlier = match state.get_run(id).await {
         Ok(r) => r,
         Err(e @ (state::StateError::RunNotFound(_) | state::StateError::Ambiguous(_))) => {
@@ -647,16 +667,75 @@ async fn rerun(cli: &Where, id: &str, pipeline: &Path, json: bool) -> Result<u8>
         }
         Err(e) => return Err(e.into()),
     };
-    if earlier.pipeline != plan.name || earlier.status.is_success() || !earlier.status.is_final() {
+    if earlier.pipeline != today.name || earlier.status.is_success() || !earlier.status.is_final() {
         eprintln!(
             "error: run {} is a {} run of `{}`; only a failed run of `{}` can be run again",
-            earlier.id, earlier.status, earlier.pipeline, plan.name
+            earlier.id, earlier.status, earlier.pipeline, today.name
         );
         return Ok(exit::USAGE);
     }
+    let (plan, _restored) = if latest {
+        (today, None)
+    } else {
+        match as_it_ran(state.as_ref(), &earlier, today, &cli.env).await? {
+            Ok(pair) => pair,
+            Err(code) => return Ok(code),
+        }
+    };
     let engine = engine(state, !json, cli.lease_ttl);
     let outcome = engine.submit(&plan, Submission::rerun(&earlier)).await?;
     Ok(output::outcomes(&[outcome], json))
+}
+
+/// The plan of `earlier` with the pipeline file and pinned files it ran,
+/// restored beside today's folder (removed when the returned guard drops).
+async fn as_it_ran(
+    state: &dyn StateStore,
+    earlier: &state::RunRecord,
+    today: Plan,
+    env: &Option<String>,
+) -> Result<Result<(Plan, Option<flowgate_core::code::Restored>), u8>> {
+    let latest = "`--latest` runs it with today's files";
+    let Some(code) = earlier.code.as_ref().and_then(|c| c["id"].as_str()) else {
+        let why = earlier
+            .code
+            .as_ref()
+            .and_then(|c| c["why"].as_str())
+            .unwrap_or("it ran before flowgate kept a run's files");
+        eprintln!(
+            "error: run {} has no kept files ({why}); {latest}",
+            earlier.id
+        );
+        return Ok(Err(exit::USAGE));
+    };
+    let restored = match flowgate_core::code::restore(state, &earlier.id, code, &today.dir).await {
+        Ok(r) => r,
+        Err(flowgate_core::code::CodeError::State(e)) => return Err(e.into()),
+        Err(e) => {
+            eprintln!("error: {e}; {latest}");
+            return Ok(Err(exit::ERROR));
+        }
+    };
+    let mut plan = match plan_text(&today.file, restored.text.clone(), &load_opts(env)) {
+        Ok(p) => p,
+        Err(diags) => {
+            eprintln!(
+                "error: the pipeline file run {} ran no longer loads (below); {latest}",
+                earlier.id
+            );
+            return Ok(Err(report(&today.file, &diags)));
+        }
+    };
+    if plan.name != today.name {
+        eprintln!(
+            "error: run {} ran pipeline `{}`, not `{}`; {latest}",
+            earlier.id, plan.name, today.name
+        );
+        return Ok(Err(exit::USAGE));
+    }
+    plan.code_dir = Some(restored.root().to_path_buf());
+    tracing::info!(run = %earlier.id, code = %&code[..12.min(code.len())], "running with the pipeline file and pinned files the run ran");
+    Ok(Ok((plan, Some(restored))))
 }
 
 /// `flowgate status`: each pipeline's last run and freshness.

@@ -321,6 +321,22 @@ pub fn run_detail(run: &RunRecord, json: bool) {
     say!("started:   {}", run.started_at.to_rfc3339());
     say!("duration:  {}", duration(run));
     say!("params:    {}", redact(&run.params.to_string()));
+    if let Some(code) = &run.code {
+        match code["id"].as_str() {
+            Some(id) if code["restored"] == true => {
+                say!("files:     {id} (restored from the run it continues)")
+            }
+            Some(id) => say!(
+                "files:     {id} ({} kept, {} bytes; `runs rerun` restores them)",
+                code["files"],
+                code["bytes"]
+            ),
+            None => say!(
+                "files:     not kept: {}",
+                code["why"].as_str().unwrap_or("")
+            ),
+        }
+    }
     if let Some(e) = &run.error {
         say!("error:     {}", redact(e));
     }

@@ -82,6 +82,16 @@ pub fn load_file(path: &Path, opts: &LoadOptions) -> Result<Loaded, Vec<super::D
             }]);
         }
     };
+    load_file_text(path, text, opts)
+}
+
+/// [`load_file`] for the text a file at `path` had (a rerun's pipeline file as
+/// it was): its `.env` and relative paths are those of `path`.
+pub fn load_file_text(
+    path: &Path,
+    text: String,
+    opts: &LoadOptions,
+) -> Result<Loaded, Vec<super::Diagnostic>> {
     let mut vars = opts.vars.clone();
     let dotenv_path = path.parent().unwrap_or(Path::new(".")).join(".env");
     if dotenv_path.is_file() {

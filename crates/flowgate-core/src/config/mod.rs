@@ -7,7 +7,7 @@ pub mod model;
 
 pub use diagnostic::Diagnostic;
 pub use interpolate::Variables;
-pub use load::{LoadOptions, Loaded, load_file, load_str};
+pub use load::{LoadOptions, Loaded, load_file, load_file_text, load_str};
 pub use model::PipelineFile;
 
 /// The JSON Schema of pipeline files, for editors.

@@ -62,6 +62,14 @@ pub struct PipelineFile {
     /// The dataset a run makes or reads (see [`DatasetSpec`]).
     #[serde(default)]
     pub dataset: Option<DatasetSpec>,
+    /// Files and folders (relative to the pipeline file) whose content each run
+    /// keeps by hash in the state store, with the pipeline file itself, e.g.
+    /// `["lib", "Project"]` for the scripts its command steps run.
+    /// `flowgate runs rerun` runs a failed run again with them as they were;
+    /// `--latest` takes today's. `.env*` files, `.git`, `.venv`,
+    /// `node_modules` and `__pycache__` are never kept: a rerun sees today's.
+    #[serde(default)]
+    pub pin: Vec<String>,
     /// Environment overlays (`[env.prod]`), selected with `--env` or `FLOWGATE_ENV`;
     /// each overlay has the same shape as the file and is merged over it.
     #[serde(default)]

@@ -104,7 +104,7 @@ impl Submission {
             ..Submission::event(
                 "manual",
                 format!("manual:{key}"),
-                json!({"kind": "rerun", "of": earlier.id, "done": done, "dataset": dataset}),
+                json!({"kind": "rerun", "of": earlier.id, "done": done, "dataset": dataset, "code": earlier.code.as_ref().and_then(|c| c.get("id"))}),
             )
         }
     }
@@ -444,6 +444,7 @@ impl Engine {
             steps: Vec::new(),
             lane: None,
             fence: None,
+            code: None,
         };
         let event = NewEvent {
             pipeline: plan.name.clone(),
@@ -601,7 +602,10 @@ impl Engine {
             steps: Vec::new(),
             lane: Some(claim.fence().lease.clone()),
             fence: Some(claim.fence().token),
+            code: None,
         };
+        let earlier_code = event.payload.pointer("/trigger/code");
+        run.code = Some(self.keep_code(plan, earlier_code).await?);
         self.state.save_run(&run).await?;
         tracing::info!(pipeline = %plan.name, run = %run.id, trigger = %event.kind, key = %event.dedupe_key, attempt = event.attempts, "run started");
 
@@ -707,6 +711,23 @@ impl Engine {
         self.record_freshness(plan, &run).await;
         self.notify(plan, &run).await;
         Ok(run)
+    }
+
+    /// What the run records of its files: the id of what [`crate::code::keep`]
+    /// kept, or, for a rerun with the files of an earlier run, that run's id.
+    /// Files that cannot be kept do not stop the run: it records why.
+    async fn keep_code(&self, plan: &Plan, earlier: Option<&Value>) -> Result<Value, EngineError> {
+        if let (Some(_), Some(Value::String(id))) = (&plan.code_dir, earlier) {
+            return Ok(json!({ "id": id, "restored": true }));
+        }
+        match crate::code::keep(self.state.as_ref(), plan).await {
+            Ok(k) => Ok(json!({ "id": k.id, "files": k.files, "bytes": k.bytes })),
+            Err(crate::code::CodeError::State(e)) => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(pipeline = %plan.name, error = %e, "the run's files are not kept: a rerun of it needs --latest");
+                Ok(json!({ "kept": false, "why": e.to_string() }))
+            }
+        }
     }
 
     /// The steps of one run in `needs` order, each report saved as it comes;

@@ -78,6 +78,18 @@ pub struct Plan {
     pub recipients: BTreeMap<String, RecipientPlan>,
     /// Names of the file's `[env.NAME]` overlays.
     pub environments: Vec<String>,
+    /// What each run keeps of its files (`pin`), relative to `dir`.
+    pub pin: Vec<PathBuf>,
+    /// Where command steps find their files when not in `dir`: the files an
+    /// earlier run kept, restored for a rerun (see [`crate::code`]).
+    pub code_dir: Option<PathBuf>,
+}
+
+impl Plan {
+    /// The folder command steps run their files from.
+    pub fn code_root(&self) -> &Path {
+        self.code_dir.as_deref().unwrap_or(&self.dir)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -220,10 +232,19 @@ pub struct DynamoPlan {
     pub region: Option<String>,
 }
 
+/// What a run records beside its parameters, under their names. (`dataset` may
+/// be a parameter: it names the dataset, and the record then says which it was.)
+const RECORDED_BESIDE_PARAMS: &[&str] = &["matrix", "route", "trigger", "code"];
+
 /// Load and validate a pipeline file.
 pub fn plan_file(path: &Path, opts: &LoadOptions) -> Result<Plan, Vec<Diagnostic>> {
     let loaded = load_file(path, opts)?;
     build(&loaded)
+}
+
+/// Validate `text` as the pipeline file at `path` (a rerun's file as it was).
+pub fn plan_text(path: &Path, text: String, opts: &LoadOptions) -> Result<Plan, Vec<Diagnostic>> {
+    build(&crate::config::load_file_text(path, text, opts)?)
 }
 
 /// Validate a loaded file into a plan: every problem is reported at once.
@@ -254,7 +275,15 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
         cx.key_error("matrix.values", "a matrix needs at least one axis", None);
     }
     let dataset = dataset(&mut cx);
+    let pin = pin(&mut cx);
     for (k, p) in &f.params {
+        if RECORDED_BESIDE_PARAMS.contains(&k.as_str()) {
+            cx.key_error(
+                &format!("params.{k}"),
+                format!("`{k}` is recorded beside a run's parameters and cannot be one"),
+                Some("give the parameter another name".into()),
+            );
+        }
         if let Some(d) = &p.default
             && let Err(e) = p.check(k, d)
         {
@@ -290,6 +319,8 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
         routing,
         recipients,
         environments: f.env.keys().cloned().collect(),
+        pin,
+        code_dir: None,
     })
 }
 
@@ -335,6 +366,36 @@ fn stores(cx: &mut Ctx<'_>) {
 }
 
 /// `[dataset]`: its store may be written unless the run only reads it.
+/// `pin`: paths inside the pipeline's folder that exist.
+fn pin(cx: &mut Ctx<'_>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for (i, p) in cx.file().pin.iter().enumerate() {
+        let path = Path::new(p);
+        let inside = path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+        if !inside || p.is_empty() {
+            cx.error(
+                &format!("pin[{i}]"),
+                format!("`{p}` is not a path inside the pipeline's folder"),
+                Some("name files or folders relative to the pipeline file, without `..`".into()),
+            );
+        } else if !cx.dir.join(path).exists() {
+            cx.error(
+                &format!("pin[{i}]"),
+                format!("`{p}` does not exist in {}", cx.dir.display()),
+                None,
+            );
+        } else {
+            out.push(path.to_path_buf());
+        }
+    }
+    out
+}
+
 fn dataset(cx: &mut Ctx<'_>) -> Option<crate::dataset::DatasetPlan> {
     let d = cx.file().dataset.as_ref()?;
     let need = if d.read.is_some() {

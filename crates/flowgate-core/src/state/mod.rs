@@ -199,6 +199,10 @@ pub struct RunRecord {
     pub lane: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence: Option<i64>,
+    /// What the run kept of its files (see [`crate::code`]): `{"id", "files",
+    /// "bytes"}`, or `{"kept": false, "why"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<Value>,
 }
 
 /// A claim on a lease, and what every write made under it carries: the lease

@@ -66,6 +66,7 @@ CREATE TABLE flowgate.kv_history (key TEXT NOT NULL, value TEXT NOT NULL, revisi
 INSERT INTO flowgate.kv_history SELECT key, value, revision, updated_at FROM flowgate.kv;
 "#,
     ),
+    (4, "ALTER TABLE flowgate.runs ADD COLUMN code TEXT;"),
 ];
 
 /// The database's clock in milliseconds since the epoch.
@@ -257,6 +258,7 @@ fn run_row(r: &Row) -> StateResult<RunRow> {
         steps: r.try_get(12).map_err(pg_err)?,
         lane: r.try_get(13).map_err(pg_err)?,
         fence: r.try_get(14).map_err(pg_err)?,
+        code: r.try_get(15).map_err(pg_err)?,
     })
 }
 
@@ -448,14 +450,14 @@ impl StateStore for PostgresState {
         client
             .execute(
                 &format!(
-                    "INSERT INTO flowgate.runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                    "INSERT INTO flowgate.runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
                      ON CONFLICT (id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt, worker = excluded.worker,
                        finished_at = excluded.finished_at, error = excluded.error, steps = excluded.steps, params = excluded.params,
-                       lane = excluded.lane, fence = excluded.fence"
+                       lane = excluded.lane, fence = excluded.fence, code = excluded.code"
                 ),
                 &[
                     &r.id, &r.pipeline, &r.env, &r.event_id, &r.trigger, &r.params, &r.status, &r.attempt, &r.worker,
-                    &r.started_at, &r.finished_at, &r.error, &r.steps, &r.lane, &r.fence,
+                    &r.started_at, &r.finished_at, &r.error, &r.steps, &r.lane, &r.fence, &r.code,
                 ],
             )
             .await

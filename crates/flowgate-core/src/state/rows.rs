@@ -20,9 +20,10 @@ pub(crate) struct RunRow {
     pub steps: String,
     pub lane: Option<String>,
     pub fence: Option<i64>,
+    pub code: Option<String>,
 }
 
-pub(crate) const RUN_COLUMNS: &str = "id, pipeline, env, event_id, trigger, params, status, attempt, worker, started_at, finished_at, error, steps, lane, fence";
+pub(crate) const RUN_COLUMNS: &str = "id, pipeline, env, event_id, trigger, params, status, attempt, worker, started_at, finished_at, error, steps, lane, fence, code";
 
 impl RunRow {
     pub fn into_record(self) -> StateResult<RunRecord> {
@@ -46,6 +47,11 @@ impl RunRow {
             error: self.error,
             lane: self.lane,
             fence: self.fence,
+            code: self
+                .code
+                .map(|c| serde_json::from_str(&c))
+                .transpose()
+                .map_err(|e| StateError::Corrupt(format!("run code: {e}")))?,
         })
     }
 
@@ -67,6 +73,7 @@ impl RunRow {
             steps: crate::secret::redact(&json(&run.steps)?),
             lane: run.lane.clone(),
             fence: run.fence,
+            code: run.code.as_ref().map(|c| json(c)).transpose()?,
         })
     }
 }

@@ -65,6 +65,7 @@ CREATE TABLE kv_history (key TEXT NOT NULL, value TEXT NOT NULL, revision INTEGE
 INSERT INTO kv_history SELECT key, value, revision, updated_at FROM kv;
 "#,
     ),
+    (4, "ALTER TABLE runs ADD COLUMN code TEXT;"),
 ];
 
 /// SQLite's clock in milliseconds since the epoch.
@@ -228,6 +229,7 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         steps: r.get(12)?,
         lane: r.get(13)?,
         fence: r.get(14)?,
+        code: r.get(15)?,
     })
 }
 
@@ -467,10 +469,10 @@ impl StateStore for SqliteState {
         let r = RunRow::from_record(run)?;
         self.with(move |c| {
             c.execute(
-                &format!("INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+                &format!("INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
                 params![
                     r.id, r.pipeline, r.env, r.event_id, r.trigger, r.params, r.status, r.attempt, r.worker,
-                    r.started_at, r.finished_at, r.error, r.steps, r.lane, r.fence
+                    r.started_at, r.finished_at, r.error, r.steps, r.lane, r.fence, r.code
                 ],
             )
             .map(|_| ())

@@ -30,6 +30,7 @@ fn run(id: &str, pipeline: &str, status: RunStatus) -> RunRecord {
         }],
         lane: None,
         fence: None,
+        code: None,
     }
 }
 

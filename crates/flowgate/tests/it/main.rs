@@ -26,6 +26,7 @@ mod oltp_warehouse;
 mod oltp_workers;
 mod params;
 mod postgres_tls;
+mod rerun;
 mod secrets;
 mod tenants;
 mod triggers;

@@ -57,7 +57,7 @@ pub(crate) async fn execute(
     };
     let dir = match &plan.dir {
         Some(d) => inside(ctx, d, &render(d)?, "working directory")?,
-        None => ctx.plan.dir.clone(),
+        None => ctx.plan.code_root().to_path_buf(),
     };
     // Absolute: a relative program path would otherwise be resolved after the
     // child changed into `dir`.
@@ -161,7 +161,8 @@ async fn setup(
     Ok(())
 }
 
-/// `rendered` (from template `t`) as a path in the pipeline's folder: one named
+/// `rendered` (from template `t`) as a path in the pipeline's folder (its kept
+/// files, for a rerun): one named
 /// by run data (a parameter, a routing row) may not leave it.
 fn inside(ctx: &StepContext<'_>, t: &str, rendered: &str, what: &str) -> Result<PathBuf, StepError> {
     let escapes = Path::new(rendered)
@@ -173,7 +174,7 @@ fn inside(ctx: &StepContext<'_>, t: &str, rendered: &str, what: &str) -> Result<
             ctx.step.id
         )));
     }
-    Ok(ctx.plan.dir.join(rendered))
+    Ok(ctx.plan.code_root().join(rendered))
 }
 
 /// The variables of `env_file` and of `secrets`, in that order (secrets win).
