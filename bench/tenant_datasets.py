@@ -43,6 +43,8 @@ def fresh(tool):
     at = DATA / "tenant-datasets" / tool
     shutil.rmtree(at, ignore_errors=True)
     shutil.copytree(EXAMPLE, at, symlinks=True)
+    for env in ("scraper-dev", "scraper-prod"):  # made beforehand, found by prefix
+        (at / "buckets" / env).mkdir(parents=True, exist_ok=True)
     eel = at / "Project" / "EEL-DE"
     eel.mkdir()
     (eel / "tenant.conf").write_text("ROWS=80\n")

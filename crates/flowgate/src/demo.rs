@@ -375,6 +375,11 @@ async fn tenant_datasets(dir: &Path) -> Result<u8> {
             std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755))?;
         }
     }
+    // The environments' buckets, made beforehand as in production; runs find
+    // theirs by prefix.
+    for env in ["scraper-dev", "scraper-prod"] {
+        std::fs::create_dir_all(example.join("buckets").join(env))?;
+    }
     say!("\n== tenant-datasets: staged tenant scripts → timestamped datasets → checks");
     let run = |file: &'static str, params: &'static [(&'static str, &'static str)]| {
         let example = example.clone();

@@ -299,6 +299,14 @@ pub struct StoreSpec {
     /// `etcd+https://` store (relative to the pipeline file), besides the system's.
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// Find the bucket when a run starts: the one bucket whose name starts
+    /// with this (a template, e.g. `"${BUCKET_PREFIX}-{{ params.env | lower }}"`),
+    /// named in templates as `{{ buckets.<store> }}`, the URL included:
+    /// `url = "s3://{{ buckets.bucket }}"` lists the endpoint's buckets,
+    /// `url = "file://./buckets/{{ buckets.bucket }}"` the folders of `./buckets`.
+    /// None or several matching fail the run, naming what there is.
+    #[serde(default)]
+    pub bucket_prefix: Option<String>,
 }
 
 impl StoreSpec {
@@ -315,6 +323,7 @@ impl StoreSpec {
             secret_access_key: None,
             token: None,
             ca_file: None,
+            bucket_prefix: None,
         }
     }
 }

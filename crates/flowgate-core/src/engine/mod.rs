@@ -622,7 +622,9 @@ impl Engine {
         // The run's dataset, resolved once (`LATEST` included) and recorded.
         // A rerun keeps the dataset of the run it continues.
         let pinned = template["trigger"]["dataset"].clone();
+        let buckets = find_buckets(plan, &mut template).await;
         let dataset = match &plan.dataset {
+            _ if buckets.is_err() => buckets,
             None => Ok(()),
             Some(_) if pinned.is_object() => {
                 template["dataset"] = pinned.clone();
@@ -1064,6 +1066,26 @@ fn recorded_params(params: &Value, matrix: &Value, route: Option<&Value>) -> Val
         p.insert("route".into(), route.clone());
     }
     recorded
+}
+
+/// `{{ buckets.<store> }}`: each store's bucket found by its `bucket_prefix`.
+async fn find_buckets(plan: &Plan, template: &mut Value) -> Result<(), StepError> {
+    let mut found = serde_json::Map::new();
+    for (name, spec) in &plan.stores {
+        let Some(prefix) = &spec.bucket_prefix else {
+            continue;
+        };
+        let prefix = crate::template::render(prefix, template)
+            .map_err(|e| StepError::user(format!("the bucket_prefix of store `{name}`: {e}")))?;
+        let bucket = crate::store::buckets::find(name, spec, prefix.trim(), &plan.dir)
+            .await
+            .map_err(|e| StepError::user(e.to_string()))?;
+        found.insert(name.clone(), Value::String(bucket));
+    }
+    if !found.is_empty() {
+        template["buckets"] = Value::Object(found);
+    }
+    Ok(())
 }
 
 /// Whether a step runs, given what happened to the steps it needs and its `when`.

@@ -362,10 +362,21 @@ fn stores(cx: &mut Ctx<'_>) {
                 ),
             );
         }
+        if s.bucket_prefix.is_some() {
+            let before = s.url.split("{{").next().unwrap_or_default();
+            if !s.url.contains(&format!("buckets.{name}"))
+                || !(before == "s3://" || before.starts_with("file://"))
+            {
+                cx.error(
+                    &format!("stores.{name}.url"),
+                    format!("store `{name}` finds its bucket by bucket_prefix, and its URL must say where it goes"),
+                    Some(format!("url = \"s3://{{{{ buckets.{name} }}}}\" (or \"file://DIR/{{{{ buckets.{name} }}}}\")")),
+                );
+            }
+        }
     }
 }
 
-/// `[dataset]`: its store may be written unless the run only reads it.
 /// `pin`: paths inside the pipeline's folder that exist.
 fn pin(cx: &mut Ctx<'_>) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -396,6 +407,7 @@ fn pin(cx: &mut Ctx<'_>) -> Vec<PathBuf> {
     out
 }
 
+/// `[dataset]`: its store may be written unless the run only reads it.
 fn dataset(cx: &mut Ctx<'_>) -> Option<crate::dataset::DatasetPlan> {
     let d = cx.file().dataset.as_ref()?;
     let need = if d.read.is_some() {

@@ -12,6 +12,7 @@ use object_store::{ObjectStore, RetryConfig};
 
 use crate::config::model::{Access, StoreSpec};
 
+pub mod buckets;
 #[cfg(feature = "aws")]
 pub mod server_side;
 

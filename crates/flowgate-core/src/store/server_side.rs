@@ -193,7 +193,7 @@ struct Job<'a> {
     concurrency: usize,
 }
 
-async fn client(s3: &S3Info) -> Client {
+pub(crate) async fn client(s3: &S3Info) -> Client {
     let conf = crate::aws::config(Some(&s3.region), s3.endpoint.as_deref()).await;
     let mut b = aws_sdk_s3::config::Builder::from(&conf).force_path_style(s3.path_style);
     if let (Some(k), Some(s)) = (&s3.access_key_id, &s3.secret_access_key) {

@@ -16,6 +16,10 @@ fn example(to: &Path) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    // The environments' buckets exist beforehand; runs find theirs by prefix.
+    for env in ["scraper-dev", "scraper-prod"] {
+        std::fs::create_dir_all(to.join("buckets").join(env)).unwrap();
+    }
 }
 
 fn fg(dir: &Path, args: &[&str]) -> Ran {
@@ -186,6 +190,85 @@ command = { argv = ["./run_update.sh"], dir = "Project/{{ params.project }}" }
     assert!(
         out.all()
             .contains("the working directory `Project/../lib` leaves the pipeline's folder"),
+        "{}",
+        out.all()
+    );
+}
+
+/// `process` for CAT-BE in PROD, with extra environment variables.
+fn process_prod(d: &Path, env: &[(&str, &str)]) -> Ran {
+    let mut cmd = flowgate(d);
+    cmd.args([
+        "run",
+        "process.toml",
+        "-p",
+        "project=CAT-BE",
+        "-p",
+        "env=PROD",
+    ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
+
+#[test]
+fn the_environments_bucket_is_found_by_its_prefix_on_s3_unless_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    example(d);
+    let root = service_var("FLOWGATE_TEST_S3_ROOT");
+    let endpoint = service_var("FLOWGATE_TEST_S3_ENDPOINT");
+    let prefix = format!("fg-{}", uuid_like());
+    let (prod, dev) = (format!("{prefix}-prod-7f3a"), format!("{prefix}-dev-1b2c"));
+    for b in [&prod, &dev] {
+        std::fs::create_dir_all(Path::new(&root).join(b)).unwrap();
+    }
+    let s3 = [
+        ("BUCKET_ROOT", "s3://"),
+        ("BUCKET_PREFIX", prefix.as_str()),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+    ];
+    let out = process_prod(d, &s3);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let datasets = |bucket: &str| {
+        tree(&Path::new(&root).join(bucket))
+            .iter()
+            .filter(|(p, _)| p.ends_with("3b/rows.csv"))
+            .count()
+    };
+    assert_eq!(datasets(&prod), 1, "one dataset in the PROD bucket");
+    assert!(
+        tree(&Path::new(&root).join(&dev)).is_empty(),
+        "nothing in DEV's"
+    );
+
+    // A second bucket with the prefix: the run fails before any step, naming both.
+    let old = format!("{prefix}-prod-old");
+    std::fs::create_dir_all(Path::new(&root).join(&old)).unwrap();
+    let out = process_prod(d, &s3);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.all().contains(&format!(
+            "2 buckets start with `{prefix}-prod` (`{prod}`, `{old}`); make the prefix longer"
+        )),
+        "{}",
+        out.all()
+    );
+    // Named: that bucket, though others start with its name.
+    let mut named = s3.to_vec();
+    named.push(("S3_BUCKET_NAME", old.as_str()));
+    let out = process_prod(d, &named);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(datasets(&old), 1);
+
+    // Locally, no folder with the prefix: the run says which there are.
+    std::fs::remove_dir_all(d.join("buckets/scraper-prod")).unwrap();
+    let out = process_prod(d, &[]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.all()
+            .contains("no bucket starts with `scraper-prod` (there are `scraper-dev`)"),
         "{}",
         out.all()
     );
