@@ -3,7 +3,9 @@
 # SMTP server (aiosmtpd, storing what it receives in a Maildir), moto (SQS,
 # DynamoDB, S3 event notifications), nginx as an HTTPS receiver that demands
 # client certificates (WebDAV PUT stores the files), etcd and Consul (KV stores to
-# watch; Consul with ACLs on, its management token in FLOWGATE_TEST_CONSUL_TOKEN).
+# watch; Consul with ACLs on, its management token in FLOWGATE_TEST_CONSUL_TOKEN),
+# and Apache Kafka (one KRaft node, broker and controller in one JVM; its jars
+# from Maven Central; `scripts/services.sh kafka-restart` restarts it in place).
 #
 #   scripts/services.sh start     install what is missing (as root), start, print URLs
 #   scripts/services.sh env       print `export VAR=…` lines for the running services
@@ -21,6 +23,7 @@ S3S_VERSION=0.14.1
 # Consul under the MPL (1.17 and later are BSL; 1.15 and 1.16 need submodules under
 # the BSL too), built from the Go module proxy.
 CONSUL_VERSION=v1.14.11
+KAFKA_VERSION=4.4.0
 ENV_FILE="$W/services.env"
 
 say() { echo "services: $*" >&2; }
@@ -72,6 +75,24 @@ ensure_consul() {
     { [ -f go.mod ] || go mod init tmp >/dev/null 2>&1; } &&
     go get "github.com/hashicorp/consul@$CONSUL_VERSION" >&2 &&
     go build -o "$TOOLS/bin/consul" github.com/hashicorp/consul >&2 ) || die "building Consul failed (see above)"
+}
+
+ensure_kafka() {
+  ls "$TOOLS/kafka/lib"/kafka_2.13-*.jar >/dev/null 2>&1 && return 0
+  command -v java >/dev/null || apt_install "Java 17 (for the Apache Kafka broker)" openjdk-17-jre-headless
+  command -v mvn >/dev/null || apt_install "Maven (it fetches the Apache Kafka jars)" maven
+  say "fetching Apache Kafka $KAFKA_VERSION's jars from Maven Central into $TOOLS/kafka (once)"
+  mkdir -p "$TOOLS/kafka"
+  cat >"$TOOLS/kafka/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>
+  <groupId>local</groupId><artifactId>flowgate-test-kafka</artifactId><version>1</version><packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-simple</artifactId><version>2.0.17</version></dependency>
+  </dependencies></project>
+POM
+  ( cd "$TOOLS/kafka" && mvn -q -B org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory=lib >&2 ) || die "fetching Apache Kafka's jars failed (see above)"
 }
 
 ensure_venv() {
@@ -317,6 +338,72 @@ ENV
   say "Consul on consul://127.0.0.1:$http and consul+https://127.0.0.1:$https (ACLs on; token in FLOWGATE_TEST_CONSUL_TOKEN)"
 }
 
+KAFKA_JAVA_OPTS="-Xms128m -Xmx512m -XX:+UseSerialGC -Djava.awt.headless=true -Dslf4j.provider=org.slf4j.simple.SimpleServiceProvider -Dorg.slf4j.simpleLogger.defaultLogLevel=warn"
+
+# The broker of $W/kafka (configured and formatted by start_kafka).
+run_kafka() {
+  local port; port=$(cut -d' ' -f1 "$W/kafka/ports")
+  # shellcheck disable=SC2086
+  nohup java $KAFKA_JAVA_OPTS -cp "$TOOLS/kafka/lib/*" kafka.Kafka "$W/kafka/server.properties" >>"$W/kafka.log" 2>&1 &
+  echo $! >"$W/kafka.pid"
+  for _ in $(seq 1 600); do
+    (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    kill -0 "$(cat "$W/kafka.pid")" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -30 "$W/kafka.log" >&2
+  die "Kafka did not start listening on 127.0.0.1:$port; see $W/kafka.log"
+}
+
+stop_kafka() {
+  [ -f "$W/kafka.pid" ] || return 0
+  local pid; pid=$(cat "$W/kafka.pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$W/kafka.pid"
+}
+
+start_kafka() {
+  local port cport; port=$(free_port); cport=$(free_port)
+  rm -rf "$W/kafka"; mkdir -p "$W/kafka"
+  echo "$port $cport" >"$W/kafka/ports"
+  cat >"$W/kafka/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$W/kafka/data
+num.partitions=1
+num.network.threads=2
+num.io.threads=2
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.cleaner.dedupe.buffer.size=8388608
+PROPS
+  local cluster
+  # shellcheck disable=SC2086
+  cluster=$(java $KAFKA_JAVA_OPTS -cp "$TOOLS/kafka/lib/*" kafka.tools.StorageTool random-uuid)
+  # shellcheck disable=SC2086
+  java $KAFKA_JAVA_OPTS -cp "$TOOLS/kafka/lib/*" kafka.tools.StorageTool format -t "$cluster" \
+    -c "$W/kafka/server.properties" >>"$W/kafka.log" 2>&1 || die "formatting Kafka's storage failed; see $W/kafka.log"
+  run_kafka
+  cat >>"$ENV_FILE" <<ENV
+export FLOWGATE_TEST_KAFKA_BOOTSTRAP=127.0.0.1:$port
+ENV
+  say "Apache Kafka $KAFKA_VERSION on 127.0.0.1:$port (KRaft, one node)"
+}
+
 stop() {
   if [ -f "$W/nginx/nginx.pid" ]; then kill "$(cat "$W/nginx/nginx.pid")" 2>/dev/null || true; rm -f "$W/nginx/nginx.pid"; fi
   if [ -f "$W/moto.pid" ]; then kill "$(cat "$W/moto.pid")" 2>/dev/null || true; rm -f "$W/moto.pid"; fi
@@ -324,6 +411,7 @@ stop() {
   if [ -f "$W/s3s.pid" ]; then kill "$(cat "$W/s3s.pid")" 2>/dev/null || true; rm -f "$W/s3s.pid"; fi
   if [ -f "$W/etcd.pid" ]; then kill "$(cat "$W/etcd.pid")" 2>/dev/null || true; rm -f "$W/etcd.pid"; fi
   if [ -f "$W/consul.pid" ]; then kill "$(cat "$W/consul.pid")" 2>/dev/null || true; rm -f "$W/consul.pid"; fi
+  stop_kafka
   if [ -f "$W/pg.pid" ]; then
     kill -INT "$(cat "$W/pg.pid")" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$(cat "$W/pg.pid")" 2>/dev/null || break; sleep 0.1; done
@@ -331,7 +419,7 @@ stop() {
   fi
   # The tests' databases and buckets: gigabytes after a full run, and each start
   # begins empty anyway.
-  rm -rf "$W/pg/data" "$W/s3"
+  rm -rf "$W/pg/data" "$W/s3" "$W/kafka"
   rm -f "$ENV_FILE"
 }
 
@@ -345,6 +433,7 @@ case "${1:-}" in
     ensure_nginx
     ensure_etcd
     ensure_consul
+    ensure_kafka
     : >"$ENV_FILE"
     make_tls
     start_postgres
@@ -354,6 +443,7 @@ case "${1:-}" in
     start_nginx
     start_etcd
     start_consul
+    start_kafka
     cat "$ENV_FILE"
     ;;
   env)
@@ -361,5 +451,11 @@ case "${1:-}" in
     cat "$ENV_FILE"
     ;;
   stop) stop ;;
-  *) echo "usage: scripts/services.sh start|env|stop" >&2; exit 2 ;;
+  kafka-restart)
+    # A broker restart mid-test: the same data, the same port.
+    [ -f "$W/kafka/ports" ] || die "Kafka is not running; run: scripts/services.sh start"
+    stop_kafka
+    run_kafka
+    ;;
+  *) echo "usage: scripts/services.sh start|env|stop|kafka-restart" >&2; exit 2 ;;
 esac
