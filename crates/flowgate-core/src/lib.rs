@@ -27,6 +27,7 @@ pub mod sql;
 pub mod state;
 pub mod steps;
 pub mod store;
+pub mod stream;
 pub mod template;
 pub mod testing;
 pub mod trigger;

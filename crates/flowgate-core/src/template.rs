@@ -11,8 +11,56 @@ fn env() -> &'static Environment<'static> {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.add_filter("strftime", strftime);
         env.add_filter("strip_suffix", strip_suffix);
+        env.add_function("getenv", env_var);
         env
     })
+}
+
+/// The pipeline's `.env` values that `getenv("NAME")` sees after the process
+/// environment (set by whoever loaded the pipeline: `serve`, `validate`).
+fn dotenv() -> &'static std::sync::RwLock<std::collections::HashMap<String, String>> {
+    static DOTENV: OnceLock<std::sync::RwLock<std::collections::HashMap<String, String>>> =
+        OnceLock::new();
+    DOTENV.get_or_init(Default::default)
+}
+
+/// Make the `.env` file at `path` (when there is one) what `getenv()` falls back to.
+pub fn use_dotenv(path: &std::path::Path) -> Result<(), String> {
+    if !path.is_file() {
+        return Ok(());
+    }
+    let iter = dotenvy::from_path_iter(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut map = std::collections::HashMap::new();
+    for item in iter {
+        let (k, v) = item.map_err(|e| format!("{}: {e}", path.display()))?;
+        map.insert(k, v);
+    }
+    if let Ok(mut d) = dotenv().write() {
+        *d = map;
+    }
+    Ok(())
+}
+
+/// `{{ getenv("BQ_TABLE_" ~ params.domain) }}`: a variable of the environment, else
+/// of the pipeline's `.env`; a missing one is an error that names it.
+fn env_var(name: String) -> Result<String, minijinja::Error> {
+    let value = std::env::var(&name)
+        .ok()
+        .or_else(|| dotenv().read().ok().and_then(|d| d.get(&name).cloned()));
+    match value {
+        Some(v) => {
+            if crate::secret::name_looks_secret(&name) {
+                crate::secret::register(&v);
+            }
+            Ok(v)
+        }
+        None => Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!(
+                "the variable `{name}` is not set (neither in the environment nor in the pipeline's .env)"
+            ),
+        )),
+    }
 }
 
 /// `{{ "cat-be-dev" | strip_suffix("-dev") }}` → `cat-be`: the suffix removed

@@ -95,6 +95,10 @@ enum Command {
         /// Pipeline files.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// A parameter, as key=value (repeatable): a `[stream]` is then rendered
+        /// with it, and a variable it needs that is not set is named.
+        #[arg(long = "param", short = 'p', value_parser = parse_kv)]
+        params: Vec<(String, String)>,
         #[arg(long)]
         json: bool,
     },
@@ -131,8 +135,12 @@ enum Command {
     /// Run every trigger of every pipeline in a directory, with an HTTP endpoint
     /// for /health, /metrics and /runs.
     Serve {
-        /// Directory with pipeline files (*.toml, and */pipeline.toml).
+        /// A pipeline file, or a directory of them (*.toml, and */pipeline.toml).
         dir: PathBuf,
+        /// A parameter of the served pipelines' streams, as key=value
+        /// (repeatable), e.g. `--param domain=DELIVERY`.
+        #[arg(long = "param", short = 'p', value_parser = parse_kv)]
+        params: Vec<(String, String)>,
         /// Address of the HTTP endpoint.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
@@ -451,7 +459,16 @@ fn engine(
 
 async fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Validate { paths, json } => Ok(validate(&paths, &cli.env_name, json)),
+        Command::Validate {
+            paths,
+            params,
+            json,
+        } => Ok(validate(
+            &paths,
+            &cli.env_name,
+            &params.into_iter().collect(),
+            json,
+        )),
         Command::Schema => {
             say!(
                 "{}",
@@ -506,9 +523,14 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             }
             Ok(output::outcomes(&outcomes, json))
         }
-        Command::Serve { dir, listen } => {
+        Command::Serve {
+            dir,
+            listen,
+            params,
+        } => {
             crate::serve::serve(
                 &dir,
+                &params.into_iter().collect(),
                 &listen,
                 &cli.state,
                 &cli.env_name,
@@ -891,7 +913,12 @@ async fn continuous_runs(
     Ok(exit::OK)
 }
 
-fn validate(paths: &[PathBuf], env: &Option<String>, json: bool) -> u8 {
+fn validate(
+    paths: &[PathBuf],
+    env: &Option<String>,
+    params: &BTreeMap<String, String>,
+    json: bool,
+) -> u8 {
     let mut all = Vec::new();
     let mut ok = Vec::new();
     for p in paths {
@@ -910,6 +937,20 @@ fn validate(paths: &[PathBuf], env: &Option<String>, json: bool) -> u8 {
                             ));
                         }
                     }
+                }
+                if let Err(e) = flowgate_core::stream::prepare(&plan, params) {
+                    all.push(flowgate_core::config::Diagnostic {
+                        file: plan.file.clone(),
+                        line: 1,
+                        col: 1,
+                        message: flowgate_core::secret::redact(&e.to_string()),
+                        hint: (!params.is_empty()).then(|| {
+                            let given: Vec<String> =
+                                params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                            format!("with {}", given.join(", "))
+                        }),
+                        missing_variable: None,
+                    });
                 }
                 ok.push(plan);
             }

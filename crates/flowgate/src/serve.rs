@@ -18,6 +18,9 @@ use crate::cli::{exit, stop_on_signals};
 
 /// Pipeline files in `dir`: `*.toml` and `*/pipeline.toml`, sorted.
 pub fn pipeline_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    if dir.is_file() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let p = entry?.path();
@@ -36,10 +39,13 @@ struct App {
     state: Arc<dyn StateStore>,
     plans: Arc<Vec<Plan>>,
     engine: Arc<Engine>,
+    /// The consumer groups of the streams served (their `/metrics` labels).
+    streams: Arc<Vec<String>>,
 }
 
 pub async fn serve(
     dir: &Path,
+    params: &std::collections::BTreeMap<String, String>,
     listen: &str,
     state_url: &Option<String>,
     env: &Option<String>,
@@ -77,9 +83,30 @@ pub async fn serve(
         eprintln!("{bad} error(s): fix the pipeline files before serving");
         return Ok(exit::USAGE);
     }
-    let url = state_url
-        .clone()
-        .unwrap_or_else(|| dir.join(".flowgate").join("state.db").display().to_string());
+    // Each stream is checked before anything starts: a missing variable is a
+    // usage error now, not a crash loop later.
+    let mut streams = Vec::new();
+    for p in &plans {
+        match flowgate_core::stream::prepare(p, params) {
+            Ok(Some((r, _))) => streams.push(r.group),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("error: {}: {e}", p.file.display());
+                return Ok(exit::USAGE);
+            }
+        }
+    }
+    let home = if dir.is_file() {
+        dir.parent().unwrap_or(Path::new("."))
+    } else {
+        dir
+    };
+    let url = state_url.clone().unwrap_or_else(|| {
+        home.join(".flowgate")
+            .join("state.db")
+            .display()
+            .to_string()
+    });
     let state = flowgate_core::state::open(&url)
         .await
         .context("opening the state store")?;
@@ -93,6 +120,7 @@ pub async fn serve(
         state: state.clone(),
         plans: Arc::new(plans.clone()),
         engine: engine.clone(),
+        streams: Arc::new(streams),
     };
     let router = Router::new()
         .route("/health", get(health))
@@ -121,6 +149,22 @@ pub async fn serve(
     });
 
     let mut loops = Vec::new();
+    let stream_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for plan in plans.iter().filter(|p| p.stream.is_some()).cloned() {
+        let cancel = engine.cancel.clone();
+        let params = params.clone();
+        let failed = stream_failed.clone();
+        loops.push(tokio::spawn(async move {
+            if let Err(e) = flowgate_core::stream::serve(&plan, &params, cancel.clone()).await {
+                tracing::error!(pipeline = %plan.name, error = %e, "the stream stopped");
+                eprintln!("error: {}", flowgate_core::secret::redact(&e.to_string()));
+                // A stream that cannot go on stops the process (exit 4): its
+                // supervisor (Kubernetes) restarts it.
+                failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                cancel.cancel();
+            }
+        }));
+    }
     for plan in plans {
         let engine = engine.clone();
         loops.push(tokio::spawn(async move {
@@ -133,7 +177,9 @@ pub async fn serve(
         let _ = l.await;
     }
     let _ = http.await;
-    Ok(if engine.cancel.is_cancelled() {
+    Ok(if stream_failed.load(std::sync::atomic::Ordering::SeqCst) {
+        exit::ERROR
+    } else if engine.cancel.is_cancelled() {
         exit::OK
     } else {
         exit::ERROR
@@ -221,6 +267,9 @@ async fn metrics(State(app): State<App>) -> Response {
             "flowgate_last_success_timestamp_seconds{{pipeline=\"{}\"}} {t}\n",
             escape(p)
         ));
+    }
+    if !app.streams.is_empty() {
+        out.push_str(&flowgate_core::stream::metrics::render(&app.streams));
     }
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

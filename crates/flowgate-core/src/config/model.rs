@@ -70,10 +70,90 @@ pub struct PipelineFile {
     /// `node_modules` and `__pycache__` are never kept: a rerun sees today's.
     #[serde(default)]
     pub pin: Vec<String>,
+    /// Continuous consumption while `flowgate serve` runs (see [`StreamSpec`]).
+    #[serde(default)]
+    pub stream: Option<StreamSpec>,
     /// Environment overlays (`[env.prod]`), selected with `--env` or `FLOWGATE_ENV`;
     /// each overlay has the same shape as the file and is merged over it.
     #[serde(default)]
     pub env: BTreeMap<String, serde_json::Value>,
+}
+
+/// A Kafka topic consumed in micro-batches into a PostgreSQL table:
+///
+/// ```toml
+/// [stream]
+/// from = "events"                      # a kafka:// store
+/// topics = ["delivery-events"]
+/// group = "consumer-delivery"
+/// ignore = ["DeliveryPinged"]          # by the event's `type`
+/// to = { store = "warehouse", table = "delivery" }
+/// dead_letter = "dead:delivery"        # store:prefix
+/// ```
+///
+/// Each event's fields go to the table's columns of the same names (the
+/// table's own schema is the contract); `_topic`, `_partition`, `_offset` and
+/// `_event` (the whole event, json/jsonb) columns are filled when the table has
+/// them. An event that is not a JSON object, lacks a `required` field or has a
+/// value its column cannot take goes to the dead letters with the reason and
+/// its (topic, partition, offset). Rows and the consumed offsets are written in
+/// one transaction, so a restart goes on exactly where the table is; Kafka's
+/// group offsets follow after the commit. Every string is a template with
+/// `params` and `getenv("NAME")` (the environment, then the pipeline's `.env`).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSpec {
+    /// The `kafka://host:port[,host:port]` store to consume.
+    pub from: String,
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// The consumer group: instances of one group share the partitions.
+    pub group: String,
+    /// The field holding an event's type (default `type`), or a JSON pointer
+    /// (`/meta/type`).
+    #[serde(default)]
+    pub type_field: Option<String>,
+    /// Event types never written (counted as ignored). An entry may also be a
+    /// JSON list, or a JSON string holding one (`"[\"A\",\"B\"]"`), as a
+    /// `.env` often has it.
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    /// Fields every event must have.
+    #[serde(default)]
+    pub required: Vec<String>,
+    /// Where events are written.
+    pub to: StreamSinkSpec,
+    /// Where events that cannot be written go, as `store:prefix`: one JSON
+    /// object per event at `<prefix>/<topic>/<partition>/<offset>.json`.
+    pub dead_letter: String,
+    /// When a micro-batch is written.
+    #[serde(default)]
+    pub batch: BatchSpec,
+}
+
+/// A stream's table.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSinkSpec {
+    /// A `postgres://` store.
+    pub store: String,
+    /// The table, `schema.table` or `table`.
+    pub table: String,
+}
+
+/// A micro-batch ends at whichever comes first.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    /// Most events (default 10000).
+    #[serde(default)]
+    pub events: Option<usize>,
+    /// Most bytes of event payloads, e.g. `"8MB"` (default 16 MB).
+    #[serde(default)]
+    pub bytes: Option<String>,
+    /// Longest wait for a batch to fill, e.g. `"500ms"` (default 1 s).
+    #[serde(default)]
+    pub wait: Option<String>,
 }
 
 /// A manual-run parameter.

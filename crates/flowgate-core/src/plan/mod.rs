@@ -78,6 +78,8 @@ pub struct Plan {
     pub recipients: BTreeMap<String, RecipientPlan>,
     /// Names of the file's `[env.NAME]` overlays.
     pub environments: Vec<String>,
+    /// Continuous consumption while served (`[stream]`).
+    pub stream: Option<crate::stream::StreamPlan>,
     /// What each run keeps of its files (`pin`), relative to `dir`.
     pub pin: Vec<PathBuf>,
     /// Where command steps find their files when not in `dir`: the files an
@@ -276,6 +278,7 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
     }
     let dataset = dataset(&mut cx);
     let pin = pin(&mut cx);
+    let stream = stream(&mut cx);
     for (k, p) in &f.params {
         if RECORDED_BESIDE_PARAMS.contains(&k.as_str()) {
             cx.key_error(
@@ -321,6 +324,7 @@ pub fn build(loaded: &Loaded) -> Result<Plan, Vec<Diagnostic>> {
         environments: f.env.keys().cloned().collect(),
         pin,
         code_dir: None,
+        stream,
     })
 }
 
@@ -351,6 +355,7 @@ fn stores(cx: &mut Ctx<'_>) {
             );
         }
         if !is_object_store_url(&s.url)
+            && !crate::stream::is_kafka_url(&s.url)
             && !crate::sql::is_sql_url(&s.url)
             && !crate::connect::kv::is_kv_url(&s.url)
         {
@@ -358,7 +363,7 @@ fn stores(cx: &mut Ctx<'_>) {
                 &format!("stores.{name}.url"),
                 format!("store `{name}`: `{}` is not a supported URL", s.url),
                 Some(
-                    "use file://, s3://, gs://, az://, memory://, postgres://, sqlite://, consul:// or etcd://".into(),
+                    "use file://, s3://, gs://, az://, memory://, postgres://, sqlite://, consul://, etcd:// or kafka://".into(),
                 ),
             );
         }
@@ -375,6 +380,91 @@ fn stores(cx: &mut Ctx<'_>) {
             }
         }
     }
+}
+
+/// `[stream]`: a Kafka store, a PostgreSQL table it may write, a dead-letter
+/// location it may write, templates that compile, batch sizes that parse.
+fn stream(cx: &mut Ctx<'_>) -> Option<crate::stream::StreamPlan> {
+    let s = cx.file().stream.as_ref()?;
+    let url = |cx: &Ctx<'_>, name: &str| cx.file().stores.get(name).map(|st| st.url.clone());
+    match url(cx, &s.from) {
+        Some(u) if crate::stream::is_kafka_url(&u) => {}
+        Some(_) => cx.error(
+            "stream.from",
+            format!(
+                "store `{}` is not a Kafka store (kafka://host:port)",
+                s.from
+            ),
+            None,
+        ),
+        None => {
+            cx.store_ref("stream.from", &s.from, Access::Read, "the stream");
+        }
+    }
+    if cx.store_ref("stream.to.store", &s.to.store, Access::Write, "the stream")
+        && !url(cx, &s.to.store).is_some_and(|u| u.starts_with("postgres"))
+    {
+        cx.error(
+            "stream.to.store",
+            format!("store `{}` is not PostgreSQL (postgres://…)", s.to.store),
+            None,
+        );
+    }
+    cx.kind_is(
+        "stream.dead_letter",
+        &s.dead_letter,
+        false,
+        "the stream's dead letters",
+    );
+    let dead_letter = cx.location(
+        "stream.dead_letter",
+        &s.dead_letter,
+        Access::Write,
+        "the stream's dead letters",
+    );
+    let templates = [("stream.group", &s.group), ("stream.to.table", &s.to.table)]
+        .into_iter()
+        .chain(s.topics.iter().map(|t| ("stream.topics", t)))
+        .chain(s.ignore.iter().map(|t| ("stream.ignore", t)));
+    for (at, t) in templates {
+        if let Err(e) = crate::template::check(t) {
+            cx.error(at, format!("not a template: {e}"), None);
+        }
+    }
+    if s.topics.is_empty() {
+        cx.error("stream.topics", "a stream needs at least one topic", None);
+    }
+    let mut parsed =
+        |at: &str, v: &Option<String>, default: &str, f: fn(&str) -> Result<u64, String>| match f(v
+            .as_deref()
+            .unwrap_or(default))
+        {
+            Ok(n) if n > 0 => n,
+            Ok(_) => {
+                cx.error(at, "must be more than zero", None);
+                1
+            }
+            Err(e) => {
+                cx.error(at, e, None);
+                1
+            }
+        };
+    let batch_bytes = parsed(
+        "stream.batch.bytes",
+        &s.batch.bytes,
+        "16MB",
+        crate::units::parse_size,
+    );
+    let wait_ms = parsed("stream.batch.wait", &s.batch.wait, "1s", |t| {
+        crate::units::parse_duration(t).map(|d| d.as_millis() as u64)
+    });
+    Some(crate::stream::StreamPlan {
+        spec: s.clone(),
+        dead_letter: dead_letter?,
+        batch_events: s.batch.events.unwrap_or(10_000).max(1),
+        batch_bytes,
+        batch_wait: Duration::from_millis(wait_ms),
+    })
 }
 
 /// `pin`: paths inside the pipeline's folder that exist.

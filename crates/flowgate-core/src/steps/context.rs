@@ -100,7 +100,9 @@ impl Stores {
         let mut unavailable = HashMap::new();
         // SQL stores are opened by the steps that use them, KV stores by triggers.
         for (name, spec) in plan.stores.iter().filter(|(_, s)| {
-            !crate::sql::is_sql_url(&s.url) && !crate::connect::kv::is_kv_url(&s.url)
+            !crate::sql::is_sql_url(&s.url)
+                && !crate::connect::kv::is_kv_url(&s.url)
+                && !crate::stream::is_kafka_url(&s.url)
         }) {
             let rendered;
             let spec = if spec.url.contains("{{") {

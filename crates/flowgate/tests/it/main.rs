@@ -28,6 +28,7 @@ mod params;
 mod postgres_tls;
 mod rerun;
 mod secrets;
+mod stream;
 mod tenants;
 mod triggers;
 mod validate;

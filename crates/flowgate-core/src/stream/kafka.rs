@@ -1,0 +1,200 @@
+//! The Kafka side of a stream: a consumer in its group (librdkafka through
+//! rdkafka), micro-batches by count, bytes and time, each written by the sink
+//! before the group's offsets move.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::StreamMetrics;
+use super::sink::{DeadLetters, Message, PgSink, Written};
+use super::{Rendered, StreamError, StreamPlan};
+use crate::plan::Plan;
+
+/// The consumer of `r`: offsets stored and committed by flowgate only.
+pub fn consumer(r: &Rendered) -> Result<StreamConsumer, StreamError> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &r.bootstrap)
+        .set("group.id", &r.group)
+        .set("client.id", format!("flowgate-{}", r.group))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        // Heartbeats come from librdkafka's own thread, whatever a batch write
+        // takes, so a short session loses little time when an instance dies.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .create()
+        .map_err(|e| {
+            StreamError::Kafka(format!("creating the consumer for {}: {e}", r.bootstrap))
+        })?;
+    let topics: Vec<&str> = r.topics.iter().map(String::as_str).collect();
+    c.subscribe(&topics)
+        .map_err(|e| StreamError::Kafka(format!("subscribing to {}: {e}", r.topics.join(", "))))?;
+    Ok(c)
+}
+
+/// Consume until `cancel`: batch, write, then commit. A batch the sink cannot
+/// write yet is written again (same events, same offsets) until it can.
+pub async fn run(
+    plan: &Plan,
+    stream: &StreamPlan,
+    r: &Rendered,
+    dead: DeadLetters,
+    metrics: Arc<StreamMetrics>,
+    cancel: CancellationToken,
+) -> Result<(), StreamError> {
+    let mut sink = PgSink::open(&r.sink_url, &r.table).await?;
+    let consumer = consumer(r)?;
+    tracing::info!(pipeline = %plan.name, group = %r.group, topics = %r.topics.join(","), table = %r.table, "stream consuming");
+    let mut lag_at = Instant::now() - LAG_EVERY;
+    loop {
+        let Some(batch) = next_batch(&consumer, stream, &metrics, &cancel).await else {
+            break;
+        };
+        let started = Instant::now();
+        let written = write_until_done(&mut sink, &batch, r, &dead, &cancel).await?;
+        let Some(written) = written else { break };
+        count(&metrics, &written, started);
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &written.next {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+                tracing::warn!(error = %e, "an offset to commit");
+            }
+        }
+        crate::testing::crash_point("stream-after-commit");
+        if lag_at.elapsed() >= LAG_EVERY {
+            lag_at = Instant::now();
+            measure_lag(&consumer, &written, &metrics);
+        }
+        // The table holds the truth; Kafka's offsets only say where to start
+        // reading. After a rebalance this instance may no longer own a
+        // partition, and the commit is refused: the new owner reads from the
+        // last committed offset and leaves out what the table has.
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "committing offsets to Kafka");
+        }
+        tracing::debug!(
+            rows = written.rows,
+            ignored = written.ignored,
+            dead = written.dead,
+            "batch written"
+        );
+    }
+    tracing::info!(pipeline = %plan.name, group = %r.group, "stream stopped");
+    Ok(())
+}
+
+/// How often the lag is measured (a broker round trip per partition).
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// Events behind the high watermark of each partition the batch wrote.
+fn measure_lag(consumer: &StreamConsumer, written: &Written, metrics: &StreamMetrics) {
+    tokio::task::block_in_place(|| {
+        for ((topic, partition), next) in &written.next {
+            if let Ok((_, high)) =
+                consumer.fetch_watermarks(topic, *partition, Duration::from_millis(500))
+                && let Ok(mut lag) = metrics.lag.lock()
+            {
+                lag.insert((topic.clone(), *partition), (high - next).max(0));
+            }
+        }
+    });
+}
+
+fn count(m: &StreamMetrics, w: &Written, started: Instant) {
+    m.written.fetch_add(w.rows, Ordering::Relaxed);
+    m.ignored.fetch_add(w.ignored, Ordering::Relaxed);
+    m.dead.fetch_add(w.dead, Ordering::Relaxed);
+    m.seen_before.fetch_add(w.seen_before, Ordering::Relaxed);
+    m.batches.fetch_add(1, Ordering::Relaxed);
+    m.batch_micros
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+}
+
+/// The next micro-batch: it starts with the next event and ends at the count,
+/// the bytes or the wait; `None` when cancelled before one began.
+async fn next_batch(
+    consumer: &StreamConsumer,
+    stream: &StreamPlan,
+    metrics: &StreamMetrics,
+    cancel: &CancellationToken,
+) -> Option<Vec<Message>> {
+    let mut batch = Vec::new();
+    let mut bytes = 0u64;
+    let mut deadline = None;
+    while batch.len() < stream.batch_events && bytes < stream.batch_bytes {
+        let received = match deadline {
+            None => tokio::select! {
+                _ = cancel.cancelled() => return None,
+                m = consumer.recv() => m,
+            },
+            Some(d) => match tokio::time::timeout_at(d, consumer.recv()).await {
+                Ok(m) => m,
+                Err(_) => break,
+            },
+        };
+        match received {
+            Ok(m) => {
+                let payload = m.payload().map(<[u8]>::to_vec);
+                bytes += payload.as_ref().map_or(0, |p| p.len() as u64);
+                batch.push(Message {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload,
+                });
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + stream.batch_wait);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka");
+                if batch.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+    metrics.bytes.fetch_add(bytes, Ordering::Relaxed);
+    Some(batch)
+}
+
+/// Write `batch`, again and again while the sink fails (reconnecting), until it
+/// is written or `cancel` (then `None`: nothing of it is committed anywhere).
+async fn write_until_done(
+    sink: &mut PgSink,
+    batch: &[Message],
+    r: &Rendered,
+    dead: &DeadLetters,
+    cancel: &CancellationToken,
+) -> Result<Option<Written>, StreamError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match sink.write(batch, r, dead).await {
+            Ok(w) => return Ok(Some(w)),
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?delay, "writing a batch; it is written again")
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+        if sink.is_closed() {
+            match PgSink::open(&r.sink_url, &r.table).await {
+                Ok(s) => *sink = s,
+                Err(e) => tracing::error!(error = %e, "reconnecting to the table"),
+            }
+        }
+    }
+}

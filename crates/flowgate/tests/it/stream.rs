@@ -1,0 +1,392 @@
+//! The event-consumer: Kafka topics (Apache Kafka, one KRaft node) into
+//! PostgreSQL through `flowgate serve FILE --param domain=…`, with the team's
+//! `.env` as it is.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+use crate::common::*;
+
+fn bootstrap() -> String {
+    service_var("FLOWGATE_TEST_KAFKA_BOOTSTRAP")
+}
+
+fn create_topic(name: &str, partitions: i32) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .create()
+            .unwrap();
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let res = admin
+            .create_topics([&topic], &AdminOptions::new())
+            .await
+            .unwrap();
+        for r in res {
+            r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+        }
+    });
+}
+
+/// Send `events` (key, value) to `topic`, all acknowledged.
+fn produce(topic: &str, events: &[(String, Vec<u8>)]) {
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    for (k, v) in events {
+        let mut record = BaseRecord::to(topic).key(k.as_str()).payload(v.as_slice());
+        loop {
+            match p.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// A copy of examples/event-consumer with a `.env` in the team's format for
+/// two domains, on this test's topics, groups and tables.
+fn example(d: &Path, run: &str) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/event-consumer/event-consumer.toml");
+    std::fs::copy(src, d.join("event-consumer.toml")).unwrap();
+    let b = bootstrap();
+    write(
+        &d.join(".env"),
+        format!(
+            r#"WRITE_ENV=dev
+KAFKA_PROD1={b}
+KAFKA_UAT={b}
+BQ_TABLE_DELIVERY=warehouse-dev.events.delivery_{run}
+TOPIC_DELIVERY=delivery-{run}
+IMPORT_PATH_DELIVERY=contracts/delivery.json
+IGNORE_EVENTS_DELIVERY='"[\"DeliveryPinged\", \"DeliveryViewed\"]"'
+CONSUME_ENV_DELIVERY=prod1
+GROUP_ID_DELIVERY=consumer-delivery-{run}
+BQ_TABLE_ORDERS=warehouse-dev.events.orders_{run}
+TOPIC_ORDERS=orders-{run}
+IGNORE_EVENTS_ORDERS='"[\"OrderViewed\"]"'
+CONSUME_ENV_ORDERS=uat
+GROUP_ID_ORDERS=consumer-orders-{run}
+"#
+        )
+        .as_bytes(),
+    );
+}
+
+fn table(pg: &Pg, name: &str) {
+    pg.exec(&format!(
+        "CREATE TABLE {name} (id bigint NOT NULL, type text, amount numeric, occurred_at timestamptz, \
+         received_at timestamptz DEFAULT now(), _topic text, _partition int, _offset bigint, _event jsonb)"
+    ));
+}
+
+fn serve(d: &Path, pg: &Pg, domain: &str, port: u16, extra: &[(&str, &str)]) -> Serve {
+    let mut cmd = flowgate(d);
+    cmd.args([
+        "serve",
+        "event-consumer.toml",
+        "--param",
+        &format!("domain={domain}"),
+    ])
+    .args(["--listen", &format!("127.0.0.1:{port}")])
+    .env("DATABASE_URL", &pg.url)
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(d.join(format!("serve-{domain}-{port}.log"))).unwrap());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    Serve(cmd.spawn().unwrap())
+}
+
+fn count(pg: &Pg, sql: &str) -> u64 {
+    pg.rows(sql)[0][0]
+        .as_deref()
+        .unwrap_or("0")
+        .parse()
+        .unwrap()
+}
+
+fn event(id: u64, kind: &str) -> (String, Vec<u8>) {
+    (
+        format!("k{}", id % 7),
+        serde_json::json!({"id": id, "type": kind, "amount": format!("{}.50", id), "occurred_at": "2026-12-04T10:00:00Z", "extra": {"n": id}})
+            .to_string()
+            .into_bytes(),
+    )
+}
+
+#[test]
+fn two_domains_from_one_env_file_into_two_tables_ignored_types_dropped_poison_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = uuid_like();
+    example(d, &run);
+    let pg = Pg::new();
+    table(&pg, &format!("delivery_{run}"));
+    table(&pg, &format!("orders_{run}"));
+    create_topic(&format!("delivery-{run}"), 1);
+    create_topic(&format!("orders-{run}"), 1);
+
+    let kinds = [
+        "DeliveryMade",
+        "DeliveryPinged",
+        "DeliveryShipped",
+        "DeliveryViewed",
+    ];
+    let mut delivery: Vec<_> = (1..=100)
+        .map(|i| event(i, kinds[(i % 4) as usize]))
+        .collect();
+    // Offsets 100 and 101: not JSON, and an id its column cannot take.
+    delivery.push(("bad".into(), b"{not json".to_vec()));
+    delivery.push((
+        "bad".into(),
+        br#"{"id": "abc", "type": "DeliveryMade"}"#.to_vec(),
+    ));
+    produce(&format!("delivery-{run}"), &delivery);
+    let orders: Vec<_> = (1..=50)
+        .map(|i| {
+            event(
+                i,
+                if i % 2 == 0 {
+                    "OrderViewed"
+                } else {
+                    "OrderPlaced"
+                },
+            )
+        })
+        .collect();
+    produce(&format!("orders-{run}"), &orders);
+
+    let (p1, p2) = (free_port(), free_port());
+    let _a = serve(d, &pg, "DELIVERY", p1, &[]);
+    let _b = serve(d, &pg, "ORDERS", p2, &[]);
+    let delivered = format!("SELECT count(*) FROM delivery_{run}");
+    let ordered = format!("SELECT count(*) FROM orders_{run}");
+    wait_for("both tables", 60, || {
+        count(&pg, &delivered) == 50 && count(&pg, &ordered) == 25
+    });
+    // The ignored types never reached a table.
+    assert_eq!(
+        count(
+            &pg,
+            &format!(
+                "SELECT count(*) FROM delivery_{run} WHERE type IN ('DeliveryPinged', 'DeliveryViewed')"
+            )
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &pg,
+            &format!("SELECT count(*) FROM orders_{run} WHERE type <> 'OrderPlaced'")
+        ),
+        0
+    );
+    // Fields went to their columns, the metadata and the whole event too;
+    // a column with a default kept it.
+    let row = pg.rows(&format!(
+        "SELECT amount, _offset, _event->'extra'->>'n', received_at IS NOT NULL FROM delivery_{run} WHERE id = 2"
+    ));
+    assert_eq!(
+        row[0],
+        [
+            Some("2.50".into()),
+            Some("1".into()),
+            Some("2".into()),
+            Some("t".into())
+        ]
+    );
+
+    // The two poison events, each with its offset and reason.
+    let dead = d.join(format!("dead-letters/delivery/delivery-{run}/0"));
+    let letter = |offset: u64| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dead.join(format!("{offset}.json"))).unwrap())
+            .unwrap()
+    };
+    wait_for("the dead letters", 10, || dead.join("101.json").exists());
+    assert_eq!(letter(100)["offset"], 100);
+    assert_eq!(letter(100)["value"], "{not json");
+    assert!(
+        letter(100)["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("not JSON"),
+        "{}",
+        letter(100)
+    );
+    assert!(
+        letter(101)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the field `id`"),
+        "{}",
+        letter(101)
+    );
+    assert_eq!(std::fs::read_dir(&dead).unwrap().count(), 2);
+
+    let (_, metrics) = http(p1, "GET", "/metrics", None);
+    let group = format!("consumer-delivery-{run}");
+    for (metric, n) in [("written", 50), ("ignored", 50), ("dead_lettered", 2)] {
+        let line = format!("flowgate_stream_events_{metric}_total{{stream=\"{group}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+}
+
+#[test]
+fn validate_names_the_variable_a_domain_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    example(d, "v");
+    let text = std::fs::read_to_string(d.join(".env")).unwrap();
+    write(
+        &d.join(".env"),
+        text.replace("GROUP_ID_ORDERS=consumer-orders-v\n", "")
+            .as_bytes(),
+    );
+    let check = |domain: &str| {
+        run(flowgate(d)
+            .args([
+                "validate",
+                "event-consumer.toml",
+                "--param",
+                &format!("domain={domain}"),
+            ])
+            .env("DATABASE_URL", "postgres://u:secret-pw@127.0.0.1:1/db"))
+    };
+    let ok = check("DELIVERY");
+    assert_eq!(ok.code, 0, "{}", ok.all());
+    let out = check("ORDERS");
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("the variable `GROUP_ID_ORDERS` is not set"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("with domain=ORDERS"), "{}", out.stderr);
+    assert!(!out.all().contains("secret-pw"), "{}", out.all());
+    // serve refuses to start the same way (a usage error, not a crash loop).
+    let out = run(flowgate(d)
+        .args([
+            "serve",
+            "event-consumer.toml",
+            "--param",
+            "domain=ORDERS",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("DATABASE_URL", "postgres://u:secret-pw@127.0.0.1:1/db"));
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stderr.contains("GROUP_ID_ORDERS"), "{}", out.stderr);
+}
+
+/// SIGKILL at 20 seeded points while a 3-partition topic is consumed (three
+/// of them just before or just after the table's commit), a broker restart, and two
+/// instances of one group sharing (and re-sharing) the partitions: every
+/// event is in the table exactly once.
+#[test]
+fn kills_a_broker_restart_and_rebalances_leave_every_event_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = uuid_like();
+    example(d, &run);
+    let toml = std::fs::read_to_string(d.join("event-consumer.toml")).unwrap();
+    write(
+        &d.join("event-consumer.toml"),
+        toml.replace(
+            "batch = { events = 5000, bytes = \"8MB\", wait = \"500ms\" }",
+            "batch = { events = 400, wait = \"50ms\" }",
+        )
+        .as_bytes(),
+    );
+    let pg = Pg::new();
+    table(&pg, &format!("delivery_{run}"));
+    let topic = format!("delivery-{run}");
+    create_topic(&topic, 3);
+    const N: u64 = 30_000;
+    const CASES: u64 = 20;
+    let events: Vec<_> = (1..=N).map(|i| event(i, "DeliveryMade")).collect();
+    let rows = format!("SELECT count(*) FROM delivery_{run}");
+    let mut next = seeded(0x5eed_0016);
+    let chunk = (N / CASES) as usize;
+    for case in 0..CASES as usize {
+        produce(&topic, &events[case * chunk..(case + 1) * chunk]);
+        let before = count(&pg, &rows);
+        // Dying just before the table's commit, and just after it (before
+        // Kafka's): the batch is read again, and written once.
+        let crash = match case {
+            3 => vec![("FLOWGATE_TEST_CRASH_AT", "stream-before-commit")],
+            5 | 12 => vec![("FLOWGATE_TEST_CRASH_AT", "stream-after-commit")],
+            _ => vec![],
+        };
+        let mut a = serve(d, &pg, "DELIVERY", free_port(), &crash);
+        if crash.is_empty() {
+            wait_for("progress", 60, || count(&pg, &rows) > before);
+        } else {
+            wait_for("the crash point", 60, || a.0.try_wait().unwrap().is_some());
+        }
+        // Every other case a second instance of the group joins while the
+        // first has a batch in flight: a rebalance moves partitions under it.
+        let b = (case % 2 == 1).then(|| serve(d, &pg, "DELIVERY", free_port(), &[]));
+        if case == 7 {
+            restart_broker();
+        }
+        std::thread::sleep(Duration::from_millis(next(400)));
+        let _ = a.0.kill();
+        let _ = a.0.wait();
+        if b.is_some() {
+            std::thread::sleep(Duration::from_millis(next(2000)));
+        }
+        drop(b);
+    }
+    let _last = serve(d, &pg, "DELIVERY", free_port(), &[]);
+    let distinct = format!("SELECT count(DISTINCT id) FROM delivery_{run}");
+    wait_for("every event", 120, || count(&pg, &distinct) >= N);
+    std::thread::sleep(Duration::from_secs(2));
+    let stats = pg.rows(&format!(
+        "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM delivery_{run}"
+    ));
+    assert_eq!(
+        stats[0],
+        [
+            Some(N.to_string()),
+            Some(N.to_string()),
+            Some("1".into()),
+            Some(N.to_string())
+        ],
+        "every event once"
+    );
+    // In each partition, offsets in the order written.
+    let gaps = count(
+        &pg,
+        &format!(
+            "SELECT count(*) FROM (SELECT _offset - lag(_offset) OVER (PARTITION BY _partition ORDER BY _offset) AS step FROM delivery_{run}) s WHERE step <> 1"
+        ),
+    );
+    assert_eq!(gaps, 0, "no offset missing or twice in any partition");
+}
+
+fn restart_broker() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services.sh");
+    let out = Command::new(script).arg("kafka-restart").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
