@@ -24,6 +24,8 @@ S3S_VERSION=0.14.1
 # the BSL too), built from the Go module proxy.
 CONSUL_VERSION=v1.14.11
 KAFKA_VERSION=4.4.0
+# helm renders and lints the chart in the tests; built from the Go module proxy.
+HELM_VERSION=v4.3.2
 ENV_FILE="$W/services.env"
 
 say() { echo "services: $*" >&2; }
@@ -77,6 +79,15 @@ ensure_consul() {
     go build -o "$TOOLS/bin/consul" github.com/hashicorp/consul >&2 ) || die "building Consul failed (see above)"
 }
 
+ensure_helm() {
+  [ -x "$TOOLS/bin/helm" ] && return 0
+  command -v go >/dev/null || die "helm is built with Go, which is missing: install Go >= 1.24 (https://go.dev/dl/) and rerun"
+  say "building helm $HELM_VERSION into $TOOLS (go install, once)"
+  mkdir -p "$TOOLS/bin"
+  ( export GOPATH="$HOME/.cache/flowgate/go" GOCACHE="$HOME/.cache/flowgate/go-build" GOBIN="$TOOLS/bin" &&
+    go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION" >&2 ) || die "building helm failed (see above)"
+}
+
 ensure_kafka() {
   ls "$TOOLS/kafka/lib"/kafka_2.13-*.jar >/dev/null 2>&1 && return 0
   command -v java >/dev/null || apt_install "Java 17 (for the Apache Kafka broker)" openjdk-17-jre-headless
@@ -107,9 +118,9 @@ ensure_venv() {
       fi
     fi
   fi
-  "$VENV/bin/python" -c 'import aiosmtpd, moto, boto3' 2>/dev/null && return 0
-  say "installing aiosmtpd, moto[server] and boto3 into $VENV"
-  "$VENV/bin/pip" install -q aiosmtpd "moto[server]>=5,<6" boto3 >&2
+  "$VENV/bin/python" -c 'import aiosmtpd, moto, boto3, yaml' 2>/dev/null && return 0
+  say "installing aiosmtpd, moto[server], boto3 and PyYAML into $VENV"
+  "$VENV/bin/pip" install -q aiosmtpd "moto[server]>=5,<6" boto3 pyyaml >&2
 }
 
 ensure_nginx() {
@@ -149,6 +160,7 @@ start_moto() {
   cat >>"$ENV_FILE" <<ENV
 export FLOWGATE_TEST_MOTO_ENDPOINT=http://127.0.0.1:$port
 export FLOWGATE_TEST_PYTHON=$VENV/bin/python
+export FLOWGATE_TEST_HELM=$TOOLS/bin/helm
 ENV
   say "moto (SQS, DynamoDB, S3 with notifications) on http://127.0.0.1:$port"
 }
@@ -434,6 +446,7 @@ case "${1:-}" in
     ensure_etcd
     ensure_consul
     ensure_kafka
+    ensure_helm
     : >"$ENV_FILE"
     make_tls
     start_postgres

@@ -178,6 +178,15 @@ enum Command {
         #[command(subcommand)]
         command: DatasetsCommand,
     },
+    /// A stream's dead letters: the events its table could not take.
+    #[command(
+        name = "dead-letters",
+        after_help = "Examples:\n  flowgate dead-letters list event-consumer.toml -p domain=DELIVERY\n  flowgate dead-letters replay event-consumer.toml -p domain=DELIVERY --offset 100\n\nA replayed event goes back to its topic (header flowgate-replay-of: topic/partition/offset) and its letter moves under replayed/."
+    )]
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
     /// The state store itself.
     State {
         #[command(subcommand)]
@@ -204,6 +213,34 @@ enum DatasetsCommand {
         name: String,
         #[arg(default_value = "LATEST")]
         version: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLettersCommand {
+    /// The dead letters waiting, by topic, partition and offset, with why.
+    List {
+        /// The pipeline file with the [stream].
+        pipeline: PathBuf,
+        /// Its parameters, as key=value (repeatable), e.g. domain=DELIVERY.
+        #[arg(long = "param", short = 'p', value_parser = parse_kv)]
+        params: Vec<(String, String)>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters back to their topics (all, or those chosen).
+    Replay {
+        pipeline: PathBuf,
+        #[arg(long = "param", short = 'p', value_parser = parse_kv)]
+        params: Vec<(String, String)>,
+        /// Only the letter of this offset.
+        #[arg(long)]
+        offset: Option<i64>,
+        /// Only letters of this topic.
+        #[arg(long)]
+        topic: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -582,8 +619,60 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             command: StateCommand::Prune { older_than, json },
         } => prune(&cli.state, older_than.or(cli.retention.0), json).await,
         Command::Datasets { command } => datasets(&cli.state, command).await,
+        Command::DeadLetters { command } => dead_letters(&cli.env_name, command).await,
         Command::Demo { dir } => crate::demo::run(&dir).await,
     }
+}
+
+/// `flowgate dead-letters list|replay FILE -p k=v`.
+async fn dead_letters(env: &Option<String>, command: DeadLettersCommand) -> Result<u8> {
+    use flowgate_core::stream::letters;
+    let (pipeline, params, only, json) = match &command {
+        DeadLettersCommand::List {
+            pipeline,
+            params,
+            json,
+        } => (pipeline, params, (None, None), *json),
+        DeadLettersCommand::Replay {
+            pipeline,
+            params,
+            offset,
+            topic,
+            json,
+        } => (pipeline, params, (*offset, topic.clone()), *json),
+    };
+    let plan = match plan_or_report(pipeline, env) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let params: BTreeMap<String, String> = params.iter().cloned().collect();
+    let (store, prefix) = match letters::location(&plan, &params) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let mut all = letters::list(&store, &prefix).await?;
+    all.retain(|l| {
+        only.0.is_none_or(|o| l.offset == o) && only.1.as_ref().is_none_or(|t| &l.topic == t)
+    });
+    if let DeadLettersCommand::List { .. } = command {
+        output::dead_letters(&all, json);
+        return Ok(exit::OK);
+    }
+    let Some(Some((r, _))) = flowgate_core::stream::prepare(&plan, &params).ok() else {
+        return Ok(exit::USAGE);
+    };
+    let sent = letters::replay(&r.bootstrap, &store, &prefix, &all).await?;
+    if json {
+        say!("{}", serde_json::json!({ "replayed": sent }));
+    } else {
+        say!(
+            "{sent} dead letter(s) sent back to their topics; their letters moved under replayed/"
+        );
+    }
+    Ok(exit::OK)
 }
 
 /// `flowgate datasets list NAME` and `flowgate datasets show NAME [VERSION]`.

@@ -36,6 +36,33 @@ pub fn init_logging(json: bool, verbose: u8, serving: bool) {
     };
 }
 
+/// `flowgate dead-letters list`.
+pub fn dead_letters(letters: &[flowgate_core::stream::letters::Letter], json: bool) {
+    if json {
+        say!(
+            "{}",
+            redact(&serde_json::to_string_pretty(letters).unwrap_or_default())
+        );
+        return;
+    }
+    say!(
+        "{:<32} {:>9} {:>10}  REASON",
+        "TOPIC",
+        "PARTITION",
+        "OFFSET"
+    );
+    for l in letters {
+        say!(
+            "{:<32} {:>9} {:>10}  {}",
+            l.topic,
+            l.partition,
+            l.offset,
+            redact(&l.reason)
+        );
+    }
+    say!("{} dead letter(s)", letters.len());
+}
+
 /// Progress bars on a terminal: bytes moved by the current step.
 #[derive(Default)]
 pub struct Bars {

@@ -14,6 +14,7 @@
 pub mod decode;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod letters;
 pub mod metrics;
 pub mod sink;
 
@@ -140,6 +141,25 @@ pub fn prepare(
     Ok(Some((rendered, params)))
 }
 
+/// Where the stream `r` (of `plan`, with `params`) keeps its dead letters.
+pub fn dead_letters(
+    plan: &crate::plan::Plan,
+    r: &Rendered,
+    params: &Value,
+) -> Result<sink::DeadLetters, StreamError> {
+    let stores =
+        crate::steps::context::Stores::open(plan, &serde_json::json!({ "params": params }))
+            .map_err(|e| StreamError::DeadLetter(e.message))?;
+    let store = stores
+        .get(&r.dead_letter.store)
+        .map_err(|e| StreamError::DeadLetter(e.message))?
+        .clone();
+    Ok(sink::DeadLetters {
+        store,
+        prefix: r.dead_letter.prefix.clone(),
+    })
+}
+
 /// Consume `plan`'s stream with `params` until `cancel`.
 pub async fn serve(
     plan: &crate::plan::Plan,
@@ -149,17 +169,7 @@ pub async fn serve(
     let (Some(stream), Some((r, params))) = (&plan.stream, prepare(plan, params)?) else {
         return Ok(());
     };
-    let stores =
-        crate::steps::context::Stores::open(plan, &serde_json::json!({ "params": params }))
-            .map_err(|e| StreamError::DeadLetter(e.message))?;
-    let store = stores
-        .get(&r.dead_letter.store)
-        .map_err(|e| StreamError::DeadLetter(e.message))?
-        .clone();
-    let dead = sink::DeadLetters {
-        store,
-        prefix: r.dead_letter.prefix.clone(),
-    };
+    let dead = dead_letters(plan, &r, &params)?;
     let metrics = metrics::of(&r.group);
     #[cfg(feature = "kafka")]
     return kafka::run(plan, stream, &r, dead, metrics, cancel).await;

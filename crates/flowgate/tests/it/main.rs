@@ -16,6 +16,7 @@ mod egress_sqs;
 mod extract;
 mod findings;
 mod freshness;
+mod helm;
 mod journal;
 mod kv;
 mod load;

@@ -139,6 +139,9 @@ fn two_domains_from_one_env_file_into_two_tables_ignored_types_dropped_poison_de
     let pg = Pg::new();
     table(&pg, &format!("delivery_{run}"));
     table(&pg, &format!("orders_{run}"));
+    pg.exec(&format!(
+        "ALTER TABLE delivery_{run} ADD CONSTRAINT positive CHECK (amount >= 0)"
+    ));
     create_topic(&format!("delivery-{run}"), 1);
     create_topic(&format!("orders-{run}"), 1);
 
@@ -151,11 +154,16 @@ fn two_domains_from_one_env_file_into_two_tables_ignored_types_dropped_poison_de
     let mut delivery: Vec<_> = (1..=100)
         .map(|i| event(i, kinds[(i % 4) as usize]))
         .collect();
-    // Offsets 100 and 101: not JSON, and an id its column cannot take.
+    // Offsets 100 to 102: not JSON, an id its column cannot take, an amount
+    // the table's constraint refuses (the rest of its batch is written).
     delivery.push(("bad".into(), b"{not json".to_vec()));
     delivery.push((
         "bad".into(),
         br#"{"id": "abc", "type": "DeliveryMade"}"#.to_vec(),
+    ));
+    delivery.push((
+        "bad".into(),
+        br#"{"id": 500, "type": "DeliveryMade", "amount": "-5"}"#.to_vec(),
     ));
     produce(&format!("delivery-{run}"), &delivery);
     let orders: Vec<_> = (1..=50)
@@ -212,13 +220,13 @@ fn two_domains_from_one_env_file_into_two_tables_ignored_types_dropped_poison_de
         ]
     );
 
-    // The two poison events, each with its offset and reason.
+    // The three poison events, each with its offset and reason.
     let dead = d.join(format!("dead-letters/delivery/delivery-{run}/0"));
     let letter = |offset: u64| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(dead.join(format!("{offset}.json"))).unwrap())
             .unwrap()
     };
-    wait_for("the dead letters", 10, || dead.join("101.json").exists());
+    wait_for("the dead letters", 10, || dead.join("102.json").exists());
     assert_eq!(letter(100)["offset"], 100);
     assert_eq!(letter(100)["value"], "{not json");
     assert!(
@@ -237,11 +245,60 @@ fn two_domains_from_one_env_file_into_two_tables_ignored_types_dropped_poison_de
         "{}",
         letter(101)
     );
-    assert_eq!(std::fs::read_dir(&dead).unwrap().count(), 2);
+    let refused = letter(102)["reason"].as_str().unwrap().to_string();
+    assert!(
+        refused.contains("the table refused it") && refused.contains("positive"),
+        "{refused}"
+    );
+    assert_eq!(std::fs::read_dir(&dead).unwrap().count(), 3);
+    let letters = |verb: &str, extra: &[&str]| {
+        crate::common::run(
+            flowgate(d)
+                .args([
+                    "dead-letters",
+                    verb,
+                    "event-consumer.toml",
+                    "-p",
+                    "domain=DELIVERY",
+                ])
+                .args(extra)
+                .env("DATABASE_URL", &pg.url),
+        )
+    };
+    let listed = letters("list", &["--json"]);
+    assert_eq!(listed.code, 0, "{}", listed.all());
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let offsets: Vec<i64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["offset"].as_i64().unwrap())
+        .collect();
+    assert_eq!(offsets, [100, 101, 102]);
+    // The constraint was wrong: dropped, the refused event is replayed and written.
+    pg.exec(&format!(
+        "ALTER TABLE delivery_{run} DROP CONSTRAINT positive"
+    ));
+    let replay = letters("replay", &["--offset", "102"]);
+    assert_eq!(replay.code, 0, "{}", replay.all());
+    assert!(
+        replay.stdout.contains("1 dead letter(s) sent back"),
+        "{}",
+        replay.stdout
+    );
+    let replayed = format!("SELECT count(*) FROM delivery_{run} WHERE id = 500 AND amount = -5");
+    wait_for("the replayed event", 30, || count(&pg, &replayed) == 1);
+    assert!(!dead.join("102.json").exists());
+    assert!(
+        d.join(format!(
+            "dead-letters/delivery/replayed/delivery-{run}/0/102.json"
+        ))
+        .exists()
+    );
 
     let (_, metrics) = http(p1, "GET", "/metrics", None);
     let group = format!("consumer-delivery-{run}");
-    for (metric, n) in [("written", 50), ("ignored", 50), ("dead_lettered", 2)] {
+    for (metric, n) in [("written", 51), ("ignored", 50), ("dead_lettered", 3)] {
         let line = format!("flowgate_stream_events_{metric}_total{{stream=\"{group}\"}} {n}");
         assert!(metrics.contains(&line), "{line} in:\n{metrics}");
     }
