@@ -7,13 +7,14 @@
 #                                   [--repeat N] [--fresh-runs N] [--fresh-seconds S]
 #   scripts/bench.sh data-egress [--total-mb N] [--objects N] [--repeat N]
 #   scripts/bench.sh tenant-datasets [--repeat N]
+#   scripts/bench.sh event-consumer [--events N] [--repeat N]
 #
 # Each cell is the median of --repeat runs (default 5), tools in rotating order.
 #
 # Peers come from PyPI into bench/.venv (bench/requirements.txt), rclone from apt,
 # the S3 server for data-egress (versitygw) from the Go module proxy into
 # $HOME/.cache/flowgate/bench-tools; PostgreSQL is the one scripts/services.sh
-# starts (oltp-warehouse only). On 2 cores: oltp-warehouse about 45 minutes,
+# starts (oltp-warehouse, event-consumer: with Apache Kafka). On 2 cores: oltp-warehouse about 45 minutes,
 # data-egress about 20, after the first release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ ROOT=$PWD
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flowgate/target}"
 VENV="$ROOT/bench/.venv"
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 what=$1; shift
 
@@ -120,6 +121,17 @@ case "$what" in
     echo "== building flowgate (release)" >&2
     cargo build --release --quiet -p flowgate
     "$VENV/bin/python" bench/tenant_datasets.py --flowgate "$CARGO_TARGET_DIR/release/flowgate" "$@"
+    ;;
+  event-consumer)
+    ensure_time
+    ensure_venv
+    echo "== building flowgate (release)" >&2
+    cargo build --release --quiet -p flowgate
+    scripts/services.sh start >/dev/null
+    trap 'scripts/services.sh stop' EXIT
+    eval "$(scripts/services.sh env)"
+    "$VENV/bin/python" bench/event_consumer.py --flowgate "$CARGO_TARGET_DIR/release/flowgate" \
+      --bootstrap "$FLOWGATE_TEST_KAFKA_BOOTSTRAP" --admin-url "$FLOWGATE_TEST_POSTGRES_URL" "$@"
     ;;
   *) usage ;;
 esac

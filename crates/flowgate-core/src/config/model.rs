@@ -94,7 +94,7 @@ pub struct PipelineFile {
 /// Each event's fields go to the table's columns of the same names (the
 /// table's own schema is the contract); `_topic`, `_partition`, `_offset` and
 /// `_event` (the whole event, json/jsonb) columns are filled when the table has
-/// them. An event that is not a JSON object, lacks a `required` field or has a
+/// them; a column with a default keeps it for an event without the field. An event that is not a JSON object, lacks a `required` field or has a
 /// value its column cannot take goes to the dead letters with the reason and
 /// its (topic, partition, offset). Rows and the consumed offsets are written in
 /// one transaction, so a restart goes on exactly where the table is; Kafka's

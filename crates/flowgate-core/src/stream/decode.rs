@@ -41,6 +41,17 @@ pub struct Column {
     pub kind: Kind,
     /// NOT NULL without a default: an event must give it.
     pub needed: bool,
+    /// It has a default, which an event without the field gets.
+    pub defaulted: bool,
+}
+
+/// One field of a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Text(String),
+    /// The column's default: the column is left out of the row's COPY.
+    Default,
 }
 
 /// Where an event came from.
@@ -54,8 +65,8 @@ pub struct At<'a> {
 /// What becomes of an event.
 #[derive(Debug, PartialEq)]
 pub enum Decoded {
-    /// COPY text fields, one per column (`None`: NULL).
-    Row(Vec<Option<String>>),
+    /// One cell per column.
+    Row(Vec<Cell>),
     Ignored,
     Dead(String),
 }
@@ -113,9 +124,10 @@ impl Decoder<'_> {
                         c.name
                     ));
                 }
-                None => row.push(None),
+                None if c.defaulted => row.push(Cell::Default),
+                None => row.push(Cell::Null),
                 Some(v) => match field(c, &v) {
-                    Ok(text) => row.push(Some(text)),
+                    Ok(text) => row.push(Cell::Text(text)),
                     Err(why) => return Decoded::Dead(format!("the field `{}`: {why}", c.name)),
                 },
             }
@@ -159,15 +171,21 @@ fn field(c: &Column, v: &Value) -> Result<String, String> {
     }
 }
 
-/// One COPY text line of `row` (tab-separated, `\N` for NULL), appended to `out`.
-pub fn copy_line(row: &[Option<String>], out: &mut Vec<u8>) {
-    for (i, f) in row.iter().enumerate() {
-        if i > 0 {
+/// One COPY text line of `row` (tab-separated, `\N` for NULL, defaults left
+/// out), appended to `out`.
+pub fn copy_line(row: &[Cell], out: &mut Vec<u8>) {
+    let mut first = true;
+    for f in row {
+        if *f == Cell::Default {
+            continue;
+        }
+        if !std::mem::take(&mut first) {
             out.push(b'\t');
         }
         match f {
-            None => out.extend_from_slice(b"\\N"),
-            Some(s) => {
+            Cell::Default => {}
+            Cell::Null => out.extend_from_slice(b"\\N"),
+            Cell::Text(s) => {
                 for b in s.bytes() {
                     match b {
                         b'\\' => out.extend_from_slice(b"\\\\"),
@@ -188,17 +206,19 @@ mod tests {
     use super::*;
 
     fn cols() -> Vec<Column> {
-        let c = |name: &str, kind, needed| Column {
+        let c = |name: &str, kind, needed, defaulted| Column {
             name: name.into(),
             kind,
             needed,
+            defaulted,
         };
         vec![
-            c("id", Kind::Int, true),
-            c("type", Kind::Text, false),
-            c("at", Kind::Timestamp, false),
-            c("_offset", Kind::Int, false),
-            c("_event", Kind::Json, false),
+            c("id", Kind::Int, true, false),
+            c("type", Kind::Text, false, false),
+            c("at", Kind::Timestamp, false, false),
+            c("_offset", Kind::Int, false, false),
+            c("_event", Kind::Json, false, false),
+            c("status", Kind::Text, false, true),
         ]
     }
 
@@ -228,9 +248,22 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(row[0].as_deref(), Some("1"));
-        assert_eq!(row[3].as_deref(), Some("7"));
-        assert!(row[4].as_deref().unwrap().contains("\"extra\":\"x\""));
+        let text = |c: &Cell| match c {
+            Cell::Text(t) => t.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(text(&row[0]), "1");
+        assert_eq!(text(&row[3]), "7");
+        assert!(text(&row[4]).contains("\"extra\":\"x\""));
+        // No `status` in the event: its column's default; with one, the value.
+        assert_eq!(row[5], Cell::Default);
+        let Decoded::Row(row) = decode(r#"{"id": 1, "status": "held", "type": null}"#) else {
+            panic!()
+        };
+        assert_eq!(
+            (&row[1], &row[5]),
+            (&Cell::Null, &Cell::Text("held".into()))
+        );
         assert_eq!(decode(r#"{"id": 2, "type": "Pinged"}"#), Decoded::Ignored);
         let dead = |p: &str| match decode(p) {
             Decoded::Dead(why) => why,
@@ -246,7 +279,10 @@ mod tests {
     #[test]
     fn copy_lines_escape_what_copy_text_treats_specially() {
         let mut out = Vec::new();
-        copy_line(&[Some("a\tb\\c\nd".into()), None], &mut out);
+        copy_line(
+            &[Cell::Text("a\tb\\c\nd".into()), Cell::Default, Cell::Null],
+            &mut out,
+        );
         assert_eq!(out, b"a\\tb\\\\c\\nd\t\\N\n");
     }
 }

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio_postgres::error::SqlState;
 
 use super::StreamError;
-use super::decode::{At, Column, Decoded, Decoder, Kind, copy_line};
+use super::decode::{At, Cell, Column, Decoded, Decoder, Kind, copy_line};
 use crate::store::{StoreHandle, join_key};
 
 /// A consumed message, owned.
@@ -43,7 +43,8 @@ pub struct PgSink {
     /// The table as given (`schema.table`): the offsets' key.
     pub table: String,
     pub columns: Vec<Column>,
-    copy_sql: String,
+    /// The table, quoted for SQL.
+    target: String,
 }
 
 fn pg(table: &str, what: &str, e: &tokio_postgres::Error) -> StreamError {
@@ -94,20 +95,23 @@ impl PgSink {
         let rows = client
             .query(
                 "SELECT column_name::text, data_type::text, is_nullable = 'NO' AND column_default IS NULL AND is_identity = 'NO' AND is_generated = 'NEVER', \
-                        column_default IS NOT NULL OR is_identity = 'YES' OR is_generated <> 'NEVER' \
+                        column_default IS NOT NULL OR is_identity = 'YES', \
+                        is_generated <> 'NEVER' OR identity_generation = 'ALWAYS' \
                  FROM information_schema.columns WHERE table_schema = coalesce($1, current_schema()) AND table_name = $2 ORDER BY ordinal_position",
                 &[&schema, &name],
             )
             .await
             .map_err(|e| err("reading its columns", &e))?;
-        // A column with a default (or an identity, or generated) is PostgreSQL's to fill.
+        // A generated column (or an identity always generated) is PostgreSQL's
+        // alone; one with a default gets it when an event lacks the field.
         let columns: Vec<Column> = rows
             .iter()
-            .filter(|r| !r.get::<_, bool>(3))
+            .filter(|r| !r.get::<_, Option<bool>>(4).unwrap_or(false))
             .map(|r| Column {
                 name: r.get(0),
                 kind: Kind::of(r.get::<_, &str>(1)),
                 needed: r.get(2),
+                defaulted: r.get(3),
             })
             .collect();
         if rows.is_empty() {
@@ -120,11 +124,10 @@ impl PgSink {
             Some(s) => format!("{}.{}", quote(s), quote(&name)),
             None => quote(&name),
         };
-        let cols: Vec<String> = columns.iter().map(|c| quote(&c.name)).collect();
         Ok(PgSink {
             client,
             table: table.to_string(),
-            copy_sql: format!("COPY {target} ({}) FROM STDIN", cols.join(", ")),
+            target,
             columns,
         })
     }
@@ -148,7 +151,7 @@ impl PgSink {
             client,
             table,
             columns,
-            copy_sql,
+            target,
         } = self;
         let decoder = Decoder {
             columns,
@@ -180,7 +183,7 @@ impl PgSink {
             before.insert((topic.clone(), *partition), row.get::<_, i64>(0));
         }
         let mut out = Written::default();
-        let mut rows: Vec<(usize, Vec<Option<String>>)> = Vec::new();
+        let mut rows: Vec<(usize, Vec<Cell>)> = Vec::new();
         let mut letters: Vec<(usize, String)> = Vec::new();
         for (i, m) in batch.iter().enumerate() {
             let k = (m.topic.clone(), m.partition);
@@ -204,11 +207,27 @@ impl PgSink {
                 Decoded::Dead(why) => letters.push((i, why)),
             }
         }
-        let refused = copy_rows(&mut tx, copy_sql, &rows)
-            .await
-            .map_err(|e| err("COPY", &e))?;
-        out.rows = (rows.len() - refused.len()) as u64;
-        letters.extend(refused);
+        // One COPY per set of columns left to their defaults (one, usually).
+        let mut groups: BTreeMap<Vec<bool>, Vec<(usize, Vec<Cell>)>> = BTreeMap::new();
+        for (i, r) in rows {
+            let defaults = r.iter().map(|c| *c == Cell::Default).collect();
+            groups.entry(defaults).or_default().push((i, r));
+        }
+        for (defaults, rows) in &groups {
+            let cols: Vec<String> = columns
+                .iter()
+                .zip(defaults)
+                .filter(|(_, d)| !**d)
+                .map(|(c, _)| quote(&c.name))
+                .collect();
+            let sql = format!("COPY {target} ({}) FROM STDIN", cols.join(", "));
+            let refused = copy_rows(&mut tx, &sql, rows)
+                .await
+                .map_err(|e| err("COPY", &e))?;
+            out.rows += (rows.len() - refused.len()) as u64;
+            letters.extend(refused);
+        }
+        letters.sort();
         out.dead = letters.len() as u64;
         dead.put(batch, &letters).await?;
         for ((topic, partition), n) in &next {
@@ -242,7 +261,7 @@ impl PgSink {
 async fn copy_rows(
     tx: &mut tokio_postgres::Transaction<'_>,
     sql: &str,
-    rows: &[(usize, Vec<Option<String>>)],
+    rows: &[(usize, Vec<Cell>)],
 ) -> Result<Vec<(usize, String)>, tokio_postgres::Error> {
     if rows.is_empty() {
         return Ok(Vec::new());

@@ -91,7 +91,7 @@ GROUP_ID_ORDERS=consumer-orders-{run}
 fn table(pg: &Pg, name: &str) {
     pg.exec(&format!(
         "CREATE TABLE {name} (id bigint NOT NULL, type text, amount numeric, occurred_at timestamptz, \
-         received_at timestamptz DEFAULT now(), _topic text, _partition int, _offset bigint, _event jsonb)"
+         received_at timestamptz DEFAULT now(), status text DEFAULT 'new', _topic text, _partition int, _offset bigint, _event jsonb)"
     ));
 }
 
@@ -121,13 +121,14 @@ fn count(pg: &Pg, sql: &str) -> u64 {
         .unwrap()
 }
 
+/// Event `id` of type `kind`; every tenth says its `status` (a column with a
+/// default, which the others get).
 fn event(id: u64, kind: &str) -> (String, Vec<u8>) {
-    (
-        format!("k{}", id % 7),
-        serde_json::json!({"id": id, "type": kind, "amount": format!("{}.50", id), "occurred_at": "2026-12-04T10:00:00Z", "extra": {"n": id}})
-            .to_string()
-            .into_bytes(),
-    )
+    let mut e = serde_json::json!({"id": id, "type": kind, "amount": format!("{}.50", id), "occurred_at": "2026-12-04T10:00:00Z", "extra": {"n": id}});
+    if id % 10 == 0 {
+        e["status"] = "held".into();
+    }
+    (format!("k{}", id % 7), e.to_string().into_bytes())
 }
 
 #[test]
@@ -218,6 +219,18 @@ fn two_domains_from_one_env_file_into_two_tables_ignored_types_dropped_poison_de
             Some("2".into()),
             Some("t".into())
         ]
+    );
+
+    let statuses = pg.rows(&format!(
+        "SELECT status, count(*) FROM delivery_{run} GROUP BY status ORDER BY status"
+    ));
+    assert_eq!(
+        statuses,
+        [
+            [Some("held".to_string()), Some("10".to_string())],
+            [Some("new".to_string()), Some("40".to_string())]
+        ],
+        "a field given is written, a column's default kept otherwise"
     );
 
     // The three poison events, each with its offset and reason.
