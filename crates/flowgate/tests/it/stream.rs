@@ -125,7 +125,7 @@ fn count(pg: &Pg, sql: &str) -> u64 {
 /// default, which the others get).
 fn event(id: u64, kind: &str) -> (String, Vec<u8>) {
     let mut e = serde_json::json!({"id": id, "type": kind, "amount": format!("{}.50", id), "occurred_at": "2026-12-04T10:00:00Z", "extra": {"n": id}});
-    if id % 10 == 0 {
+    if id.is_multiple_of(10) {
         e["status"] = "held".into();
     }
     (format!("k{}", id % 7), e.to_string().into_bytes())
