@@ -17,8 +17,11 @@ use super::sink::{DeadLetters, Message, PgSink, Written};
 use super::{Rendered, StreamError, StreamPlan};
 use crate::plan::Plan;
 
-/// The consumer of `r`: offsets stored and committed by flowgate only.
-pub fn consumer(r: &Rendered) -> Result<StreamConsumer, StreamError> {
+/// The consumer of `r`: offsets stored and committed by flowgate only; what
+/// librdkafka queues ahead bounded by twice a batch's bytes (its default is
+/// 64 MB), never below 4 MB.
+pub fn consumer(r: &Rendered, batch_bytes: u64) -> Result<StreamConsumer, StreamError> {
+    let ahead_kb = (2 * batch_bytes / 1024).clamp(4096, 65536);
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &r.bootstrap)
         .set("group.id", &r.group)
@@ -31,6 +34,7 @@ pub fn consumer(r: &Rendered) -> Result<StreamConsumer, StreamError> {
         // takes, so a short session loses little time when an instance dies.
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
+        .set("queued.max.messages.kbytes", ahead_kb.to_string())
         .create()
         .map_err(|e| {
             StreamError::Kafka(format!("creating the consumer for {}: {e}", r.bootstrap))
@@ -52,7 +56,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), StreamError> {
     let mut sink = PgSink::open(&r.sink_url, &r.table).await?;
-    let consumer = consumer(r)?;
+    let consumer = consumer(r, stream.batch_bytes)?;
     tracing::info!(pipeline = %plan.name, group = %r.group, topics = %r.topics.join(","), table = %r.table, "stream consuming");
     let mut lag_at = Instant::now() - LAG_EVERY;
     loop {
