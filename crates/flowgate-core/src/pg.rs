@@ -99,6 +99,31 @@ enum Check {
     Full,
 }
 
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("the database URL: {0}")]
+    Url(#[from] PgUrlError),
+    #[error(transparent)]
+    Connect(#[from] tokio_postgres::Error),
+}
+
+/// A client for `url` (its TLS options honoured); the connection runs on a task
+/// of its own, logged (as `what`) when it ends in an error.
+pub async fn connect(
+    url: &str,
+    what: &'static str,
+) -> Result<tokio_postgres::Client, ConnectError> {
+    let (config, tls) = connect_params(url)?;
+    let (client, conn) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "{what} connection closed");
+        }
+    });
+    Ok(client)
+}
+
 /// The client configuration and TLS connector for `url`.
 pub fn connect_params(url: &str) -> Result<(tokio_postgres::Config, Connector), PgUrlError> {
     let (rest, mut opts) = take_tls_options(url)?;

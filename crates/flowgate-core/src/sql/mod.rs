@@ -198,17 +198,16 @@ impl SqlSource {
     }
 
     async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, StepError> {
-        let (config, tls) = crate::pg::connect_params(url)
-            .map_err(|e| StepError::user(format!("the database URL: {e}")))?;
-        let (client, conn) = config
-            .connect(tls)
+        let client = crate::pg::connect(url, "source")
             .await
-            .map_err(|e| pg_error(e).context("connecting to the source database"))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "source connection closed");
-            }
-        });
+            .map_err(|e| match e {
+                crate::pg::ConnectError::Url(e) => {
+                    StepError::user(format!("the database URL: {e}"))
+                }
+                crate::pg::ConnectError::Connect(e) => {
+                    pg_error(e).context("connecting to the source database")
+                }
+            })?;
         client
             // Positions are kept as the server prints them: in one style, whatever
             // the role or database says, so they read back the same tomorrow.

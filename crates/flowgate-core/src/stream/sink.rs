@@ -67,17 +67,14 @@ impl PgSink {
     /// Connect, make sure the offsets table is there, read the table's columns.
     pub async fn open(url: &str, table: &str) -> Result<PgSink, StreamError> {
         let err = |what: &str, e: &tokio_postgres::Error| pg(table, what, e);
-        let (config, tls) = crate::pg::connect_params(url)
-            .map_err(|e| StreamError::Config(format!("the database URL: {e}")))?;
-        let (client, conn) = config
-            .connect(tls)
+        let client = crate::pg::connect(url, "stream sink")
             .await
-            .map_err(|e| err("connecting", &e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "stream sink connection closed");
-            }
-        });
+            .map_err(|e| match e {
+                crate::pg::ConnectError::Url(e) => {
+                    StreamError::Config(format!("the database URL: {e}"))
+                }
+                crate::pg::ConnectError::Connect(e) => err("connecting", &e),
+            })?;
         let create = format!(
             "CREATE TABLE IF NOT EXISTS {OFFSETS} (sink TEXT NOT NULL, topic TEXT NOT NULL, partition INT NOT NULL, \
              next_offset BIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (sink, topic, partition))"
