@@ -646,14 +646,25 @@ async fn dead_letters(env: &Option<String>, command: DeadLettersCommand) -> Resu
         Err(code) => return Ok(code),
     };
     let params: BTreeMap<String, String> = params.iter().cloned().collect();
-    let (store, prefix) = match letters::location(&plan, &params) {
-        Ok(l) => l,
+    let (r, dead) = match flowgate_core::stream::prepare(&plan, &params)
+        .and_then(|p| {
+            p.ok_or_else(|| {
+                flowgate_core::stream::StreamError::Config(format!(
+                    "pipeline `{}` has no [stream]",
+                    plan.name
+                ))
+            })
+        })
+        .and_then(|(r, params)| Ok((flowgate_core::stream::dead_letters(&plan, &r, &params)?, r)))
+    {
+        Ok((dead, r)) => (r, dead),
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(exit::USAGE);
         }
     };
-    let mut all = letters::list(&store, &prefix).await?;
+    let (store, prefix) = (&dead.store, dead.prefix.as_str());
+    let mut all = letters::list(store, prefix).await?;
     all.retain(|l| {
         only.0.is_none_or(|o| l.offset == o) && only.1.as_ref().is_none_or(|t| &l.topic == t)
     });
@@ -661,10 +672,7 @@ async fn dead_letters(env: &Option<String>, command: DeadLettersCommand) -> Resu
         output::dead_letters(&all, json);
         return Ok(exit::OK);
     }
-    let Some(Some((r, _))) = flowgate_core::stream::prepare(&plan, &params).ok() else {
-        return Ok(exit::USAGE);
-    };
-    let sent = letters::replay(&r.bootstrap, &store, &prefix, &all).await?;
+    let sent = letters::replay(&r.bootstrap, store, prefix, &all).await?;
     if json {
         say!("{}", serde_json::json!({ "replayed": sent }));
     } else {

@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use flowgate_core::engine::Engine;
 use flowgate_core::plan::{Plan, plan_file};
 use flowgate_core::state::{RunFilter, RunStatus, StateStore};
+use flowgate_core::stream::metrics::label;
 
 use crate::cli::{exit, stop_on_signals};
 
@@ -85,10 +86,10 @@ pub async fn serve(
     }
     // Each stream is checked before anything starts: a missing variable is a
     // usage error now, not a crash loop later.
-    let mut streams = Vec::new();
+    let mut prepared = Vec::new();
     for p in &plans {
         match flowgate_core::stream::prepare(p, params) {
-            Ok(Some((r, _))) => streams.push(r.group),
+            Ok(Some(ready)) => prepared.push((p.clone(), ready)),
             Ok(None) => {}
             Err(e) => {
                 eprintln!("error: {}: {e}", p.file.display());
@@ -120,7 +121,7 @@ pub async fn serve(
         state: state.clone(),
         plans: Arc::new(plans.clone()),
         engine: engine.clone(),
-        streams: Arc::new(streams),
+        streams: Arc::new(prepared.iter().map(|(_, (r, _))| r.group.clone()).collect()),
     };
     let router = Router::new()
         .route("/health", get(health))
@@ -150,12 +151,11 @@ pub async fn serve(
 
     let mut loops = Vec::new();
     let stream_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for plan in plans.iter().filter(|p| p.stream.is_some()).cloned() {
+    for (plan, (r, params)) in prepared {
         let cancel = engine.cancel.clone();
-        let params = params.clone();
         let failed = stream_failed.clone();
         loops.push(tokio::spawn(async move {
-            if let Err(e) = flowgate_core::stream::serve(&plan, &params, cancel.clone()).await {
+            if let Err(e) = flowgate_core::stream::serve(&plan, &r, &params, cancel.clone()).await {
                 tracing::error!(pipeline = %plan.name, error = %e, "the stream stopped");
                 eprintln!("error: {}", flowgate_core::secret::redact(&e.to_string()));
                 // A stream that cannot go on stops the process (exit 4): its
@@ -243,7 +243,7 @@ async fn metrics(State(app): State<App>) -> Response {
     for ((p, s), n) in &counts {
         out.push_str(&format!(
             "flowgate_runs{{pipeline=\"{}\",status=\"{s}\"}} {n}\n",
-            escape(p)
+            label(p)
         ));
     }
     out.push_str("# HELP flowgate_freshness_seconds Now minus the newest source change visible in the pipeline's warehouse.\n# TYPE flowgate_freshness_seconds gauge\n");
@@ -256,7 +256,7 @@ async fn metrics(State(app): State<App>) -> Response {
                     / 1000.0;
                 out.push_str(&format!(
                     "flowgate_freshness_seconds{{pipeline=\"{}\"}} {age:.3}\n",
-                    escape(pipeline)
+                    label(pipeline)
                 ));
             }
         }
@@ -265,19 +265,13 @@ async fn metrics(State(app): State<App>) -> Response {
     for (p, t) in &last_success {
         out.push_str(&format!(
             "flowgate_last_success_timestamp_seconds{{pipeline=\"{}\"}} {t}\n",
-            escape(p)
+            label(p)
         ));
     }
     if !app.streams.is_empty() {
         out.push_str(&flowgate_core::stream::metrics::render(&app.streams));
     }
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[derive(serde::Deserialize)]

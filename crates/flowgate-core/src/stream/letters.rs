@@ -23,21 +23,6 @@ pub struct Letter {
     pub body: Value,
 }
 
-/// Where a stream's dead letters are, for `params`.
-pub fn location(
-    plan: &crate::plan::Plan,
-    params: &std::collections::BTreeMap<String, String>,
-) -> Result<(StoreHandle, String), StreamError> {
-    let Some((r, params)) = super::prepare(plan, params)? else {
-        return Err(StreamError::Config(format!(
-            "pipeline `{}` has no [stream]",
-            plan.name
-        )));
-    };
-    let d = super::dead_letters(plan, &r, &params)?;
-    Ok((d.store, d.prefix))
-}
-
 /// The dead letters waiting (not those already replayed), oldest offset first
 /// per partition.
 pub async fn list(store: &StoreHandle, prefix: &str) -> Result<Vec<Letter>, StreamError> {

@@ -31,13 +31,15 @@ pub fn of(name: &str) -> Arc<StreamMetrics> {
 /// A counter's name, help and how to read it.
 type Counter = (&'static str, &'static str, fn(&StreamMetrics) -> u64);
 
+/// `s` as a Prometheus label value (backslash, quote and newline escaped).
+pub fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Every stream's counters, for the `/metrics` page.
 pub fn render(names: &[String]) -> String {
-    let label = |n: &str| {
-        n.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-    };
     let mut out = String::new();
     let line = |out: &mut String, metric: &str, help: &str, kind: &str| {
         out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n"));

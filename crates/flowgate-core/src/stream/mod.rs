@@ -160,19 +160,21 @@ pub fn dead_letters(
     })
 }
 
-/// Consume `plan`'s stream with `params` until `cancel`.
+/// Consume `plan`'s stream as [`prepare`] rendered it (`r`, with `params`)
+/// until `cancel`.
 pub async fn serve(
     plan: &crate::plan::Plan,
-    params: &std::collections::BTreeMap<String, String>,
+    r: &Rendered,
+    params: &Value,
     cancel: tokio_util::sync::CancellationToken,
 ) -> Result<(), StreamError> {
-    let (Some(stream), Some((r, params))) = (&plan.stream, prepare(plan, params)?) else {
+    let Some(stream) = &plan.stream else {
         return Ok(());
     };
-    let dead = dead_letters(plan, &r, &params)?;
+    let dead = dead_letters(plan, r, params)?;
     let metrics = metrics::of(&r.group);
     #[cfg(feature = "kafka")]
-    return kafka::run(plan, stream, &r, dead, metrics, cancel).await;
+    return kafka::run(plan, stream, r, dead, metrics, cancel).await;
     #[cfg(not(feature = "kafka"))]
     {
         let _ = (stream, dead, metrics, cancel);

@@ -113,6 +113,19 @@ fn command(program: &Path, args: &[String], dir: &Path, inherit: bool, env: &[(S
     cmd
 }
 
+/// The end of `stderr` (at most `REASON_CHARS` bytes, on a character boundary)
+/// as a failure's reason.
+fn reason(stderr: &str) -> String {
+    let start = stderr.len().saturating_sub(REASON_CHARS);
+    let start = (start..=stderr.len())
+        .find(|i| stderr.is_char_boundary(*i))
+        .unwrap_or(stderr.len());
+    match stderr[start..].trim() {
+        "" => String::from("(nothing on stderr)"),
+        s => s.to_string(),
+    }
+}
+
 /// The file in a step's directory that holds the hash of its last good setup.
 const SETUP_MARK: &str = ".flowgate-setup";
 
@@ -151,10 +164,9 @@ async fn setup(
         .map_err(|e| spawn_error(&setup.argv[0], dir, &e))?;
     let (status, _, (stderr, _)) = supervise(ctx, child, plan.keep_output).await?;
     if !status.success() {
-        let tail: String = stderr.chars().rev().take(REASON_CHARS).collect::<Vec<_>>().into_iter().rev().collect();
         return Err(StepError::new(
             crate::error::ErrorClass::EXTERNAL_FATAL,
-            format!("step `{}`: setup `{}` failed ({status}): {}", ctx.step.id, setup.argv[0], tail.trim()),
+            format!("step `{}`: setup `{}` failed ({status}): {}", ctx.step.id, setup.argv[0], reason(&stderr)),
         ));
     }
     std::fs::write(&mark, &hash).map_err(crate::store::io_error)?;
@@ -162,8 +174,8 @@ async fn setup(
 }
 
 /// `rendered` (from template `t`) as a path in the pipeline's folder (its kept
-/// files, for a rerun): one named
-/// by run data (a parameter, a routing row) may not leave it.
+/// files, for a rerun): one named by run data (a parameter, a routing row) may
+/// not leave it.
 fn inside(ctx: &StepContext<'_>, t: &str, rendered: &str, what: &str) -> Result<PathBuf, StepError> {
     let escapes = Path::new(rendered)
         .components()
@@ -369,20 +381,10 @@ fn judge(
         output: Some(output),
         ..Default::default()
     };
-    let reason = || {
-        let start = stderr.len().saturating_sub(REASON_CHARS);
-        let start = (start..=stderr.len())
-            .find(|i| stderr.is_char_boundary(*i))
-            .unwrap_or(stderr.len());
-        match stderr[start..].trim() {
-            "" => String::from("(nothing on stderr)"),
-            s => s.to_string(),
-        }
-    };
     let Some(code) = code else {
         let failure = StepError::new(
             ErrorClass::EXTERNAL_FATAL,
-            format!("`{program}` was killed by a signal ({status}): {}", reason()),
+            format!("`{program}` was killed by a signal ({status}): {}", reason(&stderr)),
         );
         return Ok(StepOutput {
             report,
@@ -395,19 +397,19 @@ fn judge(
     if plan.retry.contains(&code) {
         return Err(StepError::external(format!(
             "`{program}` exited with {code} (retry): {}",
-            reason()
+            reason(&stderr)
         )));
     }
     let failure = if plan.reject_others || plan.reject.contains(&code) {
         StepError::new(
             ErrorClass::USER,
-            format!("`{program}` rejected its input (exit {code}): {}", reason()),
+            format!("`{program}` rejected its input (exit {code}): {}", reason(&stderr)),
         )
         .with_kind(ErrorKind::Rejected)
     } else {
         StepError::new(
             ErrorClass::EXTERNAL_FATAL,
-            format!("`{program}` failed (exit {code}): {}", reason()),
+            format!("`{program}` failed (exit {code}): {}", reason(&stderr)),
         )
     };
     Ok(StepOutput {
