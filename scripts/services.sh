@@ -5,7 +5,8 @@
 # client certificates (WebDAV PUT stores the files), etcd and Consul (KV stores to
 # watch; Consul with ACLs on, its management token in FLOWGATE_TEST_CONSUL_TOKEN),
 # and Apache Kafka (one KRaft node, broker and controller in one JVM; its jars
-# from Maven Central; `scripts/services.sh kafka-restart` restarts it in place).
+# from Maven Central; `scripts/services.sh kafka-restart` restarts it in place),
+# and bqemulator (BigQuery's REST API on DuckDB, from PyPI, in its own venv).
 #
 #   scripts/services.sh start     install what is missing (as root), start, print URLs
 #   scripts/services.sh env       print `export VAR=…` lines for the running services
@@ -121,6 +122,31 @@ ensure_venv() {
   "$VENV/bin/python" -c 'import aiosmtpd, moto, boto3, yaml' 2>/dev/null && return 0
   say "installing aiosmtpd, moto[server], boto3 and PyYAML into $VENV"
   "$VENV/bin/pip" install -q aiosmtpd "moto[server]>=5,<6" boto3 pyyaml >&2
+}
+
+# bqemulator 1.4.0 wants DuckDB's `spatial` extension from the network at start
+# (unreachable offline: GEOGRAPHY is lost, nothing flowgate uses) and numpy,
+# which it does not declare. Its own venv: it pins duckdb and pyarrow.
+BQ_VENV="$TOOLS/bqemu-venv"
+ensure_bqemu() {
+  if ! "$BQ_VENV/bin/python" -c 'import bqemulator, numpy' 2>/dev/null; then
+    say "installing bqemulator 1.4.0 (the BigQuery emulator) into $BQ_VENV"
+    python3 -m venv "$BQ_VENV" || die "python3 -m venv failed: run 'sudo apt-get install -y python3-venv'"
+    "$BQ_VENV/bin/pip" install -q 'bqemulator==1.4.0' numpy >&2 || die "installing bqemulator failed (see above)"
+  fi
+  cat >"$BQ_VENV/bqemu_offline.py" <<'PY'
+import sys
+import bqemulator.storage.engine as eng
+def _load_spatial(self):
+    try:
+        self._connection.execute("SET autoinstall_known_extensions=false")
+        self._connection.execute("LOAD spatial")
+    except Exception as exc:
+        print(f"bqemu_offline: spatial unavailable, GEOGRAPHY disabled ({type(exc).__name__})", file=sys.stderr)
+eng.DuckDBEngine._load_spatial = _load_spatial
+from bqemulator.cli import main
+sys.exit(main())
+PY
 }
 
 ensure_nginx() {
@@ -416,6 +442,26 @@ ENV
   say "Apache Kafka $KAFKA_VERSION on 127.0.0.1:$port (KRaft, one node)"
 }
 
+start_bqemu() {
+  local rest grpc; rest=$(free_port); grpc=$(free_port)
+  BQEMU_ENABLE_FORMAT_EXTENSIONS=false nohup "$BQ_VENV/bin/python" "$BQ_VENV/bqemu_offline.py" start \
+    --rest-host 127.0.0.1 --rest-port "$rest" --grpc-host 127.0.0.1 --grpc-port "$grpc" \
+    --project test-project --log-level warning >"$W/bqemu.log" 2>&1 &
+  echo $! >"$W/bqemu.pid"
+  local ready="import urllib.request; urllib.request.urlopen('http://127.0.0.1:$rest/readyz', timeout=1)"
+  for _ in $(seq 1 300); do
+    "$BQ_VENV/bin/python" -c "$ready" 2>/dev/null && break
+    kill -0 "$(cat "$W/bqemu.pid")" 2>/dev/null || die "bqemulator exited; see $W/bqemu.log"
+    sleep 0.1
+  done
+  "$BQ_VENV/bin/python" -c "$ready" 2>/dev/null || die "bqemulator did not answer; see $W/bqemu.log"
+  cat >>"$ENV_FILE" <<ENV
+export FLOWGATE_TEST_BIGQUERY_ENDPOINT=http://127.0.0.1:$rest
+export FLOWGATE_TEST_BIGQUERY_PROJECT=test-project
+ENV
+  say "bqemulator (BigQuery REST) on http://127.0.0.1:$rest, project test-project"
+}
+
 stop() {
   if [ -f "$W/nginx/nginx.pid" ]; then kill "$(cat "$W/nginx/nginx.pid")" 2>/dev/null || true; rm -f "$W/nginx/nginx.pid"; fi
   if [ -f "$W/moto.pid" ]; then kill "$(cat "$W/moto.pid")" 2>/dev/null || true; rm -f "$W/moto.pid"; fi
@@ -423,6 +469,11 @@ stop() {
   if [ -f "$W/s3s.pid" ]; then kill "$(cat "$W/s3s.pid")" 2>/dev/null || true; rm -f "$W/s3s.pid"; fi
   if [ -f "$W/etcd.pid" ]; then kill "$(cat "$W/etcd.pid")" 2>/dev/null || true; rm -f "$W/etcd.pid"; fi
   if [ -f "$W/consul.pid" ]; then kill "$(cat "$W/consul.pid")" 2>/dev/null || true; rm -f "$W/consul.pid"; fi
+  if [ -f "$W/bqemu.pid" ]; then
+    p=$(cat "$W/bqemu.pid"); kill "$p" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$W/bqemu.pid"
+  fi
   stop_kafka
   if [ -f "$W/pg.pid" ]; then
     kill -INT "$(cat "$W/pg.pid")" 2>/dev/null || true
@@ -447,6 +498,7 @@ case "${1:-}" in
     ensure_consul
     ensure_kafka
     ensure_helm
+    ensure_bqemu
     : >"$ENV_FILE"
     make_tls
     start_postgres
@@ -457,6 +509,7 @@ case "${1:-}" in
     start_etcd
     start_consul
     start_kafka
+    start_bqemu
     cat "$ENV_FILE"
     ;;
   env)

@@ -42,11 +42,13 @@ pub fn use_dotenv(path: &std::path::Path) -> Result<(), String> {
 }
 
 /// `{{ getenv("BQ_TABLE_" ~ params.domain) }}`: a variable of the environment, else
-/// of the pipeline's `.env`; a missing one is an error that names it.
-fn env_var(name: String) -> Result<String, minijinja::Error> {
+/// of the pipeline's `.env`; a missing one is an error that names it, unless a
+/// default is given (`getenv("WAREHOUSE_URL", "")`).
+fn env_var(name: String, default: Option<String>) -> Result<String, minijinja::Error> {
     let value = std::env::var(&name)
         .ok()
-        .or_else(|| dotenv().read().ok().and_then(|d| d.get(&name).cloned()));
+        .or_else(|| dotenv().read().ok().and_then(|d| d.get(&name).cloned()))
+        .or(default);
     match value {
         Some(v) => {
             if crate::secret::name_looks_secret(&name) {
@@ -150,6 +152,17 @@ mod tests {
         );
         assert!(render("{{ nope.x }}", &ctx).is_err());
         assert!(check("{{ unclosed").is_err());
+    }
+
+    #[test]
+    fn getenv_names_a_missing_variable_unless_given_a_default() {
+        let ctx = serde_json::json!({});
+        let e = render("{{ getenv('FG_TEST_SURELY_UNSET') }}", &ctx).unwrap_err();
+        assert!(e.contains("`FG_TEST_SURELY_UNSET` is not set"), "{e}");
+        assert_eq!(
+            render("{{ getenv('FG_TEST_SURELY_UNSET', 'bigquery:') }}", &ctx).unwrap(),
+            "bigquery:"
+        );
     }
 
     #[test]

@@ -52,3 +52,35 @@ pub fn crash_point(name: &str) {
         std::process::abort();
     }
 }
+
+/// A Google service account's key file in `dir`, as `gcloud iam
+/// service-accounts keys create` writes it, with a fresh RSA key from openssl.
+pub fn service_account_key(dir: &std::path::Path, email: &str) -> std::path::PathBuf {
+    let pem = dir.join("sa-key.pem");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&pem)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl (to make a test key) cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = std::fs::read_to_string(&pem).unwrap_or_else(|e| panic!("{}: {e}", pem.display()));
+    let file = dir.join("service-account.json");
+    let body = serde_json::json!({
+        "type": "service_account", "project_id": "test-project", "private_key_id": "kid1",
+        "private_key": key, "client_email": email,
+        "token_uri": "https://oauth2.googleapis.com/token",
+    });
+    std::fs::write(&file, body.to_string()).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    file
+}

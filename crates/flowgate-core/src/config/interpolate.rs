@@ -61,7 +61,7 @@ impl Variables {
                 rest = after;
                 continue;
             };
-            let end = body_and_rest.find('}').ok_or(InterpolateError::Unclosed)?;
+            let end = closing_brace(body_and_rest).ok_or(InterpolateError::Unclosed)?;
             let body = &body_and_rest[..end];
             rest = &body_and_rest[end + 1..];
             let (secret, body) = match body.strip_prefix("secret:") {
@@ -99,6 +99,21 @@ impl Variables {
     }
 }
 
+/// Where the `}` that closes a `${` is: braces inside (a default holding a
+/// template, `${URL:-s3://{{ params.bucket }}}`) are skipped in pairs.
+fn closing_brace(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, c) in text.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => return Some(i),
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +135,16 @@ mod tests {
             })
         );
         assert_eq!(v.expand("${FG_TEST_A"), Err(InterpolateError::Unclosed));
+        assert_eq!(
+            v.expand("${FG_TEST_NOPE:-s3://{{ params.b }}/x}/y")
+                .unwrap(),
+            "s3://{{ params.b }}/x/y",
+            "a default may hold a template"
+        );
+        assert_eq!(
+            v.expand("${FG_TEST_NOPE:-{{ x }}"),
+            Err(InterpolateError::Unclosed)
+        );
     }
 
     #[test]

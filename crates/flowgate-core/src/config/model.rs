@@ -79,7 +79,7 @@ pub struct PipelineFile {
     pub env: BTreeMap<String, serde_json::Value>,
 }
 
-/// A Kafka topic consumed in micro-batches into a PostgreSQL table:
+/// A Kafka topic consumed in micro-batches into a PostgreSQL or BigQuery table:
 ///
 /// ```toml
 /// [stream]
@@ -135,7 +135,8 @@ pub struct StreamSpec {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamSinkSpec {
-    /// A `postgres://` store.
+    /// A `postgres://` store (exactly once) or a `bigquery://` one (at least
+    /// once; the table `dataset.table` or `project.dataset.table`).
     pub store: String,
     /// The table, `schema.table` or `table`.
     pub table: String,

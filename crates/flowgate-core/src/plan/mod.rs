@@ -356,6 +356,7 @@ fn stores(cx: &mut Ctx<'_>) {
         }
         if !is_object_store_url(&s.url)
             && !crate::stream::is_kafka_url(&s.url)
+            && !crate::stream::bigquery::is_bigquery_url(&s.url)
             && !crate::sql::is_sql_url(&s.url)
             && !crate::connect::kv::is_kv_url(&s.url)
         {
@@ -363,7 +364,7 @@ fn stores(cx: &mut Ctx<'_>) {
                 &format!("stores.{name}.url"),
                 format!("store `{name}`: `{}` is not a supported URL", s.url),
                 Some(
-                    "use file://, s3://, gs://, az://, memory://, postgres://, sqlite://, consul://, etcd:// or kafka://".into(),
+                    "use file://, s3://, gs://, az://, memory://, postgres://, sqlite://, consul://, etcd://, kafka:// or bigquery://".into(),
                 ),
             );
         }
@@ -402,11 +403,18 @@ fn stream(cx: &mut Ctx<'_>) -> Option<crate::stream::StreamPlan> {
         }
     }
     if cx.store_ref("stream.to.store", &s.to.store, Access::Write, "the stream")
-        && !url(cx, &s.to.store).is_some_and(|u| u.starts_with("postgres"))
+        && !url(cx, &s.to.store).is_some_and(|u| {
+            u.starts_with("postgres")
+                || crate::stream::bigquery::is_bigquery_url(&u)
+                || u.starts_with("{{")
+        })
     {
         cx.error(
             "stream.to.store",
-            format!("store `{}` is not PostgreSQL (postgres://…)", s.to.store),
+            format!(
+                "store `{}` is neither PostgreSQL (postgres://…) nor BigQuery (bigquery://…)",
+                s.to.store
+            ),
             None,
         );
     }

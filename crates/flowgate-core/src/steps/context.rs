@@ -103,6 +103,7 @@ impl Stores {
             !crate::sql::is_sql_url(&s.url)
                 && !crate::connect::kv::is_kv_url(&s.url)
                 && !crate::stream::is_kafka_url(&s.url)
+                && !crate::stream::bigquery::is_bigquery_url(&s.url)
         }) {
             let rendered;
             let spec = if spec.url.contains("{{") {

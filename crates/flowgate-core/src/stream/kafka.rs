@@ -13,7 +13,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::StreamMetrics;
-use super::sink::{DeadLetters, Message, PgSink, Written};
+use super::sink::{DeadLetters, Message, Sink, Written};
 use super::{Rendered, StreamError, StreamPlan};
 use crate::plan::Plan;
 
@@ -55,10 +55,17 @@ pub async fn run(
     metrics: Arc<StreamMetrics>,
     cancel: CancellationToken,
 ) -> Result<(), StreamError> {
-    let mut sink = PgSink::open(&r.sink_url, &r.table).await?;
-    let consumer = consumer(r, stream.batch_bytes)?;
+    let mut sink = Sink::open(&r.sink_url, &r.table).await?;
+    let consumer = Arc::new(consumer(r, stream.batch_bytes)?);
+    // Into BigQuery, Kafka's offsets are the only record of what was written:
+    // each batch waits for its commit, so a death after it repeats nothing.
+    let wait_for_commit = matches!(sink, Sink::Bq(_));
     tracing::info!(pipeline = %plan.name, group = %r.group, topics = %r.topics.join(","), table = %r.table, "stream consuming");
-    let mut lag_at = Instant::now() - LAG_EVERY;
+    tokio::spawn(measure_lag(
+        consumer.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    ));
     loop {
         let Some(batch) = next_batch(&consumer, stream, &metrics, &cancel).await else {
             break;
@@ -66,29 +73,14 @@ pub async fn run(
         let started = Instant::now();
         let written = write_until_done(&mut sink, &batch, r, &dead, &cancel).await?;
         let Some(written) = written else { break };
-        count(&metrics, &written, started);
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in &written.next {
-            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
-                tracing::warn!(error = %e, "an offset to commit");
-            }
-        }
         crate::testing::crash_point("stream-after-commit");
-        if lag_at.elapsed() >= LAG_EVERY {
-            lag_at = Instant::now();
-            measure_lag(&consumer, &written, &metrics);
-        }
-        // The table holds the truth; Kafka's offsets only say where to start
-        // reading. After a rebalance this instance may no longer own a
-        // partition, and the commit is refused: the new owner reads from the
-        // last committed offset and leaves out what the table has.
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            tracing::debug!(error = %e, "committing offsets to Kafka");
-        }
+        commit(&consumer, &written, wait_for_commit, &metrics).await;
+        count(&metrics, &written, started);
         tracing::debug!(
             rows = written.rows,
             ignored = written.ignored,
             dead = written.dead,
+            next = ?written.next,
             "batch written"
         );
     }
@@ -96,21 +88,79 @@ pub async fn run(
     Ok(())
 }
 
+/// Move the group's offsets past `written`. After a rebalance this instance
+/// may no longer own a partition, and the commit is refused: the new owner
+/// reads from the last committed offset (PostgreSQL's table leaves out what it
+/// has; BigQuery's gets those events again: see `bigquery`).
+async fn commit(
+    consumer: &Arc<StreamConsumer>,
+    written: &Written,
+    wait: bool,
+    metrics: &StreamMetrics,
+) {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), next) in &written.next {
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+            tracing::warn!(error = %e, "an offset to commit");
+        }
+    }
+    let done = if wait {
+        let c = consumer.clone();
+        tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync))
+            .await
+            .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
+    } else {
+        consumer.commit(&tpl, CommitMode::Async)
+    };
+    match done {
+        Ok(()) => {
+            if let Ok(mut p) = metrics.positions.lock() {
+                p.extend(written.next.clone());
+            }
+        }
+        Err(e) => {
+            metrics.commits_failed.fetch_add(1, Ordering::Relaxed);
+            if wait {
+                tracing::warn!(error = %e, next = ?written.next, "Kafka did not take the batch's offsets: whoever owns its partitions next reads it again");
+            } else {
+                tracing::debug!(error = %e, "committing offsets to Kafka");
+            }
+        }
+    }
+}
+
 /// How often the lag is measured (a broker round trip per partition).
 const LAG_EVERY: Duration = Duration::from_secs(5);
 
-/// Events behind the high watermark of each partition the batch wrote.
-fn measure_lag(consumer: &StreamConsumer, written: &Written, metrics: &StreamMetrics) {
-    tokio::task::block_in_place(|| {
-        for ((topic, partition), next) in &written.next {
-            if let Ok((_, high)) =
-                consumer.fetch_watermarks(topic, *partition, Duration::from_millis(500))
-                && let Ok(mut lag) = metrics.lag.lock()
-            {
-                lag.insert((topic.clone(), *partition), (high - next).max(0));
-            }
+/// Every [`LAG_EVERY`], the events behind the high watermark of each
+/// partition written, on a thread of its own (never in a batch's way).
+async fn measure_lag(
+    consumer: Arc<StreamConsumer>,
+    metrics: Arc<StreamMetrics>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(LAG_EVERY) => {}
         }
-    });
+        let positions = match metrics.positions.lock() {
+            Ok(p) => p.clone(),
+            Err(_) => continue,
+        };
+        let (c, m) = (consumer.clone(), metrics.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            for ((topic, partition), next) in positions {
+                if let Ok((_, high)) =
+                    c.fetch_watermarks(&topic, partition, Duration::from_millis(500))
+                    && let Ok(mut lag) = m.lag.lock()
+                {
+                    lag.insert((topic, partition), (high - next).max(0));
+                }
+            }
+        })
+        .await;
+    }
 }
 
 fn count(m: &StreamMetrics, w: &Written, started: Instant) {
@@ -175,7 +225,7 @@ async fn next_batch(
 /// Write `batch`, again and again while the sink fails (reconnecting), until it
 /// is written or `cancel` (then `None`: nothing of it is committed anywhere).
 async fn write_until_done(
-    sink: &mut PgSink,
+    sink: &mut Sink,
     batch: &[Message],
     r: &Rendered,
     dead: &DeadLetters,
@@ -195,7 +245,7 @@ async fn write_until_done(
         }
         delay = (delay * 2).min(Duration::from_secs(10));
         if sink.is_closed() {
-            match PgSink::open(&r.sink_url, &r.table).await {
+            match Sink::open(&r.sink_url, &r.table).await {
                 Ok(s) => *sink = s,
                 Err(e) => tracing::error!(error = %e, "reconnecting to the table"),
             }

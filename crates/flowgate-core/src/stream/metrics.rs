@@ -16,6 +16,12 @@ pub struct StreamMetrics {
     /// Sum of batch write times, in microseconds.
     pub batch_micros: AtomicU64,
     pub bytes: AtomicU64,
+    /// Batches written whose offsets Kafka did not take (a rebalance moved
+    /// their partitions, the broker was away): read again by whoever owns them
+    /// next (into BigQuery, written again).
+    pub commits_failed: AtomicU64,
+    /// The next offset of each (topic, partition) written.
+    pub positions: Mutex<BTreeMap<(String, i32), i64>>,
     /// Events behind the high watermark, per (topic, partition).
     pub lag: Mutex<BTreeMap<(String, i32), i64>>,
 }
@@ -44,7 +50,7 @@ pub fn render(names: &[String]) -> String {
     let line = |out: &mut String, metric: &str, help: &str, kind: &str| {
         out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n"));
     };
-    let counters: [Counter; 6] = [
+    let counters: [Counter; 7] = [
         (
             "flowgate_stream_events_written_total",
             "Events written to the stream's table.",
@@ -69,6 +75,11 @@ pub fn render(names: &[String]) -> String {
             "flowgate_stream_batches_total",
             "Micro-batches written.",
             |m| m.batches.load(Ordering::Relaxed),
+        ),
+        (
+            "flowgate_stream_commits_failed_total",
+            "Written batches whose offsets Kafka did not take (they are read again).",
+            |m| m.commits_failed.load(Ordering::Relaxed),
         ),
         (
             "flowgate_stream_bytes_total",

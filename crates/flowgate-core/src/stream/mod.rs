@@ -1,5 +1,6 @@
 //! Continuous consumption (`[stream]`, run by `flowgate serve`): a Kafka
-//! topic's events in micro-batches into a PostgreSQL table, ignored types
+//! topic's events in micro-batches into a PostgreSQL table (or a BigQuery
+//! one: see [`bigquery`] for its guarantee, at least once), ignored types
 //! dropped and counted, events the table cannot take dead-lettered with the
 //! reason and their (topic, partition, offset).
 //!
@@ -11,7 +12,9 @@
 //! event twice. Kafka's group offsets are committed after the transaction:
 //! they only say where to start reading, never what was written.
 
+pub mod bigquery;
 pub mod decode;
+pub mod google;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod letters;

@@ -1,5 +1,6 @@
-//! A stream's PostgreSQL table: each batch's rows and its partitions' next
-//! offsets in one transaction (see the module above), and its dead letters.
+//! A stream's table: PostgreSQL's, each batch's rows and its partitions' next
+//! offsets in one transaction (see the module above), or BigQuery's (see
+//! `bigquery`); and its dead letters.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +34,46 @@ pub struct Written {
     pub seen_before: u64,
     /// The next offset of each (topic, partition) of the batch.
     pub next: BTreeMap<(String, i32), i64>,
+}
+
+/// A stream's table: PostgreSQL (exactly once) or BigQuery (at least once).
+/// One per stream, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Sink {
+    Pg(PgSink),
+    Bq(super::bigquery::BqSink),
+}
+
+impl Sink {
+    /// Open the table `table` of the store at `url`.
+    pub async fn open(url: &str, table: &str) -> Result<Sink, StreamError> {
+        if super::bigquery::is_bigquery_url(url) {
+            Ok(Sink::Bq(super::bigquery::BqSink::open(url, table).await?))
+        } else {
+            Ok(Sink::Pg(PgSink::open(url, table).await?))
+        }
+    }
+
+    /// Whether the connection is gone (the next write reconnects).
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sink::Pg(s) => s.is_closed(),
+            Sink::Bq(s) => s.is_closed(),
+        }
+    }
+
+    /// Write `batch` (see each sink's own `write`).
+    pub async fn write(
+        &mut self,
+        batch: &[Message],
+        rules: &super::Rendered,
+        dead: &DeadLetters,
+    ) -> Result<Written, StreamError> {
+        match self {
+            Sink::Pg(s) => s.write(batch, rules, dead).await,
+            Sink::Bq(s) => s.write(batch, rules, dead).await,
+        }
+    }
 }
 
 /// Where the offsets live, beside the rows, in the sink's database.

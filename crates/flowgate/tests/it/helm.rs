@@ -18,7 +18,7 @@ deadLetters: s3://acme-events/dead-letters
 credentials:
   secretName: warehouse
   env:
-    DATABASE_URL: database-url
+    WAREHOUSE_URL: warehouse-url
 hostAliases:
   - ip: 10.0.0.11
     hostnames: [kafka-prod1]
@@ -125,8 +125,8 @@ fn two_consumers_render_two_deployments_with_their_domain_env_mounts_and_host_al
                 .unwrap()
         };
         assert_eq!(
-            env("DATABASE_URL")["valueFrom"]["secretKeyRef"]["key"],
-            "database-url"
+            env("WAREHOUSE_URL")["valueFrom"]["secretKeyRef"]["key"],
+            "warehouse-url"
         );
         assert_eq!(
             env("DEAD_LETTERS")["value"],

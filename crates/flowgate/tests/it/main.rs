@@ -2,6 +2,7 @@
 //! one per file). Each module is one area; `cargo nextest run -E "test(/^egress::/)"`
 //! runs one of them.
 
+mod bigquery;
 mod command;
 mod common;
 mod concurrency;

@@ -12,11 +12,11 @@ use rdkafka::config::ClientConfig;
 
 use crate::common::*;
 
-fn bootstrap() -> String {
+pub(crate) fn bootstrap() -> String {
     service_var("FLOWGATE_TEST_KAFKA_BOOTSTRAP")
 }
 
-fn create_topic(name: &str, partitions: i32) {
+pub(crate) fn create_topic(name: &str, partitions: i32) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -35,13 +35,13 @@ fn create_topic(name: &str, partitions: i32) {
 }
 
 /// Send `events` (key, value) to `topic`, all acknowledged.
-fn produce(topic: &str, events: &[(String, Vec<u8>)]) {
+pub(crate) fn produce(topic: &str, events: &[(String, Vec<u8>)]) {
     event_producer::send_all(&bootstrap(), topic, events.iter().cloned()).unwrap();
 }
 
 /// A copy of examples/event-consumer with a `.env` in the team's format for
 /// two domains, on this test's topics, groups and tables.
-fn example(d: &Path, run: &str) {
+pub(crate) fn example(d: &Path, run: &str) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples/event-consumer/event-consumer.toml");
     std::fs::copy(src, d.join("event-consumer.toml")).unwrap();
@@ -76,7 +76,15 @@ fn table(pg: &Pg, name: &str) {
     ));
 }
 
-fn serve(d: &Path, pg: &Pg, domain: &str, port: u16, extra: &[(&str, &str)]) -> Serve {
+/// `flowgate serve` of the example for `domain`, writing to `warehouse` (a
+/// postgres:// or bigquery:// URL).
+pub(crate) fn serve(
+    d: &Path,
+    warehouse: &str,
+    domain: &str,
+    port: u16,
+    extra: &[(&str, &str)],
+) -> Serve {
     let mut cmd = flowgate(d);
     cmd.args([
         "serve",
@@ -85,7 +93,7 @@ fn serve(d: &Path, pg: &Pg, domain: &str, port: u16, extra: &[(&str, &str)]) -> 
         &format!("domain={domain}"),
     ])
     .args(["--listen", &format!("127.0.0.1:{port}")])
-    .env("DATABASE_URL", &pg.url)
+    .env("WAREHOUSE_URL", warehouse)
     .stdout(Stdio::null())
     .stderr(std::fs::File::create(d.join(format!("serve-{domain}-{port}.log"))).unwrap());
     for (k, v) in extra {
@@ -94,7 +102,7 @@ fn serve(d: &Path, pg: &Pg, domain: &str, port: u16, extra: &[(&str, &str)]) -> 
     Serve(cmd.spawn().unwrap())
 }
 
-fn count(pg: &Pg, sql: &str) -> u64 {
+pub(crate) fn count(pg: &Pg, sql: &str) -> u64 {
     pg.rows(sql)[0][0]
         .as_deref()
         .unwrap_or("0")
@@ -102,9 +110,31 @@ fn count(pg: &Pg, sql: &str) -> u64 {
         .unwrap()
 }
 
+/// DELIVERY's events 1 to 100, one type in two ignored by the `.env`; then at
+/// offsets 100 to 102 not JSON, an id its column cannot take, and `last`,
+/// which only the table can refuse (the rest of its batch is written).
+pub(crate) fn delivery_with_poison(last: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let kinds = [
+        "DeliveryMade",
+        "DeliveryPinged",
+        "DeliveryShipped",
+        "DeliveryViewed",
+    ];
+    let mut delivery: Vec<_> = (1..=100)
+        .map(|i| event(i, kinds[(i % 4) as usize]))
+        .collect();
+    delivery.push(("bad".into(), b"{not json".to_vec()));
+    delivery.push((
+        "bad".into(),
+        br#"{"id": "abc", "type": "DeliveryMade"}"#.to_vec(),
+    ));
+    delivery.push(("bad".into(), last.to_vec()));
+    delivery
+}
+
 /// Event `id` of type `kind`; every tenth says its `status` (a column with a
 /// default, which the others get).
-fn event(id: u64, kind: &str) -> (String, Vec<u8>) {
+pub(crate) fn event(id: u64, kind: &str) -> (String, Vec<u8>) {
     let mut e = serde_json::json!({"id": id, "type": kind, "amount": format!("{}.50", id), "occurred_at": "2026-12-04T10:00:00Z", "extra": {"n": id}});
     if id.is_multiple_of(10) {
         e["status"] = "held".into();
@@ -127,34 +157,16 @@ fn two_domains_from_one_env_file_into_two_tables_ignored_types_dropped_poison_de
     create_topic(&format!("delivery-{run}"), 1);
     create_topic(&format!("orders-{run}"), 1);
 
-    let kinds = [
-        "DeliveryMade",
-        "DeliveryPinged",
-        "DeliveryShipped",
-        "DeliveryViewed",
-    ];
-    let mut delivery: Vec<_> = (1..=100)
-        .map(|i| event(i, kinds[(i % 4) as usize]))
-        .collect();
-    // Offsets 100 to 102: not JSON, an id its column cannot take, an amount
-    // the table's constraint refuses (the rest of its batch is written).
-    delivery.push(("bad".into(), b"{not json".to_vec()));
-    delivery.push((
-        "bad".into(),
-        br#"{"id": "abc", "type": "DeliveryMade"}"#.to_vec(),
-    ));
-    delivery.push((
-        "bad".into(),
-        br#"{"id": 500, "type": "DeliveryMade", "amount": "-5"}"#.to_vec(),
-    ));
+    // Offset 102: an amount the table's constraint refuses.
+    let delivery = delivery_with_poison(br#"{"id": 500, "type": "DeliveryMade", "amount": "-5"}"#);
     produce(&format!("delivery-{run}"), &delivery);
     // ORDERS from the example's producer: 50 events, one type in four
     // (OrderViewed: ids 1, 5, …, 49) ignored by the .env.
     event_producer::produce(&bootstrap(), &format!("orders-{run}"), "ORDERS", 50, 0).unwrap();
 
     let (p1, p2) = (free_port(), free_port());
-    let _a = serve(d, &pg, "DELIVERY", p1, &[]);
-    let _b = serve(d, &pg, "ORDERS", p2, &[]);
+    let _a = serve(d, &pg.url, "DELIVERY", p1, &[]);
+    let _b = serve(d, &pg.url, "ORDERS", p2, &[]);
     let delivered = format!("SELECT count(*) FROM delivery_{run}");
     let ordered = format!("SELECT count(*) FROM orders_{run}");
     wait_for("both tables", 60, || {
@@ -246,7 +258,7 @@ fn two_domains_from_one_env_file_into_two_tables_ignored_types_dropped_poison_de
                     "domain=DELIVERY",
                 ])
                 .args(extra)
-                .env("DATABASE_URL", &pg.url),
+                .env("WAREHOUSE_URL", &pg.url),
         )
     };
     let listed = letters("list", &["--json"]);
@@ -307,7 +319,7 @@ fn validate_names_the_variable_a_domain_is_missing() {
                 "--param",
                 &format!("domain={domain}"),
             ])
-            .env("DATABASE_URL", "postgres://u:secret-pw@127.0.0.1:1/db"))
+            .env("WAREHOUSE_URL", "postgres://u:secret-pw@127.0.0.1:1/db"))
     };
     let ok = check("DELIVERY");
     assert_eq!(ok.code, 0, "{}", ok.all());
@@ -331,7 +343,7 @@ fn validate_names_the_variable_a_domain_is_missing() {
             "--listen",
             "127.0.0.1:0",
         ])
-        .env("DATABASE_URL", "postgres://u:secret-pw@127.0.0.1:1/db"));
+        .env("WAREHOUSE_URL", "postgres://u:secret-pw@127.0.0.1:1/db"));
     assert_eq!(out.code, 2, "{}", out.all());
     assert!(out.stderr.contains("GROUP_ID_ORDERS"), "{}", out.stderr);
 }
@@ -346,56 +358,16 @@ fn kills_a_broker_restart_and_rebalances_leave_every_event_exactly_once() {
     let d = dir.path();
     let run = uuid_like();
     example(d, &run);
-    let toml = std::fs::read_to_string(d.join("event-consumer.toml")).unwrap();
-    write(
-        &d.join("event-consumer.toml"),
-        toml.replace(
-            "batch = { events = 5000, bytes = \"8MB\", wait = \"500ms\" }",
-            "batch = { events = 400, wait = \"50ms\" }",
-        )
-        .as_bytes(),
-    );
+    small_batches(d);
     let pg = Pg::new();
     table(&pg, &format!("delivery_{run}"));
     let topic = format!("delivery-{run}");
     create_topic(&topic, 3);
     const N: u64 = 30_000;
-    const CASES: u64 = 20;
     let events: Vec<_> = (1..=N).map(|i| event(i, "DeliveryMade")).collect();
     let rows = format!("SELECT count(*) FROM delivery_{run}");
-    let mut next = seeded(0x5eed_0016);
-    let chunk = (N / CASES) as usize;
-    for case in 0..CASES as usize {
-        produce(&topic, &events[case * chunk..(case + 1) * chunk]);
-        let before = count(&pg, &rows);
-        // Dying just before the table's commit, and just after it (before
-        // Kafka's): the batch is read again, and written once.
-        let crash = match case {
-            3 => vec![("FLOWGATE_TEST_CRASH_AT", "stream-before-commit")],
-            5 | 12 => vec![("FLOWGATE_TEST_CRASH_AT", "stream-after-commit")],
-            _ => vec![],
-        };
-        let mut a = serve(d, &pg, "DELIVERY", free_port(), &crash);
-        if crash.is_empty() {
-            wait_for("progress", 60, || count(&pg, &rows) > before);
-        } else {
-            wait_for("the crash point", 60, || a.0.try_wait().unwrap().is_some());
-        }
-        // Every other case a second instance of the group joins while the
-        // first has a batch in flight: a rebalance moves partitions under it.
-        let b = (case % 2 == 1).then(|| serve(d, &pg, "DELIVERY", free_port(), &[]));
-        if case == 7 {
-            restart_broker();
-        }
-        std::thread::sleep(Duration::from_millis(next(400)));
-        let _ = a.0.kill();
-        let _ = a.0.wait();
-        if b.is_some() {
-            std::thread::sleep(Duration::from_millis(next(2000)));
-        }
-        drop(b);
-    }
-    let _last = serve(d, &pg, "DELIVERY", free_port(), &[]);
+    kills_restarts_and_rebalances(d, &pg.url, &topic, &events, || count(&pg, &rows));
+    let _last = serve(d, &pg.url, "DELIVERY", free_port(), &[]);
     let distinct = format!("SELECT count(DISTINCT id) FROM delivery_{run}");
     wait_for("every event", 120, || count(&pg, &distinct) >= N);
     std::thread::sleep(Duration::from_secs(2));
@@ -422,7 +394,67 @@ fn kills_a_broker_restart_and_rebalances_leave_every_event_exactly_once() {
     assert_eq!(gaps, 0, "no offset missing or twice in any partition");
 }
 
-fn restart_broker() {
+/// Send `events` in 20 chunks; after each, an instance of the group serves
+/// (dying at the sink's commit in cases 3, 5 and 12), another joins in odd
+/// cases (a rebalance), the broker restarts in case 7, and the first is
+/// killed after a seeded while.
+pub(crate) fn kills_restarts_and_rebalances(
+    d: &Path,
+    warehouse: &str,
+    topic: &str,
+    events: &[(String, Vec<u8>)],
+    rows: impl Fn() -> u64,
+) {
+    const CASES: usize = 20;
+    let mut next = seeded(0x5eed_0016);
+    let chunk = events.len() / CASES;
+    for case in 0..CASES {
+        produce(topic, &events[case * chunk..(case + 1) * chunk]);
+        let before = rows();
+        // Dying just before the table's commit, and just after it (before
+        // Kafka's): the batch is read again, and written once.
+        let crash = match case {
+            3 => vec![("FLOWGATE_TEST_CRASH_AT", "stream-before-commit")],
+            5 | 12 => vec![("FLOWGATE_TEST_CRASH_AT", "stream-after-commit")],
+            _ => vec![],
+        };
+        let mut a = serve(d, warehouse, "DELIVERY", free_port(), &crash);
+        if crash.is_empty() {
+            wait_for("progress", 60, || rows() > before);
+        } else {
+            wait_for("the crash point", 60, || a.0.try_wait().unwrap().is_some());
+        }
+        // Every other case a second instance of the group joins while the
+        // first has a batch in flight: a rebalance moves partitions under it.
+        let b = (case % 2 == 1).then(|| serve(d, warehouse, "DELIVERY", free_port(), &[]));
+        if case == 7 {
+            restart_broker();
+        }
+        std::thread::sleep(Duration::from_millis(next(400)));
+        let _ = a.0.kill();
+        let _ = a.0.wait();
+        if b.is_some() {
+            std::thread::sleep(Duration::from_millis(next(2000)));
+        }
+        drop(b);
+    }
+}
+
+/// Batches of at most 400 events, cut after 50 ms: many batches, many
+/// commits for the kills to land between.
+pub(crate) fn small_batches(d: &Path) {
+    let toml = std::fs::read_to_string(d.join("event-consumer.toml")).unwrap();
+    write(
+        &d.join("event-consumer.toml"),
+        toml.replace(
+            "batch = { events = 5000, bytes = \"8MB\", wait = \"500ms\" }",
+            "batch = { events = 400, wait = \"50ms\" }",
+        )
+        .as_bytes(),
+    );
+}
+
+pub(crate) fn restart_broker() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services.sh");
     let out = Command::new(script).arg("kafka-restart").output().unwrap();
     assert!(
