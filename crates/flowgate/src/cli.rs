@@ -96,7 +96,8 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// A parameter, as key=value (repeatable): a `[stream]` is then rendered
-        /// with it, and a variable it needs that is not set is named.
+        /// with it, and a variable it needs that is not set is named. One key
+        /// given more than once checks each value (`-p domain=A -p domain=B`).
         #[arg(long = "param", short = 'p', value_parser = parse_kv)]
         params: Vec<(String, String)>,
         #[arg(long)]
@@ -138,7 +139,9 @@ enum Command {
         /// A pipeline file, or a directory of them (*.toml, and */pipeline.toml).
         dir: PathBuf,
         /// A parameter of the served pipelines' streams, as key=value
-        /// (repeatable), e.g. `--param domain=DELIVERY`.
+        /// (repeatable), e.g. `--param domain=DELIVERY`. One key given more
+        /// than once serves one stream per value in this process:
+        /// `-p domain=DELIVERY -p domain=ORDERS`.
         #[arg(long = "param", short = 'p', value_parser = parse_kv)]
         params: Vec<(String, String)>,
         /// Address of the HTTP endpoint.
@@ -351,6 +354,56 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
+/// `with k=v, k2=v2`: the parameters a message was made with (none: `None`).
+pub(crate) fn given(params: &BTreeMap<String, String>) -> Option<String> {
+    let kv: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    (!kv.is_empty()).then(|| format!("with {}", kv.join(", ")))
+}
+
+/// `--param`s as the sets of parameters to serve or check: one set, or, when
+/// one key is given more than once, one set per value of it (the other keys in
+/// each).
+fn param_sets(params: Vec<(String, String)>) -> Result<Vec<BTreeMap<String, String>>, String> {
+    let mut by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in params {
+        let values = by_key.entry(k).or_default();
+        if !values.contains(&v) {
+            values.push(v);
+        }
+    }
+    let repeated: Vec<&String> = by_key
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(k, _)| k)
+        .collect();
+    let single = |skip: Option<&String>| -> BTreeMap<String, String> {
+        by_key
+            .iter()
+            .filter(|(k, _)| Some(*k) != skip)
+            .map(|(k, v)| (k.clone(), v[0].clone()))
+            .collect()
+    };
+    match repeated[..] {
+        [] => Ok(vec![single(None)]),
+        [key] => Ok(by_key[key]
+            .iter()
+            .map(|v| {
+                let mut set = single(Some(key));
+                set.insert(key.clone(), v.clone());
+                set
+            })
+            .collect()),
+        _ => Err(format!(
+            "only one --param may be given more than once (to serve one stream per value); {} are",
+            repeated
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(" and ")
+        )),
+    }
+}
+
 fn parse_status(s: &str) -> Result<RunStatus, String> {
     RunStatus::parse(s).ok_or_else(|| {
         format!(
@@ -500,12 +553,13 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             paths,
             params,
             json,
-        } => Ok(validate(
-            &paths,
-            &cli.env_name,
-            &params.into_iter().collect(),
-            json,
-        )),
+        } => match param_sets(params) {
+            Ok(sets) => Ok(validate(&paths, &cli.env_name, &sets, json)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(exit::USAGE)
+            }
+        },
         Command::Schema => {
             say!(
                 "{}",
@@ -565,9 +619,16 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             listen,
             params,
         } => {
+            let sets = match param_sets(params) {
+                Ok(sets) => sets,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(exit::USAGE);
+                }
+            };
             crate::serve::serve(
                 &dir,
-                &params.into_iter().collect(),
+                &sets,
                 &listen,
                 &cli.state,
                 &cli.env_name,
@@ -1013,7 +1074,7 @@ async fn continuous_runs(
 fn validate(
     paths: &[PathBuf],
     env: &Option<String>,
-    params: &BTreeMap<String, String>,
+    sets: &[BTreeMap<String, String>],
     json: bool,
 ) -> u8 {
     let mut all = Vec::new();
@@ -1035,17 +1096,16 @@ fn validate(
                         }
                     }
                 }
-                if let Err(e) = flowgate_core::stream::prepare(&plan, params) {
+                for params in sets {
+                    let Err(e) = flowgate_core::stream::prepare(&plan, params) else {
+                        continue;
+                    };
                     all.push(flowgate_core::config::Diagnostic {
                         file: plan.file.clone(),
                         line: 1,
                         col: 1,
                         message: flowgate_core::secret::redact(&e.to_string()),
-                        hint: (!params.is_empty()).then(|| {
-                            let given: Vec<String> =
-                                params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                            format!("with {}", given.join(", "))
-                        }),
+                        hint: given(params),
                         missing_variable: None,
                     });
                 }
@@ -1184,4 +1244,24 @@ async fn kv(store: &dyn flowgate_core::connect::kv::KvStore, command: KvCommand)
 
 async fn tokio_signal() {
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_param_gives_one_set_per_value() {
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let sets = param_sets(vec![kv("domain", "A"), kv("env", "x"), kv("domain", "B")]).unwrap();
+        let domains: Vec<_> = sets
+            .iter()
+            .map(|s| (s["domain"].as_str(), s["env"].as_str()))
+            .collect();
+        assert_eq!(domains, [("A", "x"), ("B", "x")]);
+        assert_eq!(param_sets(vec![]).unwrap(), [BTreeMap::new()]);
+        let e =
+            param_sets(vec![kv("a", "1"), kv("a", "2"), kv("b", "1"), kv("b", "2")]).unwrap_err();
+        assert!(e.contains("`a` and `b`"), "{e}");
+    }
 }

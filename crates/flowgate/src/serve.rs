@@ -46,7 +46,7 @@ struct App {
 
 pub async fn serve(
     dir: &Path,
-    params: &std::collections::BTreeMap<String, String>,
+    param_sets: &[std::collections::BTreeMap<String, String>],
     listen: &str,
     state_url: &Option<String>,
     env: &Option<String>,
@@ -86,14 +86,20 @@ pub async fn serve(
     }
     // Each stream is checked before anything starts: a missing variable is a
     // usage error now, not a crash loop later.
+    // One stream per set of parameters (`-p domain=A -p domain=B`).
     let mut prepared = Vec::new();
     for p in &plans {
-        match flowgate_core::stream::prepare(p, params) {
-            Ok(Some(ready)) => prepared.push((p.clone(), ready)),
-            Ok(None) => {}
-            Err(e) => {
-                eprintln!("error: {}: {e}", p.file.display());
-                return Ok(exit::USAGE);
+        for params in param_sets {
+            match flowgate_core::stream::prepare(p, params) {
+                Ok(Some(ready)) => prepared.push((p.clone(), ready)),
+                Ok(None) => {}
+                Err(e) => {
+                    let with = crate::cli::given(params)
+                        .map(|g| format!(" ({g})"))
+                        .unwrap_or_default();
+                    eprintln!("error: {}{with}: {e}", p.file.display());
+                    return Ok(exit::USAGE);
+                }
             }
         }
     }

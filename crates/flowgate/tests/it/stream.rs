@@ -142,20 +142,27 @@ pub(crate) fn event(id: u64, kind: &str) -> (String, Vec<u8>) {
     (format!("k{}", id % 7), e.to_string().into_bytes())
 }
 
-#[test]
-fn two_domains_from_one_env_file_into_two_tables_ignored_types_dropped_poison_dead_lettered() {
+/// The example in a new folder, the two domains' PostgreSQL tables and
+/// one-partition topics.
+fn two_domains() -> (tempfile::TempDir, String, Pg) {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
     let run = uuid_like();
-    example(d, &run);
+    example(dir.path(), &run);
     let pg = Pg::new();
     table(&pg, &format!("delivery_{run}"));
     table(&pg, &format!("orders_{run}"));
+    create_topic(&format!("delivery-{run}"), 1);
+    create_topic(&format!("orders-{run}"), 1);
+    (dir, run, pg)
+}
+
+#[test]
+fn two_domains_from_one_env_file_into_two_tables_ignored_types_dropped_poison_dead_lettered() {
+    let (dir, run, pg) = two_domains();
+    let d = dir.path();
     pg.exec(&format!(
         "ALTER TABLE delivery_{run} ADD CONSTRAINT positive CHECK (amount >= 0)"
     ));
-    create_topic(&format!("delivery-{run}"), 1);
-    create_topic(&format!("orders-{run}"), 1);
 
     // Offset 102: an amount the table's constraint refuses.
     let delivery = delivery_with_poison(br#"{"id": 500, "type": "DeliveryMade", "amount": "-5"}"#);
@@ -297,6 +304,79 @@ fn two_domains_from_one_env_file_into_two_tables_ignored_types_dropped_poison_de
     for (metric, n) in [("written", 51), ("ignored", 50), ("dead_lettered", 3)] {
         let line = format!("flowgate_stream_events_{metric}_total{{stream=\"{group}\"}} {n}");
         assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+}
+
+/// `-p domain=DELIVERY -p domain=ORDERS`: one process, one stream per domain,
+/// each in its own group into its own table, both on one /metrics.
+#[test]
+fn one_process_serves_a_list_of_domains() {
+    let (dir, run, pg) = two_domains();
+    let d = dir.path();
+    let delivery: Vec<_> = (1..=20).map(|i| event(i, "DeliveryMade")).collect();
+    produce(&format!("delivery-{run}"), &delivery);
+    let orders: Vec<_> = (1..=30).map(|i| event(i, "OrderPlaced")).collect();
+    produce(&format!("orders-{run}"), &orders);
+    let port = free_port();
+    let _both = Serve(
+        flowgate(d)
+            .args([
+                "serve",
+                "event-consumer.toml",
+                "-p",
+                "domain=DELIVERY",
+                "-p",
+                "domain=ORDERS",
+            ])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("WAREHOUSE_URL", &pg.url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("both domains", 60, || {
+        count(&pg, &format!("SELECT count(*) FROM delivery_{run}")) == 20
+            && count(&pg, &format!("SELECT count(*) FROM orders_{run}")) == 30
+    });
+    let (_, metrics) = http(port, "GET", "/metrics", None);
+    for (group, n) in [("delivery", 20), ("orders", 30)] {
+        let line = format!(
+            "flowgate_stream_events_written_total{{stream=\"consumer-{group}-{run}\"}} {n}"
+        );
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+    // A domain of the list missing a variable stops it all before it starts.
+    let env = std::fs::read_to_string(d.join(".env")).unwrap();
+    write(
+        &d.join(".env"),
+        env.replace(&format!("GROUP_ID_ORDERS=consumer-orders-{run}\n"), "")
+            .as_bytes(),
+    );
+    for verb in ["validate", "serve"] {
+        let out = crate::common::run(
+            flowgate(d)
+                .args([
+                    verb,
+                    "event-consumer.toml",
+                    "-p",
+                    "domain=DELIVERY",
+                    "-p",
+                    "domain=ORDERS",
+                ])
+                .args(if verb == "serve" {
+                    &["--listen", "127.0.0.1:0"][..]
+                } else {
+                    &[]
+                })
+                .env("WAREHOUSE_URL", &pg.url),
+        );
+        assert_eq!(out.code, 2, "{}", out.all());
+        assert!(
+            out.stderr.contains("GROUP_ID_ORDERS") && out.stderr.contains("domain=ORDERS"),
+            "{}",
+            out.stderr
+        );
     }
 }
 
