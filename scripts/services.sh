@@ -402,19 +402,27 @@ stop_kafka() {
   rm -f "$W/kafka.pid"
 }
 
+# A second listener asks what production clusters ask: TLS (the test CA's
+# certificate for 127.0.0.1) and SCRAM-SHA-512 (user flowgate).
+KAFKA_SCRAM_PASSWORD=flowgate-kafka-scram-pw
 start_kafka() {
-  local port cport; port=$(free_port); cport=$(free_port)
+  local port cport sport; port=$(free_port); cport=$(free_port); sport=$(free_port)
   rm -rf "$W/kafka"; mkdir -p "$W/kafka"
-  echo "$port $cport" >"$W/kafka/ports"
+  echo "$port $cport $sport" >"$W/kafka/ports"
+  cat "$W/tls/server.key" "$W/tls/server.pem" >"$W/kafka/keystore.pem"
   cat >"$W/kafka/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport,SASL_SSL://127.0.0.1:$sport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$W/kafka/keystore.pem
 log.dirs=$W/kafka/data
 num.partitions=1
 num.network.threads=2
@@ -434,12 +442,15 @@ PROPS
   cluster=$(java $KAFKA_JAVA_OPTS -cp "$TOOLS/kafka/lib/*" kafka.tools.StorageTool random-uuid)
   # shellcheck disable=SC2086
   java $KAFKA_JAVA_OPTS -cp "$TOOLS/kafka/lib/*" kafka.tools.StorageTool format -t "$cluster" \
-    -c "$W/kafka/server.properties" >>"$W/kafka.log" 2>&1 || die "formatting Kafka's storage failed; see $W/kafka.log"
+    -c "$W/kafka/server.properties" --add-scram "SCRAM-SHA-512=[name=flowgate,password=$KAFKA_SCRAM_PASSWORD]" \
+    >>"$W/kafka.log" 2>&1 || die "formatting Kafka's storage failed; see $W/kafka.log"
   run_kafka
   cat >>"$ENV_FILE" <<ENV
 export FLOWGATE_TEST_KAFKA_BOOTSTRAP=127.0.0.1:$port
+export FLOWGATE_TEST_KAFKA_SASL_SSL=127.0.0.1:$sport
+export FLOWGATE_TEST_KAFKA_SCRAM_PASSWORD=$KAFKA_SCRAM_PASSWORD
 ENV
-  say "Apache Kafka $KAFKA_VERSION on 127.0.0.1:$port (KRaft, one node)"
+  say "Apache Kafka $KAFKA_VERSION on 127.0.0.1:$port (KRaft, one node; SASL_SSL with SCRAM-SHA-512 on $sport)"
 }
 
 start_bqemu() {

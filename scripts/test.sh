@@ -26,6 +26,16 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked >&2
 fi
 
+# librdkafka is built with the system's OpenSSL (TLS and SCRAM to Kafka).
+if ! pkg-config --exists openssl 2>/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "test.sh: installing libssl-dev and pkg-config (once)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config >/dev/null
+  else
+    echo "test.sh: OpenSSL's headers are missing; install them with: sudo apt-get install -y libssl-dev pkg-config" >&2; exit 1
+  fi
+fi
+
 echo "== formatting and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -733,7 +733,7 @@ async fn dead_letters(env: &Option<String>, command: DeadLettersCommand) -> Resu
         output::dead_letters(&all, json);
         return Ok(exit::OK);
     }
-    let sent = letters::replay(&r.bootstrap, store, prefix, &all).await?;
+    let sent = letters::replay(&r, store, prefix, &all).await?;
     if json {
         say!("{}", serde_json::json!({ "replayed": sent }));
     } else {

@@ -103,7 +103,9 @@ pub struct PipelineFile {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamSpec {
-    /// The `kafka://host:port[,host:port]` store to consume.
+    /// The `kafka://host:port[,host:port]` store to consume; a secured
+    /// cluster's settings go in its query, by librdkafka's names:
+    /// `?security.protocol=SASL_SSL&sasl.mechanism=SCRAM-SHA-512&sasl.username=u&sasl.password=${secret:KAFKA_PASSWORD}&ssl.ca.location=/etc/ca.pem`.
     pub from: String,
     /// Topics to consume.
     pub topics: Vec<String>,

@@ -17,13 +17,23 @@ use super::sink::{DeadLetters, Message, Sink, Written};
 use super::{Rendered, StreamError, StreamPlan};
 use crate::plan::Plan;
 
+/// librdkafka's settings for `r`'s cluster: its brokers and the store URL's
+/// security settings.
+pub fn client_config(r: &Rendered) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &r.bootstrap);
+    for (k, v) in &r.kafka_options {
+        c.set(k, v);
+    }
+    c
+}
+
 /// The consumer of `r`: offsets stored and committed by flowgate only; what
 /// librdkafka queues ahead bounded by twice a batch's bytes (its default is
 /// 64 MB), never below 4 MB.
 pub fn consumer(r: &Rendered, batch_bytes: u64) -> Result<StreamConsumer, StreamError> {
     let ahead_kb = (2 * batch_bytes / 1024).clamp(4096, 65536);
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &r.bootstrap)
+    let c: StreamConsumer = client_config(r)
         .set("group.id", &r.group)
         .set("client.id", format!("flowgate-{}", r.group))
         .set("enable.auto.commit", "false")
@@ -67,7 +77,7 @@ pub async fn run(
         cancel.clone(),
     ));
     loop {
-        let Some(batch) = next_batch(&consumer, stream, &metrics, &cancel).await else {
+        let Some(batch) = next_batch(&consumer, stream, &metrics, &cancel).await? else {
             break;
         };
         let started = Instant::now();
@@ -174,20 +184,21 @@ fn count(m: &StreamMetrics, w: &Written, started: Instant) {
 }
 
 /// The next micro-batch: it starts with the next event and ends at the count,
-/// the bytes or the wait; `None` when cancelled before one began.
+/// the bytes or the wait; `None` when cancelled before one began. Refused
+/// credentials or TLS end the stream (waiting would not mend them).
 async fn next_batch(
     consumer: &StreamConsumer,
     stream: &StreamPlan,
     metrics: &StreamMetrics,
     cancel: &CancellationToken,
-) -> Option<Vec<Message>> {
+) -> Result<Option<Vec<Message>>, StreamError> {
     let mut batch = Vec::new();
     let mut bytes = 0u64;
     let mut deadline = None;
     while batch.len() < stream.batch_events && bytes < stream.batch_bytes {
         let received = match deadline {
             None => tokio::select! {
-                _ = cancel.cancelled() => return None,
+                _ = cancel.cancelled() => return Ok(None),
                 m = consumer.recv() => m,
             },
             Some(d) => match tokio::time::timeout_at(d, consumer.recv()).await {
@@ -209,6 +220,11 @@ async fn next_batch(
                 deadline.get_or_insert_with(|| tokio::time::Instant::now() + stream.batch_wait);
             }
             Err(e) => {
+                if let Some(why) = refused(&e) {
+                    return Err(StreamError::Kafka(crate::secret::redact(&format!(
+                        "{why}: {e}"
+                    ))));
+                }
                 tracing::warn!(error = %e, "Kafka");
                 if batch.is_empty() {
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -219,7 +235,21 @@ async fn next_batch(
         }
     }
     metrics.bytes.fetch_add(bytes, Ordering::Relaxed);
-    Some(batch)
+    Ok(Some(batch))
+}
+
+/// What to tell when the cluster refuses this client for good.
+fn refused(e: &rdkafka::error::KafkaError) -> Option<&'static str> {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match e.rdkafka_error_code()? {
+        C::Authentication | C::SaslAuthenticationFailed => Some(
+            "the Kafka cluster refused the credentials (check the store URL's sasl.mechanism, sasl.username and sasl.password)",
+        ),
+        C::SSL => Some(
+            "TLS to the Kafka cluster failed (check the store URL's ssl.ca.location, or its certificate and key)",
+        ),
+        _ => None,
+    }
 }
 
 /// Write `batch`, again and again while the sink fails (reconnecting), until it

@@ -81,18 +81,17 @@ fn bytes_of(v: &Value, field: &str) -> Result<Option<Vec<u8>>, StreamError> {
 /// aside again, at its new offset, if it still cannot be written).
 #[cfg(feature = "kafka")]
 pub async fn replay(
-    bootstrap: &str,
+    r: &super::Rendered,
     store: &StoreHandle,
     prefix: &str,
     letters: &[Letter],
 ) -> Result<usize, StreamError> {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let producer: FutureProducer = super::kafka::client_config(r)
         .set("enable.idempotence", "true")
         .create()
-        .map_err(|e| StreamError::Kafka(format!("creating a producer for {bootstrap}: {e}")))?;
+        .map_err(|e| StreamError::Kafka(format!("creating a producer for {}: {e}", r.bootstrap)))?;
     let writer = store
         .writer("replaying dead letters")
         .map_err(|e| StreamError::DeadLetter(e.to_string()))?;

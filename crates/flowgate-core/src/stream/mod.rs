@@ -61,6 +61,9 @@ pub struct StreamPlan {
 #[derive(Debug, Clone)]
 pub struct Rendered {
     pub bootstrap: String,
+    /// librdkafka's security settings from the store URL's query
+    /// (`security.protocol`, `sasl.*`, `ssl.*`).
+    pub kafka_options: Vec<(String, String)>,
     pub topics: Vec<String>,
     pub group: String,
     pub type_field: String,
@@ -92,17 +95,15 @@ impl StreamPlan {
                 .map(|st| r(&format!("the URL of store `{name}`"), &st.url))
                 .unwrap_or_else(|| Err(StreamError::Config(format!("unknown store `{name}`"))))
         };
-        let kafka = store_url(&s.from)?;
-        let bootstrap = kafka
-            .trim_start_matches("kafka://")
-            .trim_end_matches('/')
-            .to_string();
+        let (bootstrap, kafka_options) =
+            kafka_url(&store_url(&s.from)?).map_err(StreamError::Config)?;
         let mut ignore = HashSet::new();
         for (i, t) in s.ignore.iter().enumerate() {
             ignore.extend(types(&r(&format!("ignore[{i}]"), t)?).map_err(StreamError::Config)?);
         }
         Ok(Rendered {
             bootstrap,
+            kafka_options,
             topics: s
                 .topics
                 .iter()
@@ -187,6 +188,30 @@ pub async fn serve(
     }
 }
 
+/// A `kafka://host:port[,host:port][?option=value&…]` URL: the brokers, and
+/// the librdkafka settings a secured cluster needs (`security.protocol`,
+/// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`, …);
+/// any other option is refused. Passwords are masked wherever flowgate prints.
+fn kafka_url(url: &str) -> Result<(String, Vec<(String, String)>), String> {
+    let rest = url.trim_start_matches("kafka://");
+    let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut options = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        let (k, v) = (k.into_owned(), v.into_owned());
+        if !(k == "security.protocol" || k.starts_with("sasl.") || k.starts_with("ssl.")) {
+            return Err(format!(
+                "the Kafka store's option `{k}` is not one flowgate passes on: \
+                 use security.protocol, sasl.* or ssl.* (librdkafka's names)"
+            ));
+        }
+        if k.contains("password") || k.contains("secret") {
+            crate::secret::register(&v);
+        }
+        options.push((k, v));
+    }
+    Ok((hosts.trim_end_matches('/').to_string(), options))
+}
+
 /// The event types in one `ignore` entry: a JSON list, a JSON string that holds
 /// one (a `.env` value quoted twice), or a plain type name.
 fn types(text: &str) -> Result<Vec<String>, String> {
@@ -224,6 +249,29 @@ fn types(text: &str) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::types;
+
+    #[test]
+    fn kafka_urls_carry_brokers_and_security_settings() {
+        let (hosts, options) = super::kafka_url(
+            "kafka://b1:9093,b2:9093?security.protocol=SASL_SSL&sasl.mechanism=SCRAM-SHA-512&sasl.password=p%26ss-kafka-secret",
+        )
+        .unwrap();
+        assert_eq!(hosts, "b1:9093,b2:9093");
+        assert_eq!(
+            options[2],
+            ("sasl.password".into(), "p&ss-kafka-secret".into())
+        );
+        assert_eq!(
+            crate::secret::redact("auth failed with p&ss-kafka-secret"),
+            "auth failed with ***"
+        );
+        assert_eq!(
+            super::kafka_url("kafka://h:1/").unwrap(),
+            ("h:1".into(), vec![])
+        );
+        let e = super::kafka_url("kafka://h:1?group.id=x").unwrap_err();
+        assert!(e.contains("`group.id`"), "{e}");
+    }
 
     #[test]
     fn ignore_entries_are_lists_quoted_lists_or_names() {

@@ -380,6 +380,67 @@ fn one_process_serves_a_list_of_domains() {
     }
 }
 
+/// A cluster that asks for TLS and SCRAM-SHA-512 (the broker's second
+/// listener): the store URL's settings get in, the password from a secret
+/// variable; a wrong one stops the stream at once with a reason that names
+/// what to check and never the password.
+#[test]
+fn a_secured_cluster_takes_scram_over_tls_and_a_wrong_password_stops_the_stream() {
+    let (dir, run, pg) = two_domains();
+    let d = dir.path();
+    let ca = Path::new(&service_var("FLOWGATE_TEST_TLS_DIR")).join("ca.pem");
+    let toml = std::fs::read_to_string(d.join("event-consumer.toml")).unwrap();
+    let secured = format!(
+        "kafka://{}?security.protocol=SASL_SSL&sasl.mechanism=SCRAM-SHA-512&sasl.username=flowgate\
+         &sasl.password=${{secret:KAFKA_PASSWORD}}&ssl.ca.location={}",
+        service_var("FLOWGATE_TEST_KAFKA_SASL_SSL"),
+        ca.display()
+    );
+    let line = toml
+        .lines()
+        .find(|l| l.starts_with("kafka = { url = "))
+        .unwrap();
+    write(
+        &d.join("event-consumer.toml"),
+        toml.replace(line, &format!("kafka = {{ url = \"{secured}\" }}"))
+            .as_bytes(),
+    );
+    let events: Vec<_> = (1..=20).map(|i| event(i, "DeliveryMade")).collect();
+    produce(&format!("delivery-{run}"), &events);
+    let password = service_var("FLOWGATE_TEST_KAFKA_SCRAM_PASSWORD");
+    let _ok = serve(
+        d,
+        &pg.url,
+        "DELIVERY",
+        free_port(),
+        &[("KAFKA_PASSWORD", &password)],
+    );
+    wait_for("the events over SASL_SSL", 60, || {
+        count(&pg, &format!("SELECT count(*) FROM delivery_{run}")) == 20
+    });
+    let wrong = "not-the-kafka-pw-1234";
+    let out = crate::common::run(
+        flowgate(d)
+            .args([
+                "serve",
+                "event-consumer.toml",
+                "-p",
+                "domain=ORDERS",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env("WAREHOUSE_URL", &pg.url)
+            .env("KAFKA_PASSWORD", wrong),
+    );
+    assert_eq!(out.code, 4, "{}", out.all());
+    assert!(
+        out.stderr.contains("refused the credentials") && out.stderr.contains("sasl.password"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.all().contains(wrong), "{}", out.all());
+}
+
 #[test]
 fn validate_names_the_variable_a_domain_is_missing() {
     let dir = tempfile::tempdir().unwrap();
