@@ -123,6 +123,12 @@ pub struct StreamSpec {
     /// Fields every event must have.
     #[serde(default)]
     pub required: Vec<String>,
+    /// The events' declared contract: a JSON Schema file (relative to the
+    /// pipeline file), and optionally which object of its `$defs` (what
+    /// pydantic's `model_json_schema()` writes for several models). An event
+    /// that does not match it is a dead letter with the first mismatch.
+    #[serde(default)]
+    pub contract: Option<ContractSpec>,
     /// Where events are written.
     pub to: StreamSinkSpec,
     /// Where events that cannot be written go, as `store:prefix`: one JSON
@@ -131,6 +137,19 @@ pub struct StreamSpec {
     /// When a micro-batch is written.
     #[serde(default)]
     pub batch: BatchSpec,
+}
+
+/// `contract = { file = "contracts/delivery.json", object = "DeliveryEvent" }`
+/// (both templates: the team's `IMPORT_PATH_<DOMAIN>` and `IMPORT_OBJECT_<DOMAIN>`).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContractSpec {
+    /// A JSON Schema file.
+    pub file: String,
+    /// An object of the file's `$defs` (or `definitions`); without it, the
+    /// whole schema.
+    #[serde(default)]
+    pub object: Option<String>,
 }
 
 /// A stream's table.

@@ -10,8 +10,8 @@
 //! most such repeats (best effort, for about a minute); nothing here rests on
 //! that. Give the table `_topic`, `_partition` and `_offset` columns and every
 //! repeat can be counted and removed by those three. Only a batch cut short
-//! that way is ever repeated: the repeats of one such moment are one run of
-//! offsets per partition, at most one batch long.
+//! that way is ever repeated: the repeats of one such moment are at most one
+//! batch, one run of offsets per partition.
 //!
 //! The store: `bigquery://PROJECT?credentials=/path/key.json` (a service
 //! account's key file, else `GOOGLE_APPLICATION_CREDENTIALS`);
@@ -241,6 +241,7 @@ impl BqSink {
             type_field: &rules.type_field,
             ignore: &rules.ignore,
             required: &rules.required,
+            contract: rules.contract.as_deref(),
         };
         let mut out = Written::default();
         let mut rows: Vec<(usize, Value)> = Vec::new();

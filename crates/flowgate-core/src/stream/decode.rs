@@ -77,6 +77,7 @@ pub struct Decoder<'a> {
     pub type_field: &'a str,
     pub ignore: &'a std::collections::HashSet<String>,
     pub required: &'a [String],
+    pub contract: Option<&'a super::contract::Contract>,
 }
 
 impl Decoder<'_> {
@@ -100,6 +101,11 @@ impl Decoder<'_> {
             && self.ignore.contains(t)
         {
             return Decoded::Ignored;
+        }
+        if let Some(c) = self.contract
+            && let Err(why) = c.check(&event)
+        {
+            return Decoded::Dead(why);
         }
         if let Some(missing) = self
             .required
@@ -230,6 +236,7 @@ mod tests {
             type_field: "type",
             ignore: &ignore,
             required: &[],
+            contract: None,
         };
         d.decode(
             Some(payload.as_bytes()),

@@ -13,6 +13,7 @@
 //! they only say where to start reading, never what was written.
 
 pub mod bigquery;
+pub mod contract;
 pub mod decode;
 pub mod google;
 #[cfg(feature = "kafka")]
@@ -69,6 +70,8 @@ pub struct Rendered {
     pub type_field: String,
     pub ignore: HashSet<String>,
     pub required: Vec<String>,
+    /// The declared contract, compiled.
+    pub contract: Option<std::sync::Arc<contract::Contract>>,
     pub sink_url: String,
     pub table: String,
     pub dead_letter: Location,
@@ -118,6 +121,19 @@ impl StreamPlan {
                 .iter()
                 .map(|t| r("required", t))
                 .collect::<Result<_, _>>()?,
+            contract: match &s.contract {
+                None => None,
+                Some(c) => {
+                    let file = plan.dir.join(r("contract.file", &c.file)?);
+                    let object = match &c.object {
+                        Some(o) => Some(r("contract.object", o)?),
+                        None => None,
+                    };
+                    let loaded = contract::Contract::load(&file, object.as_deref())
+                        .map_err(StreamError::Config)?;
+                    Some(std::sync::Arc::new(loaded))
+                }
+            },
             sink_url: store_url(&s.to.store)?,
             table: r("to.table", &s.to.table)?,
             dead_letter: Location {

@@ -196,6 +196,7 @@ impl PgSink {
             type_field: &rules.type_field,
             ignore: &rules.ignore,
             required: &rules.required,
+            contract: rules.contract.as_deref(),
         };
         let err = |what: &str, e: &tokio_postgres::Error| pg(table, what, e);
         let mut tx = client.transaction().await.map_err(|e| err("BEGIN", &e))?;

@@ -48,7 +48,12 @@ fn helm(verb: &str, values: &str) -> std::process::Output {
             ex.join("event-consumer.toml").display()
         ))
         .arg("--set-file")
-        .arg(format!("dotenv={}", ex.join(".env").display()));
+        .arg(format!("dotenv={}", ex.join(".env").display()))
+        .arg("--set-file")
+        .arg(format!(
+            "contracts.delivery\\.json={}",
+            ex.join("contracts/delivery.json").display()
+        ));
     cmd.output().unwrap()
 }
 
@@ -152,6 +157,23 @@ fn two_consumers_render_two_deployments_with_their_domain_env_mounts_and_host_al
                 .iter()
                 .any(|v| v["secret"]["secretName"] == "warehouse")
         );
+        // The contract beside the pipeline, where IMPORT_PATH_… names it.
+        let pipeline = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "pipeline")
+            .unwrap();
+        let paths: Vec<&str> = pipeline["configMap"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            paths,
+            ["event-consumer.toml", ".env", "contracts/delivery.json"]
+        );
     }
     // The team's .env goes in as it is, doubly quoted JSON included.
     let config = kind("ConfigMap");
@@ -159,6 +181,9 @@ fn two_consumers_render_two_deployments_with_their_domain_env_mounts_and_host_al
     let dotenv = config[0]["data"][".env"].as_str().unwrap();
     let original = std::fs::read_to_string(root().join("examples/event-consumer/.env")).unwrap();
     assert_eq!(dotenv.trim_end(), original.trim_end());
+    let contract: Value =
+        serde_json::from_str(config[0]["data"]["delivery.json"].as_str().unwrap()).unwrap();
+    assert!(contract["$defs"]["DeliveryEvent"].is_object());
     assert!(
         config[0]["data"]["event-consumer.toml"]
             .as_str()

@@ -44,7 +44,15 @@ pub(crate) fn produce(topic: &str, events: &[(String, Vec<u8>)]) {
 pub(crate) fn example(d: &Path, run: &str) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples/event-consumer/event-consumer.toml");
-    std::fs::copy(src, d.join("event-consumer.toml")).unwrap();
+    std::fs::copy(&src, d.join("event-consumer.toml")).unwrap();
+    std::fs::create_dir_all(d.join("contracts")).unwrap();
+    for c in ["delivery.json", "orders.json"] {
+        std::fs::copy(
+            src.with_file_name("contracts").join(c),
+            d.join("contracts").join(c),
+        )
+        .unwrap();
+    }
     let b = bootstrap();
     write(
         &d.join(".env"),
@@ -55,11 +63,14 @@ KAFKA_UAT={b}
 BQ_TABLE_DELIVERY=warehouse-dev.events.delivery_{run}
 TOPIC_DELIVERY=delivery-{run}
 IMPORT_PATH_DELIVERY=contracts/delivery.json
+IMPORT_OBJECT_DELIVERY=DeliveryEvent
 IGNORE_EVENTS_DELIVERY='"[\"DeliveryPinged\", \"DeliveryViewed\"]"'
 CONSUME_ENV_DELIVERY=prod1
 GROUP_ID_DELIVERY=consumer-delivery-{run}
 BQ_TABLE_ORDERS=warehouse-dev.events.orders_{run}
 TOPIC_ORDERS=orders-{run}
+IMPORT_PATH_ORDERS=contracts/orders.json
+IMPORT_OBJECT_ORDERS=OrderEvent
 IGNORE_EVENTS_ORDERS='"[\"OrderViewed\"]"'
 CONSUME_ENV_ORDERS=uat
 GROUP_ID_ORDERS=consumer-orders-{run}
@@ -126,7 +137,7 @@ pub(crate) fn delivery_with_poison(last: &[u8]) -> Vec<(String, Vec<u8>)> {
     delivery.push(("bad".into(), b"{not json".to_vec()));
     delivery.push((
         "bad".into(),
-        br#"{"id": "abc", "type": "DeliveryMade"}"#.to_vec(),
+        br#"{"id": "abc", "type": "DeliveryMade", "occurred_at": "2026-12-04T10:00:00Z"}"#.to_vec(),
     ));
     delivery.push(("bad".into(), last.to_vec()));
     delivery
@@ -165,7 +176,7 @@ fn two_domains_from_one_env_file_into_two_tables_ignored_types_dropped_poison_de
     ));
 
     // Offset 102: an amount the table's constraint refuses.
-    let delivery = delivery_with_poison(br#"{"id": 500, "type": "DeliveryMade", "amount": "-5"}"#);
+    let delivery = delivery_with_poison(br#"{"id": 500, "type": "DeliveryMade", "amount": "-5", "occurred_at": "2026-12-04T10:00:00Z"}"#);
     produce(&format!("delivery-{run}"), &delivery);
     // ORDERS from the example's producer: 50 events, one type in four
     // (OrderViewed: ids 1, 5, …, 49) ignored by the .env.
@@ -244,7 +255,7 @@ fn two_domains_from_one_env_file_into_two_tables_ignored_types_dropped_poison_de
         letter(101)["reason"]
             .as_str()
             .unwrap()
-            .contains("the field `id`"),
+            .starts_with("the contract DeliveryEvent at /id: "),
         "{}",
         letter(101)
     );
