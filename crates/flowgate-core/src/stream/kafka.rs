@@ -29,10 +29,10 @@ pub fn client_config(r: &Rendered) -> ClientConfig {
 }
 
 /// The consumer of `r`: offsets stored and committed by flowgate only; what
-/// librdkafka queues ahead bounded by twice a batch's bytes (its default is
-/// 64 MB), never below 4 MB.
+/// librdkafka queues ahead bounded by one batch's bytes (its default is 64 MB),
+/// never below 4 MB, so a stream holds about two batches.
 pub fn consumer(r: &Rendered, batch_bytes: u64) -> Result<StreamConsumer, StreamError> {
-    let ahead_kb = (2 * batch_bytes / 1024).clamp(4096, 65536);
+    let ahead_kb = (batch_bytes / 1024).clamp(4096, 65536);
     let c: StreamConsumer = client_config(r)
         .set("group.id", &r.group)
         .set("client.id", format!("flowgate-{}", r.group))
