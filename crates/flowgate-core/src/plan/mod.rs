@@ -404,9 +404,7 @@ fn stream(cx: &mut Ctx<'_>) -> Option<crate::stream::StreamPlan> {
     }
     if cx.store_ref("stream.to.store", &s.to.store, Access::Write, "the stream")
         && !url(cx, &s.to.store).is_some_and(|u| {
-            u.starts_with("postgres")
-                || crate::stream::bigquery::is_bigquery_url(&u)
-                || u.starts_with("{{")
+            u.starts_with("postgres") || crate::stream::bigquery::is_bigquery_url(&u)
         })
     {
         cx.error(

@@ -104,10 +104,7 @@ pub struct BqSink {
 }
 
 fn sink_err(table: &str, message: String) -> StreamError {
-    StreamError::Sink {
-        table: table.to_string(),
-        message: crate::secret::redact(&message),
-    }
+    StreamError::sink(table, &message)
 }
 
 impl BqSink {

@@ -48,6 +48,16 @@ pub enum StreamError {
     DeadLetter(String),
 }
 
+impl StreamError {
+    /// What the table `table` refused or failed at, secrets masked.
+    pub fn sink(table: &str, message: &str) -> StreamError {
+        StreamError::Sink {
+            table: table.to_string(),
+            message: crate::secret::redact(message),
+        }
+    }
+}
+
 /// The `[stream]` of a plan: templates, checked.
 #[derive(Debug, Clone)]
 pub struct StreamPlan {

@@ -89,15 +89,11 @@ pub struct PgSink {
 }
 
 fn pg(table: &str, what: &str, e: &tokio_postgres::Error) -> StreamError {
-    StreamError::Sink {
-        table: table.to_string(),
-        message: crate::secret::redact(&format!(
-            "{what}: {e}{}",
-            e.as_db_error()
-                .map(|d| format!(" ({})", d.message()))
-                .unwrap_or_default()
-        )),
-    }
+    let detail = e
+        .as_db_error()
+        .map(|d| format!(" ({})", d.message()))
+        .unwrap_or_default();
+    StreamError::sink(table, &format!("{what}: {e}{detail}"))
 }
 
 fn quote(ident: &str) -> String {
