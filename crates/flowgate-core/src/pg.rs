@@ -124,6 +124,26 @@ pub async fn connect(
     Ok(client)
 }
 
+/// Arbitrary constant: the advisory lock under which flowgate creates its own
+/// tables (the state store's migrations have their own).
+const CREATE_LOCK: i64 = 0x666c_6f77_6764_646c;
+
+/// Run `ddl` (`CREATE … IF NOT EXISTS` statements) so that instances doing it
+/// at the same moment all succeed. PostgreSQL's IF NOT EXISTS does not hold
+/// against a concurrent creator: the loser gets "type … already exists" or a
+/// unique violation in the catalog. One simple query is one transaction, so
+/// the advisory lock taken first serialises the creators until each commits.
+pub async fn create_if_absent(
+    client: &tokio_postgres::Client,
+    ddl: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock({CREATE_LOCK}); {ddl}"
+        ))
+        .await
+}
+
 /// The client configuration and TLS connector for `url`.
 pub fn connect_params(url: &str) -> Result<(tokio_postgres::Config, Connector), PgUrlError> {
     let (rest, mut opts) = take_tls_options(url)?;

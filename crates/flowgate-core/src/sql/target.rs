@@ -263,7 +263,9 @@ impl SqlSource {
         match self {
             SqlSource::Postgres { .. } => {
                 let c = self.pg().await?;
-                c.batch_execute(LEDGER_PG).await.map_err(pg_error)?;
+                crate::pg::create_if_absent(&c, LEDGER_PG)
+                    .await
+                    .map_err(pg_error)?;
                 let rows = c
                     .query("SELECT object, fingerprint FROM flowgate_loaded WHERE pipeline = $1 AND step = $2", &[&pipeline, &step])
                     .await
@@ -312,7 +314,9 @@ impl SqlSource {
         mut batches: Batches,
     ) -> Result<Option<Loaded>, StepError> {
         let mut client = self.pg().await?;
-        client.batch_execute(LEDGER_PG).await.map_err(pg_error)?;
+        crate::pg::create_if_absent(&client, LEDGER_PG)
+            .await
+            .map_err(pg_error)?;
         let qualified = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.table));
         let mut loaded = Loaded::default();
         let tx = client.transaction().await.map_err(pg_error)?;
@@ -344,16 +348,29 @@ impl SqlSource {
                 .await
                 .map_err(pg_error)?;
         }
-        let existing: HashSet<String> = tx
-            .query(
-                "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
-                &[&t.schema, &t.table],
+        let columns = || async {
+            let rows = tx
+                .query(
+                    "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+                    &[&t.schema, &t.table],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok::<HashSet<String>, StepError>(rows.iter().map(|r| r.get(0)).collect())
+        };
+        let mut existing = columns().await?;
+        if existing.is_empty() {
+            // Loads creating one table at once would fail all but the first
+            // (its CREATE waits for the first to commit, then finds the name
+            // taken): the second waits here instead, then sees the table.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                &[&qualified],
             )
             .await
-            .map_err(pg_error)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map_err(pg_error)?;
+            existing = columns().await?;
+        }
         let Some(first) = batches.recv().await.transpose()? else {
             // An empty input: a replaced table becomes empty.
             if t.mode == LoadMode::Replace && !existing.is_empty() {
@@ -650,4 +667,80 @@ fn insert_sqlite(st: &mut rusqlite::Statement<'_>, b: &RecordBatch) -> Result<u6
         written += st.execute(rusqlite::params_from_iter(values)).map_err(sq)? as u64;
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::Field;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    /// Loaders that each start a load into one table that is not there yet
+    /// all load: the first creates it, the others wait and then append.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn loads_creating_one_table_at_once_all_succeed() {
+        let url = crate::testing::fresh_postgres_db().await;
+        let t = LoadTarget {
+            schema: "public".into(),
+            table: "landed".into(),
+            mode: LoadMode::Append,
+            key: vec![],
+            version: None,
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let mut loads = Vec::new();
+        let mut senders = Vec::new();
+        for i in 0..6i64 {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let batch =
+                RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![i]))])
+                    .unwrap();
+            tx.send(Ok(batch)).await.unwrap();
+            senders.push(tx);
+            let (url, t) = (url.clone(), t.clone());
+            loads.push(tokio::spawn(async move {
+                let source = SqlSource::open(&url, Path::new(".")).unwrap();
+                let claim = LoadClaim {
+                    pipeline: "p".into(),
+                    step: "load".into(),
+                    lane: format!("lane-{i}"),
+                    token: 1,
+                };
+                let input = Input {
+                    object: format!("part-{i}"),
+                    fingerprint: "f".into(),
+                    superseded: vec![],
+                };
+                source.load(&claim, &t, &input, rx).await
+            }));
+        }
+        // Every load has its first batch and is creating (or waiting to);
+        // then their inputs end.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        drop(senders);
+        for (i, load) in loads.into_iter().enumerate() {
+            let loaded = load.await.unwrap();
+            assert!(
+                matches!(
+                    loaded,
+                    Ok(Some(Loaded {
+                        rows_written: 1,
+                        ..
+                    }))
+                ),
+                "load {i}: {loaded:?}"
+            );
+        }
+        let client = crate::pg::connect(&url, "test").await.unwrap();
+        let ids: Vec<i64> = client
+            .query("SELECT id FROM landed ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(ids, [0, 1, 2, 3, 4, 5]);
+    }
 }

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use futures::SinkExt;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::json;
-use tokio_postgres::error::SqlState;
 
 use super::StreamError;
 use super::decode::{At, Cell, Column, Decoded, Decoder, Kind, copy_line};
@@ -116,12 +115,9 @@ impl PgSink {
             "CREATE TABLE IF NOT EXISTS {OFFSETS} (sink TEXT NOT NULL, topic TEXT NOT NULL, partition INT NOT NULL, \
              next_offset BIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (sink, topic, partition))"
         );
-        if let Err(e) = client.batch_execute(&create).await
-            // Two instances creating it at once: one wins, the other sees it.
-            && !matches!(e.code(), Some(c) if *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::DUPLICATE_TABLE)
-        {
-            return Err(err("creating the offsets table", &e));
-        }
+        crate::pg::create_if_absent(&client, &create)
+            .await
+            .map_err(|e| err("creating the offsets table", &e))?;
         let (schema, name) = match table.split_once('.') {
             Some((s, t)) => (Some(s.to_string()), t.to_string()),
             None => (None, table.to_string()),
@@ -417,4 +413,31 @@ pub fn letter(m: &Message, why: &str) -> Vec<u8> {
     let mut body = v.to_string().into_bytes();
     body.push(b'\n');
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Instances starting at once on a database without the offsets table
+    /// all open (it failed one in a few: "type … already exists").
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn instances_starting_at_once_all_open() {
+        let url = crate::testing::fresh_postgres_db().await;
+        let client = crate::pg::connect(&url, "test").await.unwrap();
+        client
+            .batch_execute("CREATE TABLE events (id bigint)")
+            .await
+            .unwrap();
+        let opens: Vec<_> = (0..8)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { PgSink::open(&url, "events").await.map(|_| ()) })
+            })
+            .collect();
+        for (i, open) in opens.into_iter().enumerate() {
+            let opened = open.await.unwrap();
+            assert!(opened.is_ok(), "instance {i}: {opened:?}");
+        }
+    }
 }

@@ -113,6 +113,23 @@ pub(crate) fn serve(
     Serve(cmd.spawn().unwrap())
 }
 
+/// What every `serve` in `d` logged, for a failure's message.
+pub(crate) fn serve_logs(d: &Path) -> String {
+    let mut logs: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    logs.iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            format!("--- {} ---\n{text}", p.display())
+        })
+        .collect()
+}
+
 pub(crate) fn count(pg: &Pg, sql: &str) -> u64 {
     pg.rows(sql)[0][0]
         .as_deref()
@@ -193,16 +210,12 @@ fn two_domains_from_one_env_file_into_two_tables_ignored_types_dropped_poison_de
         seen.set((count(&pg, &delivered), count(&pg, &ordered)));
         seen.get().0 >= 50 && seen.get().1 >= 37
     };
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for("both tables", 60, both)
-    }))
-    .is_err()
-    {
-        panic!(
-            "both tables: (delivery, orders) rows = {:?}, expected (50, 37)",
-            seen.get()
-        );
-    }
+    assert!(
+        wait_until(60, both),
+        "both tables: (delivery, orders) rows = {:?}, expected (50, 37)\n{}",
+        seen.get(),
+        serve_logs(d)
+    );
     assert_eq!(seen.get(), (50, 37));
     // The ignored types never reached a table.
     assert_eq!(

@@ -364,15 +364,20 @@ impl Drop for Serve {
 }
 
 /// Wait up to `secs` for `ok`, checking every 100 ms; fail naming `what`.
-pub fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, secs: u64, ok: impl FnMut() -> bool) {
+    assert!(wait_until(secs, ok), "timed out waiting for {what}");
+}
+
+/// Wait up to `secs` for `ok`, checking every 100 ms; whether it came.
+pub fn wait_until(secs: u64, mut ok: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     while !ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    true
 }
 
 /// A pipeline watching `key` of the store `versions` (`store` is its inline
