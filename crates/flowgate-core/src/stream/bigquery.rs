@@ -22,7 +22,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::StreamError;
 use super::decode::{At, Cell, Column, Decoded, Decoder, Kind};
@@ -103,10 +103,6 @@ pub struct BqSink {
     send: Vec<Send>,
 }
 
-fn sink_err(table: &str, message: String) -> StreamError {
-    StreamError::sink(table, &message)
-}
-
 impl BqSink {
     /// Read the key file and the table's schema.
     pub async fn open(url: &str, table: &str) -> Result<BqSink, StreamError> {
@@ -137,7 +133,7 @@ impl BqSink {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .build()
-            .map_err(|e| sink_err(table, format!("an HTTP client: {e}")))?;
+            .map_err(|e| StreamError::sink(table, &format!("an HTTP client: {e}")))?;
         let mut sink = BqSink {
             http,
             base: format!(
@@ -155,7 +151,7 @@ impl BqSink {
             .cloned()
             .unwrap_or_default();
         if fields.is_empty() {
-            return Err(sink_err(table, "the table has no columns".into()));
+            return Err(StreamError::sink(table, "the table has no columns"));
         }
         for f in &fields {
             let (column, send) = column(f);
@@ -165,28 +161,25 @@ impl BqSink {
         Ok(sink)
     }
 
-    /// A BigQuery connection is a client of HTTP: never closed for good.
-    pub fn is_closed(&self) -> bool {
-        false
-    }
-
     /// One request to the table's URL (`tail` after it); the answer's JSON,
     /// or what BigQuery said was wrong.
     async fn call(
         &mut self,
         method: reqwest::Method,
         tail: &str,
-        body: Option<&Value>,
+        body: Option<String>,
     ) -> Result<Value, StreamError> {
         let mut req = self.http.request(method, format!("{}{tail}", self.base));
         if let Some(a) = &mut self.account {
             let token = a
                 .token(&format!("{GOOGLE}/"))
-                .map_err(|e| sink_err(&self.table, e))?;
+                .map_err(|e| StreamError::sink(&self.table, &e))?;
             req = req.bearer_auth(token);
         }
         if let Some(b) = body {
-            req = req.json(b);
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b);
         }
         let what = if tail.is_empty() {
             "reading its schema"
@@ -196,12 +189,12 @@ impl BqSink {
         let resp = req
             .send()
             .await
-            .map_err(|e| sink_err(&self.table, format!("{what}: {e}")))?;
+            .map_err(|e| StreamError::sink(&self.table, &format!("{what}: {e}")))?;
         let status = resp.status();
         let text = resp
             .text()
             .await
-            .map_err(|e| sink_err(&self.table, format!("{what}: {e}")))?;
+            .map_err(|e| StreamError::sink(&self.table, &format!("{what}: {e}")))?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if !status.is_success() {
             let msg = v["error"]["message"]
@@ -217,9 +210,9 @@ impl BqSink {
                 }
                 _ => "",
             };
-            return Err(sink_err(
+            return Err(StreamError::sink(
                 &self.table,
-                format!("{what}: HTTP {status}: {msg}{hint}"),
+                &format!("{what}: HTTP {status}: {msg}{hint}"),
             ));
         }
         Ok(v)
@@ -241,7 +234,8 @@ impl BqSink {
             contract: rules.contract.as_deref(),
         };
         let mut out = Written::default();
-        let mut rows: Vec<(usize, Value)> = Vec::new();
+        // Each row's JSON, serialised once (for sizing requests and sending).
+        let mut rows: Vec<(usize, String)> = Vec::new();
         let mut letters: Vec<(usize, String)> = Vec::new();
         for (i, m) in batch.iter().enumerate() {
             let next = out.next.entry((m.topic.clone(), m.partition)).or_insert(0);
@@ -274,18 +268,19 @@ impl BqSink {
     async fn insert(
         &mut self,
         batch: &[Message],
-        rows: &[(usize, Value)],
+        rows: &[(usize, String)],
     ) -> Result<Vec<(usize, String)>, StreamError> {
-        let body = json!({
-            "skipInvalidRows": true,
-            "ignoreUnknownValues": false,
-            "rows": rows.iter().map(|(i, r)| {
-                let m = &batch[*i];
-                json!({"insertId": format!("{}/{}/{}", m.topic, m.partition, m.offset), "json": r})
-            }).collect::<Vec<_>>(),
-        });
+        let mut body =
+            String::from(r#"{"skipInvalidRows":true,"ignoreUnknownValues":false,"rows":["#);
+        for (n, (i, row)) in rows.iter().enumerate() {
+            let m = &batch[*i];
+            let id = Value::String(format!("{}/{}/{}", m.topic, m.partition, m.offset));
+            let comma = if n == 0 { "" } else { "," };
+            body.push_str(&format!(r#"{comma}{{"insertId":{id},"json":{row}}}"#));
+        }
+        body.push_str("]}");
         let resp = self
-            .call(reqwest::Method::POST, "/insertAll", Some(&body))
+            .call(reqwest::Method::POST, "/insertAll", Some(body))
             .await?;
         let mut refused = Vec::new();
         for e in resp["insertErrors"].as_array().into_iter().flatten() {
@@ -294,9 +289,9 @@ impl BqSink {
                 .map(|k| k as usize)
                 .filter(|k| *k < rows.len())
             else {
-                return Err(sink_err(
+                return Err(StreamError::sink(
                     &self.table,
-                    format!("insertAll answered with an error for no row of the request: {e}"),
+                    &format!("insertAll answered with an error for no row of the request: {e}"),
                 ));
             };
             let why: Vec<String> = e["errors"]
@@ -320,9 +315,9 @@ impl BqSink {
         Ok(refused)
     }
 
-    /// The insertAll `json` of a decoded row: defaults left out, so BigQuery
-    /// gives them.
-    fn row(&self, cells: Vec<Cell>) -> Value {
+    /// The insertAll `json` of a decoded row, as text: defaults left out, so
+    /// BigQuery gives them.
+    fn row(&self, cells: Vec<Cell>) -> String {
         let mut obj = Map::with_capacity(cells.len());
         for ((c, send), cell) in self.columns.iter().zip(&self.send).zip(cells) {
             let v = match cell {
@@ -336,7 +331,7 @@ impl BqSink {
             };
             obj.insert(c.name.clone(), v);
         }
-        Value::Object(obj)
+        Value::Object(obj).to_string()
     }
 }
 
@@ -369,11 +364,11 @@ fn column(f: &Value) -> (Column, Send) {
 
 /// `rows` in requests of at most [`ROWS_PER_REQUEST`] rows and about
 /// [`BYTES_PER_REQUEST`] bytes (a row is never split).
-fn chunks(rows: &[(usize, Value)]) -> Vec<&[(usize, Value)]> {
+fn chunks(rows: &[(usize, String)]) -> Vec<&[(usize, String)]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (k, (_, r)) in rows.iter().enumerate() {
-        let size = r.to_string().len() + 64;
+        let size = r.len() + 64;
         if k > start && (k - start >= ROWS_PER_REQUEST || bytes + size > BYTES_PER_REQUEST) {
             out.push(&rows[start..k]);
             (start, bytes) = (k, 0);
@@ -389,6 +384,7 @@ fn chunks(rows: &[(usize, Value)]) -> Vec<&[(usize, Value)]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn store_urls_name_project_credentials_and_endpoint() {
@@ -416,15 +412,14 @@ mod tests {
             &json!({"name": "s", "type": "STRING", "mode": "REQUIRED", "defaultValueExpression": "'new'"}),
         );
         assert!(st.defaulted && !st.needed);
-        let rows: Vec<(usize, Value)> = (0..1201).map(|i| (i, json!({"i": i}))).collect();
+        let rows: Vec<(usize, String)> =
+            (0..1201).map(|i| (i, format!(r#"{{"i":{i}}}"#))).collect();
         let c = chunks(&rows);
         assert_eq!(
             c.iter().map(|c| c.len()).collect::<Vec<_>>(),
             [500, 500, 201]
         );
-        let big: Vec<(usize, Value)> = (0..3)
-            .map(|i| (i, json!({"s": "x".repeat(3 << 20)})))
-            .collect();
+        let big: Vec<(usize, String)> = (0..3).map(|i| (i, "x".repeat(3 << 20))).collect();
         assert_eq!(
             chunks(&big).len(),
             3,

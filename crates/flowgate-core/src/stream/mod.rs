@@ -110,6 +110,10 @@ impl StreamPlan {
         };
         let (bootstrap, kafka_options) =
             kafka_url(&store_url(&s.from)?).map_err(StreamError::Config)?;
+        let sink_url = store_url(&s.to.store)?;
+        if bigquery::is_bigquery_url(&sink_url) {
+            bigquery::Store::parse(&sink_url).map_err(StreamError::Config)?;
+        }
         let mut ignore = HashSet::new();
         for (i, t) in s.ignore.iter().enumerate() {
             ignore.extend(types(&r(&format!("ignore[{i}]"), t)?).map_err(StreamError::Config)?);
@@ -144,7 +148,7 @@ impl StreamPlan {
                     Some(std::sync::Arc::new(loaded))
                 }
             },
-            sink_url: store_url(&s.to.store)?,
+            sink_url,
             table: r("to.table", &s.to.table)?,
             dead_letter: Location {
                 store: self.dead_letter.store.clone(),

@@ -525,6 +525,17 @@ fn validate_names_the_variable_a_domain_is_missing() {
         .env("WAREHOUSE_URL", "postgres://u:secret-pw@127.0.0.1:1/db"));
     assert_eq!(out.code, 2, "{}", out.all());
     assert!(out.stderr.contains("GROUP_ID_ORDERS"), "{}", out.stderr);
+    // The warehouse's URL is checked too: a misspelt BigQuery option.
+    let out = run(flowgate(d)
+        .args(["validate", "event-consumer.toml", "-p", "domain=DELIVERY"])
+        .env("WAREHOUSE_URL", "bigquery://p?credential=/keys/dev.json"));
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("takes `credentials` and `endpoint`, not `credential`"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// SIGKILL at 20 seeded points while a 3-partition topic is consumed (three
