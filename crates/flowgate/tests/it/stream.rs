@@ -205,18 +205,17 @@ fn two_domains_from_one_env_file_into_two_tables_ignored_types_dropped_poison_de
     let delivered = format!("SELECT count(*) FROM delivery_{run}");
     let ordered = format!("SELECT count(*) FROM orders_{run}");
     // At least, then exactly: a row too many fails with the numbers, not a hang.
-    let seen = std::cell::Cell::new((0, 0));
-    let both = || {
-        seen.set((count(&pg, &delivered), count(&pg, &ordered)));
-        seen.get().0 >= 50 && seen.get().1 >= 37
-    };
+    let mut seen = (0, 0);
+    let came = wait_until(60, || {
+        seen = (count(&pg, &delivered), count(&pg, &ordered));
+        seen.0 >= 50 && seen.1 >= 37
+    });
     assert!(
-        wait_until(60, both),
-        "both tables: (delivery, orders) rows = {:?}, expected (50, 37)\n{}",
-        seen.get(),
+        came,
+        "both tables: (delivery, orders) rows = {seen:?}, expected (50, 37)\n{}",
         serve_logs(d)
     );
-    assert_eq!(seen.get(), (50, 37));
+    assert_eq!(seen, (50, 37));
     // The ignored types never reached a table.
     assert_eq!(
         count(
