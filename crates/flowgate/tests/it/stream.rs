@@ -113,8 +113,25 @@ pub(crate) fn serve(
     Serve(cmd.spawn().unwrap())
 }
 
+/// Wait for the two domains' tables to hold (50, 37) rows, as `counts` reads
+/// them: at least, then exactly, so a row too many fails with the numbers, not
+/// a hang; a timeout says what each table had and what every `serve` logged.
+pub(crate) fn both_tables_hold(d: &Path, mut counts: impl FnMut() -> (u64, u64)) {
+    let mut seen = (0, 0);
+    let came = wait_until(60, || {
+        seen = counts();
+        seen.0 >= 50 && seen.1 >= 37
+    });
+    assert!(
+        came,
+        "both tables: (delivery, orders) rows = {seen:?}, expected (50, 37)\n{}",
+        serve_logs(d)
+    );
+    assert_eq!(seen, (50, 37));
+}
+
 /// What every `serve` in `d` logged, for a failure's message.
-pub(crate) fn serve_logs(d: &Path) -> String {
+fn serve_logs(d: &Path) -> String {
     let mut logs: Vec<_> = std::fs::read_dir(d)
         .unwrap()
         .flatten()
@@ -204,18 +221,7 @@ fn two_domains_from_one_env_file_into_two_tables_ignored_types_dropped_poison_de
     let _b = serve(d, &pg.url, "ORDERS", p2, &[]);
     let delivered = format!("SELECT count(*) FROM delivery_{run}");
     let ordered = format!("SELECT count(*) FROM orders_{run}");
-    // At least, then exactly: a row too many fails with the numbers, not a hang.
-    let mut seen = (0, 0);
-    let came = wait_until(60, || {
-        seen = (count(&pg, &delivered), count(&pg, &ordered));
-        seen.0 >= 50 && seen.1 >= 37
-    });
-    assert!(
-        came,
-        "both tables: (delivery, orders) rows = {seen:?}, expected (50, 37)\n{}",
-        serve_logs(d)
-    );
-    assert_eq!(seen, (50, 37));
+    both_tables_hold(d, || (count(&pg, &delivered), count(&pg, &ordered)));
     // The ignored types never reached a table.
     assert_eq!(
         count(
