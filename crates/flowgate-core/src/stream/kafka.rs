@@ -29,10 +29,17 @@ pub fn client_config(r: &Rendered) -> ClientConfig {
 }
 
 /// The consumer of `r`: offsets stored and committed by flowgate only; what
-/// librdkafka queues ahead bounded by one batch's bytes (its default is 64 MB),
-/// never below 4 MB, so a stream holds about two batches.
-pub fn consumer(r: &Rendered, batch_bytes: u64) -> Result<StreamConsumer, StreamError> {
+/// librdkafka queues ahead bounded by one batch's bytes (its default is 64 MB;
+/// never below 4 MB here) and by one batch's events in each partition (its
+/// default is 100,000), so a stream holds about two batches, and fetches
+/// again soon after a queue was full (bench/RESULTS.md, event-consumer).
+pub fn consumer(
+    r: &Rendered,
+    batch_events: usize,
+    batch_bytes: u64,
+) -> Result<StreamConsumer, StreamError> {
     let ahead_kb = (batch_bytes / 1024).clamp(4096, 65536);
+    let ahead_events = batch_events.clamp(1000, 100_000);
     let c: StreamConsumer = client_config(r)
         .set("group.id", &r.group)
         .set("client.id", format!("flowgate-{}", r.group))
@@ -45,6 +52,10 @@ pub fn consumer(r: &Rendered, batch_bytes: u64) -> Result<StreamConsumer, Stream
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
         .set("queued.max.messages.kbytes", ahead_kb.to_string())
+        .set("queued.min.messages", ahead_events.to_string())
+        // With a queue that small, librdkafka's default pause of 1 s before
+        // fetching again for a full partition's queue would starve the stream.
+        .set("fetch.queue.backoff.ms", "20")
         .create()
         .map_err(|e| {
             StreamError::Kafka(format!("creating the consumer for {}: {e}", r.bootstrap))
@@ -66,7 +77,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), StreamError> {
     let mut sink = Sink::open(&r.sink_url, &r.table).await?;
-    let consumer = Arc::new(consumer(r, stream.batch_bytes)?);
+    let consumer = Arc::new(consumer(r, stream.batch_events, stream.batch_bytes)?);
     // Into BigQuery, Kafka's offsets are the only record of what was written:
     // each batch waits for its commit, so a death after it repeats nothing.
     let wait_for_commit = matches!(sink, Sink::Bq(_));
