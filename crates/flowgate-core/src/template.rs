@@ -106,6 +106,15 @@ pub fn check(source: &str) -> Result<(), String> {
         .map_err(|e| describe(&e))
 }
 
+/// The top-level names a template reads (`run` for `{{ run.id }}`); none for
+/// a template that does not compile.
+pub fn variables(source: &str) -> std::collections::HashSet<String> {
+    env()
+        .template_from_str(source)
+        .map(|t| t.undeclared_variables(false))
+        .unwrap_or_default()
+}
+
 /// Render a template with a context (a serializable value).
 pub fn render(source: &str, ctx: &serde_json::Value) -> Result<String, String> {
     if !source.contains("{{") && !source.contains("{%") {

@@ -533,8 +533,10 @@ pub struct PolicySpec {
     /// What runs one at a time: `pipeline` (default: one run of the pipeline, per
     /// matrix combination, at a time, on all workers together) or `event` (runs of
     /// different trigger events may overlap). Take `event` only when runs never
-    /// share a position: an extract's watermark, a transform's inputs, a load's
-    /// table, a delivery's outbox (a copy of each arrival's own prefix is fine).
+    /// share a position: `validate` refuses it with an extract (its watermark),
+    /// a transform (its inputs), a load (its table) or a delivery from an outbox
+    /// all runs share (one whose prefix names none of `trigger`, `params`,
+    /// `route`, `run`). A copy of each arrival's own prefix is fine.
     #[serde(default)]
     pub one_at_a_time: Option<OneAtATime>,
 }

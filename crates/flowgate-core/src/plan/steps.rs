@@ -93,25 +93,51 @@ pub(super) fn plan(cx: &mut Ctx<'_>, policy: &Policy) -> Vec<PlannedStep> {
             Vec::new()
         }
     };
-    if file.policy.one_at_a_time == Some(OneAtATime::Event)
-        && let Some(shared) = steps.iter().find(|s| {
-            matches!(
-                s.kind,
-                StepKind::Extract(_) | StepKind::Transform(_) | StepKind::Load(_)
-            )
-        })
-    {
-        cx.error(
-            "policy.one_at_a_time",
-            format!(
-                "step `{}` keeps a position all runs share (a watermark, the models' inputs \
-                 or a table), so runs of different events must not overlap",
-                shared.id
-            ),
-            Some("remove `one_at_a_time` (the default is \"pipeline\")".into()),
-        );
+    if file.policy.one_at_a_time == Some(OneAtATime::Event) {
+        for s in &steps {
+            if let Some((position, hint)) = shared_position(&s.kind) {
+                cx.error(
+                    "policy.one_at_a_time",
+                    format!(
+                        "step `{}` {position}, so runs of different events must not overlap",
+                        s.id
+                    ),
+                    Some(hint),
+                );
+                break;
+            }
+        }
     }
     steps
+}
+
+/// What position of `kind` every run shares (with what to do about it), when
+/// runs of different events would step on each other there.
+fn shared_position(kind: &StepKind) -> Option<(String, String)> {
+    let remove = "remove `one_at_a_time` (the default is \"pipeline\")";
+    match kind {
+        StepKind::Extract(_) | StepKind::Transform(_) | StepKind::Load(_) => Some((
+            "keeps a position all runs share (a watermark, the models' inputs or a table)".into(),
+            remove.into(),
+        )),
+        // Two runs listing one outbox would both send what is in it.
+        StepKind::Deliver(d)
+            if !crate::template::variables(&d.from.prefix)
+                .iter()
+                .any(|v| ["trigger", "params", "route", "run"].contains(&v.as_str())) =>
+        {
+            Some((
+                format!(
+                    "delivers from an outbox all runs share (`{}:{}`): two runs would both send its objects",
+                    d.from.store, d.from.prefix
+                ),
+                format!(
+                    "give each event its own outbox (a prefix with `{{{{ trigger.prefix }}}}`, `{{{{ params.… }}}}` or `{{{{ run.id }}}}`), or {remove}"
+                ),
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// One step: what every kind shares, then its kind's own planner.

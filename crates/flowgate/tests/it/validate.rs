@@ -235,6 +235,54 @@ fn an_arrival_pattern_that_can_never_match_is_refused() {
     }
 }
 
+/// Runs of different events side by side may deliver only from each event's
+/// own outbox: from one they share, both would send the same objects.
+#[test]
+fn runs_side_by_side_are_refused_for_a_delivery_from_a_shared_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = |from: &str| {
+        format!(
+            r#"name = "send"
+
+[stores]
+outbox = {{ url = "file://./outbox", access = "read-write" }}
+
+[recipients.partner]
+url = "https://partner.example/in/"
+
+[[steps]]
+id = "send"
+deliver = {{ from = "outbox:{from}", recipient = "partner" }}
+
+[policy]
+one_at_a_time = "event"
+"#
+        )
+    };
+    let check = |from: &str| {
+        write(&dir.path().join("p.toml"), pipeline(from).as_bytes());
+        run(flowgate(dir.path()).args(["validate", "p.toml"]))
+    };
+    let out = check("pending/");
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stderr.contains(
+            "step `send` delivers from an outbox all runs share (`outbox:pending/`): two runs would both send its objects"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("its own outbox"), "{}", out.stderr);
+    for own in [
+        "pending/{{ trigger.prefix }}",
+        "{{ run.id }}/",
+        "{{ params.tenant }}",
+    ] {
+        let out = check(own);
+        assert_eq!(out.code, 0, "{own}: {}", out.all());
+    }
+}
+
 #[test]
 fn runs_side_by_side_are_refused_for_a_step_that_keeps_a_shared_position() {
     let dir = tempfile::tempdir().unwrap();
