@@ -743,4 +743,49 @@ mod tests {
             .collect();
         assert_eq!(ids, [0, 1, 2, 3, 4, 5]);
     }
+
+    /// A table whose name holds `"; "` (the statements were once split there):
+    /// `replace` makes the newest input the whole table, twice over.
+    #[tokio::test]
+    async fn replace_into_a_table_named_with_a_semicolon() {
+        let url = crate::testing::fresh_postgres_db().await;
+        let source = SqlSource::open(&url, Path::new(".")).unwrap();
+        let t = LoadTarget {
+            schema: "public".into(),
+            table: "orders; daily".into(),
+            mode: LoadMode::Replace,
+            key: vec![],
+            version: None,
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        for (n, ids) in [vec![1i64, 2, 3], vec![7, 8]].into_iter().enumerate() {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(ids))])
+                .unwrap();
+            tx.send(Ok(batch)).await.unwrap();
+            drop(tx);
+            let claim = LoadClaim {
+                pipeline: "p".into(),
+                step: "load".into(),
+                lane: "p".into(),
+                token: 1,
+            };
+            let input = Input {
+                object: format!("day-{n}"),
+                fingerprint: "f".into(),
+                superseded: vec![],
+            };
+            let loaded = source.load(&claim, &t, &input, rx).await;
+            assert!(matches!(loaded, Ok(Some(_))), "load {n}: {loaded:?}");
+        }
+        let client = crate::pg::connect(&url, "test").await.unwrap();
+        let ids: Vec<i64> = client
+            .query(r#"SELECT id FROM "orders; daily" ORDER BY id"#, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(ids, [7, 8]);
+    }
 }
