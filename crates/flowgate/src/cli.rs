@@ -862,8 +862,18 @@ async fn rerun(cli: &Where, id: &str, pipeline: &Path, latest: bool, json: bool)
             Err(code) => return Ok(code),
         }
     };
+    // What the earlier run's event said (an arrival's prefix…) is said again.
+    let trigger = match earlier.event_id {
+        Some(id) => state
+            .get_event(id)
+            .await?
+            .map(|e| e.payload["trigger"].clone()),
+        None => None,
+    };
     let engine = engine(state, !json, cli.lease_ttl);
-    let outcome = engine.submit(&plan, Submission::rerun(&earlier)).await?;
+    let outcome = engine
+        .submit(&plan, Submission::rerun(&earlier, trigger.as_ref()))
+        .await?;
     Ok(output::outcomes(&[outcome], json))
 }
 

@@ -62,12 +62,14 @@ pub struct Submission {
 }
 
 impl Submission {
-    /// Run `earlier` (a failed run) again: its parameters, matrix combination and
-    /// dataset, without the steps it completed.
-    pub fn rerun(earlier: &RunRecord) -> Submission {
+    /// Run `earlier` (a failed run) again: its parameters, matrix combination,
+    /// dataset and what its event said (`trigger`: the earlier event's
+    /// `trigger.*`, e.g. an arrival's `prefix`), without the steps it completed.
+    pub fn rerun(earlier: &RunRecord, trigger: Option<&Value>) -> Submission {
         let mut params = BTreeMap::new();
         let mut matrix = BTreeMap::new();
         let mut dataset = Value::Null;
+        let mut route = None;
         for (k, v) in earlier.params.as_object().into_iter().flatten() {
             match (k.as_str(), v) {
                 ("matrix", Value::Object(m)) => {
@@ -82,6 +84,8 @@ impl Submission {
                         .collect();
                 }
                 ("dataset", d) => dataset = d.clone(),
+                // The routing row it ran for runs again (not looked up anew).
+                ("route", r) if r.is_object() => route = Some(r.clone()),
                 ("route" | "trigger", _) => {}
                 (k, Value::String(s)) => {
                     params.insert(k.to_string(), s.clone());
@@ -96,16 +100,27 @@ impl Submission {
             .map(|s| s.step.as_str())
             .collect();
         let key = uuid::Uuid::now_v7().to_string();
+        let mut said = match trigger {
+            Some(Value::Object(t)) => t.clone(),
+            _ => serde_json::Map::new(),
+        };
+        let code = earlier.code.as_ref().and_then(|c| c.get("id")).cloned();
+        for (k, v) in [
+            ("kind", json!("rerun")),
+            ("of", json!(earlier.id)),
+            ("done", json!(done)),
+            ("dataset", dataset),
+            ("code", json!(code)),
+        ] {
+            said.insert(k.into(), v);
+        }
         Submission {
             params,
             matrix,
+            route,
             retry_failed: true,
             wait: true,
-            ..Submission::event(
-                "manual",
-                format!("manual:{key}"),
-                json!({"kind": "rerun", "of": earlier.id, "done": done, "dataset": dataset, "code": earlier.code.as_ref().and_then(|c| c.get("id"))}),
-            )
+            ..Submission::event("manual", format!("manual:{key}"), Value::Object(said))
         }
     }
 

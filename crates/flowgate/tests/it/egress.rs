@@ -324,4 +324,33 @@ copy = { from = "source:{{ trigger.prefix }}", to = "dest:run1", exclude = ["pip
         .unwrap_or_else(|| panic!("{q:?}"));
     let report = std::fs::read_to_string(report).unwrap();
     assert!(report.contains("cannot decrypt"), "{report}");
+
+    // The sender takes the bad file back; the failed run, run again, is the
+    // same arrival (its prefix) and routing row, and the decrypted copies are
+    // known as unchanged (the ledger holds the size written, not the
+    // source's), so nothing is decrypted or written twice.
+    std::fs::remove_file(run_dir.join("wrong.bin.age")).unwrap();
+    let copied = std::fs::metadata(dir.path().join("dest/run1/big.bin"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let runs = run(flowgate(dir.path()).args(["runs", "--json", "--limit", "1"]));
+    let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
+    assert_eq!(runs[0]["status"], "failed", "{runs}");
+    let id = runs[0]["id"].as_str().unwrap().to_string();
+    let out = run(flowgate(dir.path())
+        .args(["runs", "rerun", &id, "p.toml"])
+        .env("EGRESS_AGE_KEY", key.expose_secret()));
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.all()
+            .contains("nothing to copy: all 2 objects were copied before and are unchanged"),
+        "{}",
+        out.all()
+    );
+    let after = std::fs::metadata(dir.path().join("dest/run1/big.bin"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(copied, after, "big.bin was not written again");
 }
