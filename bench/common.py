@@ -175,13 +175,23 @@ def append_results(body):
     if not results.exists():
         results.write_text("# Benchmark results\n\nAppended by `scripts/bench.sh`; only runs someone "
                            "committed appear; newest last.\n\n")
-    prefix = body.lstrip().splitlines()[0].split(" — ")[0] + " — "
+    name = body.lstrip().splitlines()[0].split(" — ")[0]
+    # A full run supersedes every earlier run of its benchmark; a partial one
+    # (`## name (partial: …) — `) only earlier runs of the same sections.
+    full = " (partial: " not in name
+
+    def superseded(line):
+        if not line.startswith("## ") or " — " not in line:
+            return False
+        earlier = line.split(" — ")[0]
+        return earlier == name or (full and earlier.split(" (partial: ")[0] == name)
+
     lines = results.read_text().splitlines()
     marked = []
     for i, line in enumerate(lines):
         marked.append(line)
         following = lines[i + 2] if i + 2 < len(lines) else ""
-        if line.startswith(prefix) and following != SUPERSEDED:
+        if superseded(line) and following != SUPERSEDED:
             marked += ["", SUPERSEDED]
     results.write_text("\n".join(marked).rstrip("\n") + "\n\n" + body.rstrip("\n") + "\n")
     return results

@@ -729,8 +729,15 @@ def main():
         sections.append(text)
 
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    # A run of some sections is labelled so, and supersedes only runs of the
+    # same sections, never the last full run (append_results keys on the heading).
+    every = ["extract", "upsert", "convert", "freshness"]
+    measured = [s for s in every if s in only]
+    partial = "" if measured == every else f" (partial: {', '.join(measured)})"
     body = "\n".join([
-        f"## oltp-warehouse — {stamp}", "",
+        f"## oltp-warehouse{partial} — {stamp}", "",
+        *([f"Only {', '.join(measured)} measured (`--only`); the last full run stands for the rest.", ""]
+          if partial else []),
         f"Machine: {machine()}", "",
         f"Versions: {versions(args)}.", "",
         f"{args.orders:,} sales orders in PostgreSQL on loopback (fsync off, data cached for every tool). "
