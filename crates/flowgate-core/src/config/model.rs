@@ -170,7 +170,9 @@ pub struct BatchSpec {
     /// Most events (default 10000).
     #[serde(default)]
     pub events: Option<usize>,
-    /// Most bytes of event payloads, e.g. `"8MB"` (default 16 MB).
+    /// Most bytes of event payloads, e.g. `"8MB"` (default 16 MB). What is
+    /// read ahead from Kafka is bounded by one batch (its bytes, and its events
+    /// in each partition), so a stream holds about two batches in memory.
     #[serde(default)]
     pub bytes: Option<String>,
     /// Longest wait for a batch to fill, e.g. `"500ms"` (default 1 s).

@@ -59,6 +59,9 @@ pub enum SqlSource {
         url: String,
         /// One connection per step attempt, opened on first use.
         conn: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
+        /// The load ledger's tables are there (made once per step attempt,
+        /// not once per input: making them takes a database-wide lock).
+        ledger: Arc<tokio::sync::OnceCell<()>>,
     },
     Sqlite {
         path: PathBuf,
@@ -178,6 +181,7 @@ impl SqlSource {
             Ok(SqlSource::Postgres {
                 url: url.to_string(),
                 conn: Arc::default(),
+                ledger: Arc::default(),
             })
         } else {
             Err(format!("`{url}` is not a SQL store URL"))
@@ -186,7 +190,7 @@ impl SqlSource {
 
     /// The step's connection; connects on first use and after the connection broke.
     pub(crate) async fn pg(&self) -> Result<PgConn, StepError> {
-        let SqlSource::Postgres { url, conn } = self else {
+        let SqlSource::Postgres { url, conn, .. } = self else {
             return Err(StepError::internal("not PostgreSQL"));
         };
         let mut slot = conn.clone().lock_owned().await;

@@ -254,6 +254,21 @@ fn merge_statements(
 }
 
 impl SqlSource {
+    /// Make the load ledger's tables, once for this source.
+    async fn ledger_pg(&self, c: &tokio_postgres::Client) -> Result<(), StepError> {
+        let SqlSource::Postgres { ledger, .. } = self else {
+            return Ok(());
+        };
+        ledger
+            .get_or_try_init(|| async {
+                crate::pg::create_if_absent(c, LEDGER_PG)
+                    .await
+                    .map_err(pg_error)
+            })
+            .await
+            .map(|_| ())
+    }
+
     /// Inputs already loaded by `pipeline`/`step`: object → fingerprint.
     pub async fn loaded_inputs(
         &self,
@@ -263,9 +278,7 @@ impl SqlSource {
         match self {
             SqlSource::Postgres { .. } => {
                 let c = self.pg().await?;
-                crate::pg::create_if_absent(&c, LEDGER_PG)
-                    .await
-                    .map_err(pg_error)?;
+                self.ledger_pg(&c).await?;
                 let rows = c
                     .query("SELECT object, fingerprint FROM flowgate_loaded WHERE pipeline = $1 AND step = $2", &[&pipeline, &step])
                     .await
@@ -314,9 +327,7 @@ impl SqlSource {
         mut batches: Batches,
     ) -> Result<Option<Loaded>, StepError> {
         let mut client = self.pg().await?;
-        crate::pg::create_if_absent(&client, LEDGER_PG)
-            .await
-            .map_err(pg_error)?;
+        self.ledger_pg(&client).await?;
         let qualified = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.table));
         let mut loaded = Loaded::default();
         let tx = client.transaction().await.map_err(pg_error)?;

@@ -19,6 +19,7 @@
 //! credentials when none are given. The table is `dataset.table` or
 //! `project.dataset.table`.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -276,7 +277,8 @@ impl BqSink {
             let m = &batch[*i];
             let id = Value::String(format!("{}/{}/{}", m.topic, m.partition, m.offset));
             let comma = if n == 0 { "" } else { "," };
-            body.push_str(&format!(r#"{comma}{{"insertId":{id},"json":{row}}}"#));
+            // Writing to a String cannot fail.
+            let _ = write!(body, r#"{comma}{{"insertId":{id},"json":{row}}}"#);
         }
         body.push_str("]}");
         let resp = self
